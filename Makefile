@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   the main job: Kafka + Redis + the streaming service + a replayed watch stream
+#   make test   the whole test suite against the real local Kafka and Redis
+SHELL := /bin/bash
+PY := .venv/bin/python
+SERVICES := deploy/local/with_services.sh
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status demo test lint bench data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+venv:  ## create .venv (heavy dependencies cached outside the clone)
+	@bash deploy/local/venv.sh
+
+up:  ## start the local Kafka broker and Redis server (idempotent)
+	@bash deploy/local/redis.sh start
+	@bash deploy/local/kafka.sh start
+
+down:  ## stop the local Kafka broker and Redis server started by `make up`
+	@bash deploy/local/kafka.sh stop
+	@bash deploy/local/redis.sh stop
+
+status:  ## say whether the local services run
+	@bash deploy/local/redis.sh status || true
+	@bash deploy/local/kafka.sh status || true
+
+demo: venv  ## the main job: stream a simulated AVOD watch stream through Kafka into Redis, then look users up
+	@bash $(SERVICES) $(PY) -m streamer.demo
+
+test: venv  ## run lint and the whole test suite against the real local Kafka and Redis
+	@$(PY) -m ruff check model streamer tests
+	@bash $(SERVICES) $(PY) -m pytest --doctest-modules model streamer tests $(PYTEST_ARGS)
+
+lint:  ## ruff
+	@$(PY) -m ruff check model streamer tests
+
+bench: venv  ## benchmarks against the real local services; writes benchmarks/results.json
+	@bash $(SERVICES) $(PY) -m benchmarks.run
+
+data: venv  ## fetch MovieLens 100K (from the recbole wheel) into .data/
+	@$(PY) -m benchmarks.movielens
+
+clean:  ## remove .venv and local run state (not the cached environment or jars)
+	@rm -rf .venv .run .data

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka (KRaft, combined broker+controller) on loopback.
+#
+#   deploy/local/kafka.sh fetch    download the broker jars with Maven (cached)
+#   deploy/local/kafka.sh start    format storage if needed, start, wait until ready
+#   deploy/local/kafka.sh stop     stop the broker we started, by its PID
+#   deploy/local/kafka.sh status   say whether it runs
+#
+# Environment: KAFKA_VERSION (4.1.1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093),
+# HPMF_CACHE (~/.cache/hpmf: jars), HPMF_RUN (./.run: pid, log), KAFKA_DATA (tmp dir).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+SLF4J_VERSION=${SLF4J_VERSION:-1.7.36}  # must match the slf4j-api that kafka_2.13 brings
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+CACHE=${HPMF_CACHE:-$HOME/.cache/hpmf}
+RUN=${HPMF_RUN:-$ROOT/.run}
+JARS="$CACHE/kafka-$KAFKA_VERSION/libs"
+DATA=${KAFKA_DATA:-${TMPDIR:-/tmp}/hpmf-kafka-$KAFKA_PORT}
+PIDFILE="$RUN/kafka.pid"
+LOG="$RUN/kafka.log"
+
+say() { echo "[kafka] $*"; }
+die() { echo "[kafka] error: $*" >&2; exit 1; }
+
+need_java() {
+    command -v java >/dev/null || die "Java not found. Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless) and retry."
+    local v
+    v=$(java -version 2>&1 | awk -F'"' '/version/ {print $2}' | cut -d. -f1)
+    [ "${v:-0}" -ge 17 ] 2>/dev/null || die "Kafka $KAFKA_VERSION needs Java 17 or newer; 'java -version' says ${v:-unknown}. Point PATH or JAVA_HOME at a Java 17+ install."
+}
+
+fetch() {
+    [ -f "$JARS/.complete" ] && return 0
+    command -v mvn >/dev/null || die "Maven (mvn) not found; it fetches the Kafka jars. Install it (Debian: apt-get install maven) and retry."
+    need_java
+    say "fetching Apache Kafka $KAFKA_VERSION jars with Maven into $JARS (first run only, ~1 min)"
+    local work="$CACHE/kafka-$KAFKA_VERSION"
+    mkdir -p "$work"
+    cat > "$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.hpmf</groupId><artifactId>kafka-broker-libs</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>$SLF4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    rm -rf "$JARS"
+    if ! (cd "$work" && mvn -B -q dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=libs > "$work/mvn.log" 2>&1); then
+        tail -20 "$work/mvn.log" >&2
+        die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (full log: $work/mvn.log). Check that Maven Central is reachable (proxy/mirror in ~/.m2/settings.xml) and retry."
+    fi
+    ls "$JARS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "Maven finished but no kafka_2.13 jar is in $JARS"
+    touch "$JARS/.complete"
+    say "fetched $(ls "$JARS" | wc -l) jars"
+}
+
+running_pid() {
+    [ -f "$PIDFILE" ] || return 1
+    local pid
+    pid=$(cat "$PIDFILE")
+    if kill -0 "$pid" 2>/dev/null && grep -q "kafka.Kafka" "/proc/$pid/cmdline" 2>/dev/null; then
+        echo "$pid"; return 0
+    fi
+    rm -f "$PIDFILE"; return 1
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+JAVA_OPTS=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka=warn
+    -Dorg.slf4j.simpleLogger.showDateTime=true
+    -cp "$JARS/*")  # the classpath wildcard is quoted: java expands it itself
+kjava() { java "${JAVA_OPTS[@]}" "$@"; }
+
+start() {
+    if pid=$(running_pid); then say "already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+    need_java
+    fetch
+    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+        if port_busy "$p"; then die "port 127.0.0.1:$p is already in use by another process. Stop it, or choose other ports: KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 make up"; fi
+    done
+    mkdir -p "$RUN" "$DATA"
+    local props="$RUN/kafka-server.properties"
+    cat > "$props" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DATA
+num.partitions=4
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+PROPS
+    local t0
+    t0=$(date +%s.%N)
+    if [ ! -f "$DATA/meta.properties" ]; then
+        local cid
+        cid=$(kjava kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+        kjava kafka.tools.StorageTool format -t "$cid" -c "$props" > "$RUN/kafka-format.log" 2>&1 \
+            || { cat "$RUN/kafka-format.log" >&2; die "formatting KRaft storage in $DATA failed (log: $RUN/kafka-format.log). Remove $DATA and retry."; }
+    fi
+    : > "$LOG"
+    # setsid: the broker gets its own session so Ctrl-C in a shell that ran
+    # `make up` does not take it down with it; `make down` stops it by PID.
+    setsid java "${JAVA_OPTS[@]}" kafka.Kafka "$props" >> "$LOG" 2>&1 < /dev/null &
+    echo $! > "$PIDFILE"
+    local pid=$!
+    for _ in $(seq 1 600); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -20 "$LOG" >&2
+            rm -f "$PIDFILE"
+            die "the broker exited during start-up (log: $LOG). If the log mentions the storage or cluster id, remove $DATA and retry."
+        fi
+        if grep -q "Kafka Server started" "$LOG" && port_busy "$KAFKA_PORT"; then
+            say "started (pid $pid) on 127.0.0.1:$KAFKA_PORT in $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)") s; data $DATA; log $LOG"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the broker did not become ready within 60 s (log: $LOG)"
+}
+
+stop() {
+    local pid
+    if ! pid=$(running_pid); then say "not running"; return 0; fi
+    kill -TERM "$pid"
+    for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; say "stopped (pid $pid)"; return 0; }
+        sleep 0.1
+    done
+    say "broker did not stop in 30 s; killing pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$PIDFILE"
+}
+
+status() {
+    if pid=$(running_pid); then say "running (pid $pid) on 127.0.0.1:$KAFKA_PORT"; else say "not running"; return 3; fi
+}
+
+case "${1:-}" in
+    fetch) fetch ;;
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 fetch|start|stop|status" >&2; exit 2 ;;
+esac
