@@ -1,2 +1,54 @@
-def main() -> None:
-    print("hpmf")
+"""The ``hpmf`` command: one entry point, a subcommand per job.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their subcommand runs, so
+``hpmf lookup`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "stream": ("streamer.stream_cli", "run the streaming service: Kafka watch events in, posteriors in Redis out"),
+    "replay": ("streamer.replay", "produce an events file into Kafka, keyed by user, at a given rate"),
+    "lookup": ("streamer.lookup_cli", "print a user's posterior, predictions and recommendations from Redis"),
+    "evaluate": ("streamer.evaluate_cli", "evaluate the model ladder on an events file (prequential or holdout)"),
+    "simulate": ("streamer.simulate_cli", "write a synthetic AVOD watch stream drawn from the model itself"),
+    "fit": ("streamer.fit_cli", "batch-fit the model on an events file and write a checkpoint (warm start)"),
+    "topics": ("streamer.topics_cli", "create the Kafka topics the service uses"),
+}
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpmf",
+        description=(
+            "Streaming Hierarchical Probabilistic Matrix Factorization: watch events from "
+            "Kafka update Bayesian user posteriors that other services read from Redis."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == chosen:  # only the chosen subcommand's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Hyper-parameters of the online HPMF model, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from model.transform import TRANSFORMS
+
+
+@dataclass(frozen=True)
+class HPMFConfig:
+    """Settings of :class:`model.online.OnlineHPMF`.
+
+    The defaults are the ones tuned on MovieLens 100K (see BENCHMARKS.md).
+
+    >>> HPMFConfig(n_factors=4).dim
+    5
+    >>> HPMFConfig(transform="sqrt")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown transform 'sqrt'; choose one of: identity, log1p
+    """
+
+    n_factors: int = 10
+    """K, the number of latent taste dimensions."""
+    biases: bool = True
+    """Add a user bias b_i and a video bias c_j (they ride in the Gaussian factors)."""
+    transform: str = "identity"
+    """How raw values (minutes, ratings) map to the Gaussian scale: identity or log1p."""
+    user_pooling: bool = True
+    """Learn the population prior N(mu_u, diag(s_u)^2) of user factors from all users."""
+    video_pooling: bool = True
+    """Learn the prior N(mu_v, diag(s_v)^2) of video factors from all videos."""
+    prior_scale: float = 0.3
+    """Initial (and, with pooling off, fixed) prior standard deviation of factors."""
+    bias_prior_scale: float = 0.6
+    """Initial (and, with pooling off, fixed) prior standard deviation of biases."""
+    history_size: int = 200
+    """H: a user's posterior is computed from their H most recently watched videos."""
+    user_forgetting: float = 0.97
+    """Weight kept by an event per later event of the same user (1.0: never forget)."""
+    effective_data_size: float = 200_000.0
+    """N_eff: video evidence decays as exp(-events/N_eff); also scales the SVI likelihood."""
+    svi_min_events: int = 256
+    """The Pyro SVI step on the hyper-parameters runs once this many events have gathered."""
+    svi_steps: int = 1
+    svi_lr: float = 0.02
+    max_value: float = 1e6
+    """Raw values above this are rejected as absurd."""
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(
+                f"unknown transform {self.transform!r}; choose one of: {', '.join(TRANSFORMS)}"
+            )
+        if self.n_factors < 0:
+            raise ValueError(f"n_factors must be >= 0, got {self.n_factors}")
+        if not 0.0 < self.user_forgetting <= 1.0:
+            raise ValueError(f"user_forgetting must be in (0, 1], got {self.user_forgetting}")
+        if self.effective_data_size <= 0:
+            raise ValueError(f"effective_data_size must be > 0, got {self.effective_data_size}")
+        if self.history_size < 1:
+            raise ValueError(f"history_size must be >= 1, got {self.history_size}")
+        if self.prior_scale <= 0 or self.bias_prior_scale <= 0:
+            raise ValueError("prior scales must be > 0")
+        if self.svi_min_events < 1 or self.svi_steps < 0 or self.svi_lr <= 0:
+            raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
+
+    @property
+    def dim(self) -> int:
+        """Length of a user (or video) Gaussian factor: K taste dims plus the bias."""
+        return self.n_factors + (1 if self.biases else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HPMFConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,163 @@
+"""The HPMF model and its guide in Pyro: the single definition of the model.
+
+    r_ij = transform(minutes_ij) ~ N(b0 + b_i + c_j + u_i . v_j, sigma)
+    x_i = [u_i, b_i] ~ N(mu_u, diag(s_u)^2)      user factors and bias, pooled prior
+    mu_u ~ N(0, I)                               the population mean, learned
+    s_u  ~ LogNormal(log s_init, 1)              the population spread, weak hyperprior
+    w_j = [v_j, c_j] ~ N(mu_v, diag(s_v)^2)      video factors and bias (pooled as an option)
+    b0 ~ N(0, 10^2),  sigma ~ LogNormal(0, 1.5)
+
+Plates: ``videos`` (the touched videos, out of all), ``users`` and ``events``
+(the minibatch, scaled up to the effective data size N_eff).
+
+Inference splits the guide in two, as in stochastic variational inference:
+the local factors q(x_i) and the video factors q(w_j) are conditionally
+conjugate, so :mod:`model.local_step` and :mod:`model.video_step` set them in
+closed form and the guide takes them as given; the hyper-parameters
+(b0, sigma, mu_u, s_u, mu_v, s_v) are learned by Pyro SVI steps on the ELBO of
+this model and guide.
+
+A doctest: one SVI loss evaluation on a tiny problem.
+
+>>> import torch, pyro
+>>> from model.config import HPMFConfig
+>>> cfg = HPMFConfig(n_factors=2)
+>>> hp = Hypers.initial(cfg, b0=3.0, sigma=1.0)
+>>> d = cfg.dim
+>>> data = SVIData(
+...     user_mean=torch.zeros(2, d), user_tril=torch.eye(d).expand(2, d, d),
+...     video_rows=torch.tensor([0, 1]), video_mean=torch.zeros(2, d),
+...     video_tril=torch.eye(d).expand(2, d, d),
+...     event_user=torch.tensor([0, 1, 1]), event_video=torch.tensor([0, 0, 1]),
+...     target=torch.tensor([4.0, 3.0, 2.0]), n_videos=10, users_size=200.0, events_size=300.0)
+>>> loss = pyro.infer.Trace_ELBO().differentiable_loss(hpmf_model, hpmf_guide, data, cfg, hp)
+>>> bool(torch.isfinite(loss))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from model.config import HPMFConfig
+
+
+@dataclass
+class SVIData:
+    """What one SVI step sees: a buffer of recent events and the closed-form factors."""
+
+    user_mean: torch.Tensor  # (U, D)
+    user_tril: torch.Tensor  # (U, D, D) Cholesky factor of q(x_i)'s covariance
+    video_rows: torch.Tensor  # (J,) rows of the touched videos among n_videos
+    video_mean: torch.Tensor  # (J, D)
+    video_tril: torch.Tensor  # (J, D, D)
+    event_user: torch.Tensor  # (E,) index into users
+    event_video: torch.Tensor  # (E,) index into touched videos
+    target: torch.Tensor  # (E,) transformed values
+    n_videos: int
+    users_size: float  # how many users the buffer's users stand for
+    events_size: float  # N_eff: how many events the buffer's events stand for
+
+
+@dataclass
+class Hypers:
+    """Unconstrained variational parameters of the hyper-parameters (torch leaves)."""
+
+    b0: torch.Tensor
+    log_sigma: torch.Tensor
+    mu_u_loc: torch.Tensor
+    mu_u_log_scale: torch.Tensor
+    log_s_u: torch.Tensor
+    mu_v: torch.Tensor
+    log_s_v: torch.Tensor
+
+    @staticmethod
+    def initial_scales(cfg: HPMFConfig) -> torch.Tensor:
+        s = torch.full((cfg.dim,), cfg.prior_scale, dtype=torch.float64)
+        if cfg.biases:
+            s[-1] = cfg.bias_prior_scale
+        return s
+
+    @staticmethod
+    def initial(cfg: HPMFConfig, b0: float, sigma: float) -> Hypers:
+        d = cfg.dim
+        scales = Hypers.initial_scales(cfg).log()
+
+        def leaf(t: torch.Tensor) -> torch.Tensor:
+            return t.to(torch.float64).clone().requires_grad_(True)
+
+        return Hypers(
+            b0=leaf(torch.tensor(b0)),
+            log_sigma=leaf(torch.tensor(math.log(sigma))),
+            mu_u_loc=leaf(torch.zeros(d)),
+            mu_u_log_scale=leaf(torch.full((d,), -3.0)),
+            log_s_u=leaf(scales),
+            mu_v=leaf(torch.zeros(d)),
+            log_s_v=leaf(scales),
+        )
+
+    def leaves(self) -> list[torch.Tensor]:
+        return [
+            self.b0, self.log_sigma, self.mu_u_loc, self.mu_u_log_scale,
+            self.log_s_u, self.mu_v, self.log_s_v,
+        ]  # fmt: skip
+
+
+def predicted_mean(x: torch.Tensor, w: torch.Tensor, biases: bool) -> torch.Tensor:
+    """b_i + c_j + u_i . v_j for factors x = [u, b] and w = [v, c] (without b0)."""
+    if not biases:
+        return (x * w).sum(-1)
+    return (x[..., :-1] * w[..., :-1]).sum(-1) + x[..., -1] + w[..., -1]
+
+
+def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
+    d = cfg.dim
+    fixed_scale = Hypers.initial_scales(cfg)
+    zeros = torch.zeros(d, dtype=torch.float64)
+    # Globals
+    b0 = pyro.sample("b0", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+    sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.5))
+    if cfg.user_pooling:
+        mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1))
+        s_u = pyro.sample("s_u", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
+    else:
+        mu_u, s_u = zeros, fixed_scale
+    if cfg.video_pooling:
+        mu_v = pyro.sample("mu_v", dist.Normal(zeros, 1.0).to_event(1))
+        s_v = pyro.sample("s_v", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
+    else:
+        mu_v, s_v = zeros, fixed_scale
+    with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
+        w = pyro.sample("w", dist.Normal(mu_v, s_v).to_event(1))
+    # Locals
+    n_users = data.user_mean.shape[0]
+    with pyro.plate("users", data.users_size, subsample=torch.arange(n_users)):
+        x = pyro.sample("x", dist.Normal(mu_u, s_u).to_event(1))
+    n_events = data.target.shape[0]
+    with pyro.plate("events", data.events_size, subsample=torch.arange(n_events)):
+        mean = b0 + predicted_mean(x[data.event_user], w[data.event_video], cfg.biases)
+        pyro.sample("r", dist.Normal(mean, sigma), obs=data.target)
+
+
+def hpmf_guide(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
+    # Globals
+    pyro.sample("b0", dist.Delta(hp.b0))
+    pyro.sample("sigma", dist.Delta(hp.log_sigma.exp()))
+    if cfg.user_pooling:
+        pyro.sample("mu_u", dist.Normal(hp.mu_u_loc, hp.mu_u_log_scale.exp()).to_event(1))
+        pyro.sample("s_u", dist.Delta(hp.log_s_u.exp()).to_event(1))
+    if cfg.video_pooling:
+        pyro.sample("mu_v", dist.Delta(hp.mu_v).to_event(1))
+        pyro.sample("s_v", dist.Delta(hp.log_s_v.exp()).to_event(1))
+    # The conjugate blocks, set in closed form by the local and video steps.
+    with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
+        pyro.sample("w", dist.MultivariateNormal(data.video_mean, scale_tril=data.video_tril))
+    # Locals
+    n_users = data.user_mean.shape[0]
+    with pyro.plate("users", data.users_size, subsample=torch.arange(n_users)):
+        pyro.sample("x", dist.MultivariateNormal(data.user_mean, scale_tril=data.user_tril))

@@ -1,0 +1,80 @@
+"""Expected features of a Gaussian factor, the building block of both exact steps.
+
+A user factor x = [u, b] (taste u, bias b) meets a video through the feature
+y = [u, 1] and the offset b, so that the mean rating is
+
+    b0 + u.v + b + c = b0 + y(x) . w  + ...   (symmetrically for the video w = [v, c]).
+
+Under q(x) = N(m, S) the conjugate updates need E[y], E[y y^T], E[y b] and E[b].
+Without biases the feature is the factor itself and the offset is zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def feature_moments(
+    mean: torch.Tensor, cov: torch.Tensor, biases: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Moments of the feature/offset split of Gaussian factors.
+
+    Args:
+        mean: (N, D) posterior means.
+        cov: (N, D, D) posterior covariances.
+        biases: whether the last coordinate is a bias.
+
+    Returns:
+        Ey (N, D), Eyy (N, D, D), Eyb (N, D), Eb (N,).
+
+    >>> m = torch.tensor([[1.0, 2.0]]); S = torch.eye(2)[None] * 0.5
+    >>> Ey, Eyy, Eyb, Eb = feature_moments(m, S, biases=True)
+    >>> Ey.tolist(), Eyy.tolist(), Eyb.tolist(), Eb.tolist()
+    ([[1.0, 1.0]], [[[1.5, 1.0], [1.0, 1.0]]], [[2.0, 2.0]], [2.0])
+    """
+    if not biases:
+        eyy = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        zeros = torch.zeros_like(mean)
+        return mean, eyy, zeros, zeros[..., 0] if mean.shape[-1] else mean.new_zeros(mean.shape[:-1])
+    k = mean.shape[-1] - 1
+    ey = mean.clone()
+    ey[..., k] = 1.0
+    cov_y = cov.clone()
+    cov_y[..., k, :] = 0.0
+    cov_y[..., :, k] = 0.0
+    eyy = cov_y + ey.unsqueeze(-1) * ey.unsqueeze(-2)
+    eb = mean[..., k]
+    cross = cov[..., :, k].clone()
+    cross[..., k] = 0.0
+    eyb = ey * eb.unsqueeze(-1) + cross
+    return ey, eyy, eyb, eb
+
+
+def gaussian_posterior(
+    prior_precision: torch.Tensor,
+    prior_shift: torch.Tensor,
+    data_precision: torch.Tensor,
+    data_shift: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """N(mean, cov) from natural parameters: precision P = P0 + Pd, shift h = h0 + hd.
+
+    Returns mean (N, D), cov (N, D, D) and the Cholesky factor of cov (N, D, D),
+    all batched.
+
+    >>> P0 = torch.eye(1)[None]; h0 = torch.zeros(1, 1)
+    >>> m, c, _ = gaussian_posterior(P0, h0, 3 * torch.eye(1)[None], torch.tensor([[2.0]]))
+    >>> m.item(), c.item()
+    (0.5, 0.25)
+    """
+    precision = prior_precision + data_precision
+    shift = prior_shift + data_shift
+    d = precision.shape[-1]
+    if d == 0:
+        empty = precision.new_zeros(precision.shape)
+        return shift, empty, empty
+    chol_p = torch.linalg.cholesky(precision)
+    eye = torch.eye(d, dtype=precision.dtype, device=precision.device).expand_as(precision)
+    cov = torch.cholesky_solve(eye, chol_p)
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    mean = torch.cholesky_solve(shift.unsqueeze(-1), chol_p).squeeze(-1)
+    return mean, cov, torch.linalg.cholesky(cov)

@@ -1,0 +1,394 @@
+"""Online HPMF: the two verbs the service calls, ``predict`` and ``learn``.
+
+One minibatch does (see :meth:`OnlineHPMF.learn`):
+
+1. **Local step, exact** (:mod:`model.local_step`): every touched user's
+   q(x_i) is recomputed from their aggregated history against the pooled prior
+   and the current video posteriors, in closed form, vectorised over the batch.
+2. **Global step** (:mod:`model.video_step`, :mod:`model.hpmf_model`): a
+   natural-gradient SVI step on the touched videos' posteriors, then Pyro SVI
+   steps on the hyper-parameters (b0, sigma, mu_u, s_u, mu_v, s_v), the
+   likelihood scaled to the effective data size N_eff.
+
+The model holds only globals plus an id-to-row map for videos; per-user state
+(:class:`model.posterior.UserState`) is passed in and handed back, so the
+streamer can keep it in Redis and let churned users expire.
+
+The local step and the global step are separate methods as well
+(:meth:`local_update`, :meth:`apply_global`) so that several workers can run
+local steps while a single learner applies their global statistics.
+
+>>> m = OnlineHPMF(HPMFConfig(n_factors=2, seed=1))
+>>> states = m.learn(Batch.of(["ann", "ann", "bob"], ["v1", "v2", "v1"], [5, 4, 1]), {})
+>>> sorted(states), states["ann"].n_events, m.version
+(['ann', 'bob'], 2, 1)
+>>> mean, std = m.predict([states["ann"], None], ["v2", "v-new"])
+>>> mean.shape, bool((std > 0).all())
+((2,), True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+
+from model.batch import Batch
+from model.config import HPMFConfig
+from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model
+from model.local_step import HistoryEntries, user_local_step
+from model.moments import feature_moments, gaussian_posterior
+from model.posterior import PooledPrior, UserState
+from model.transform import forward
+from model.video_step import video_batch_statistics
+
+DTYPE = torch.float64
+
+
+@dataclass
+class GlobalStats:
+    """What a local update hands to the global step, keyed by video id (not row),
+    so a learner in another process can apply it. All arrays are numpy.
+
+    ``video_prec``/``video_shift``: natural-parameter increments per touched video.
+    ``user_mean``/``user_cov``: posteriors of the batch's users (for SVI).
+    ``event_user``/``event_video``/``target``: the batch's (deduplicated) events.
+    """
+
+    video_ids: list[str]
+    video_prec: np.ndarray
+    video_shift: np.ndarray
+    user_mean: np.ndarray
+    user_cov: np.ndarray
+    event_user: np.ndarray
+    event_video: np.ndarray
+    target: np.ndarray
+    n_events: int
+
+
+@dataclass
+class LocalUpdate:
+    states: dict[str, UserState]
+    stats: GlobalStats
+
+
+def video_jitter(video_id: str, dim: int, scale: float, biases: bool) -> np.ndarray:
+    """A small deterministic offset for a new video's initial posterior mean.
+
+    Factor models need their symmetry broken; seeding it from the id means
+    every worker starts a new video at the same point.
+    """
+    seed = int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little")
+    j = np.random.default_rng(seed).normal(0.0, scale, size=dim)
+    if biases and dim:
+        j[-1] = 0.0
+    return j
+
+
+class OnlineHPMF:
+    """Hierarchical PMF learned online by minibatched SVI (see module docstring)."""
+
+    def __init__(self, config: HPMFConfig | None = None) -> None:
+        self.config = config or HPMFConfig()
+        self._rng = torch.Generator().manual_seed(self.config.seed)
+        d = self.config.dim
+        self.version = 0
+        self.n_seen = 0  # events learned: the stream clock of video forgetting
+        self.hp: Hypers | None = None  # set from the first batch (data-dependent init)
+        self._opt: torch.optim.Optimizer | None = None
+        self.video_index: dict[str, int] = {}
+        self.video_ids: list[str] = []
+        cap = 64
+        self._v_prec = torch.zeros(cap, d, d, dtype=DTYPE)  # data part of natural params
+        self._v_shift = torch.zeros(cap, d, dtype=DTYPE)
+        self._v_time = torch.zeros(cap, dtype=DTYPE)
+        self._v_mean = torch.zeros(cap, d, dtype=DTYPE)  # cached posterior
+        self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
+        self._svi_buffer: list[GlobalStats] = []
+
+    # ------------------------------------------------------------ globals
+    def _ensure_hypers(self, targets: np.ndarray) -> Hypers:
+        if self.hp is None:
+            b0 = float(np.mean(targets)) if targets.size else 0.0
+            sd = float(np.std(targets)) if targets.size > 1 else 1.0
+            self.hp = Hypers.initial(self.config, b0=b0, sigma=max(sd, 1e-2))
+            self._opt = torch.optim.Adam(self.hp.leaves(), lr=self.config.svi_lr)
+        return self.hp
+
+    def _b0(self) -> torch.Tensor:
+        return self.hp.b0.detach() if self.hp is not None else torch.tensor(0.0, dtype=DTYPE)
+
+    def _noise_var(self) -> torch.Tensor:
+        if self.hp is None:
+            return torch.tensor(1.0, dtype=DTYPE)
+        return (2 * self.hp.log_sigma.detach()).exp()
+
+    def _user_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if self.hp is None or not cfg.user_pooling:
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
+        return self.hp.mu_u_loc.detach(), self.hp.log_s_u.detach().exp()
+
+    def _video_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if self.hp is None or not cfg.video_pooling:
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
+        return self.hp.mu_v.detach(), self.hp.log_s_v.detach().exp()
+
+    def pooled_prior(self) -> PooledPrior:
+        """What a brand-new user gets: N(E[mu_u], diag(s_u)^2 + Var[mu_u])."""
+        mean, scale = self._user_prior()
+        var = scale.pow(2)
+        if self.hp is not None and self.config.user_pooling:
+            var = var + (2 * self.hp.mu_u_log_scale.detach()).exp()
+        return PooledPrior(mean.numpy().copy(), torch.diag(var).numpy())
+
+    @property
+    def sigma(self) -> float:
+        return float(self._noise_var().sqrt())
+
+    @property
+    def global_mean(self) -> float:
+        return float(self._b0())
+
+    # ------------------------------------------------------------ videos
+    def _rows(self, video_ids: Sequence[str], register: bool) -> torch.Tensor:
+        """Rows of videos; unknown ones are registered at their prior (or -1)."""
+        rows = []
+        for vid in video_ids:
+            row = self.video_index.get(vid)
+            if row is None:
+                row = self._register(vid) if register else -1
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.long)
+
+    def _register(self, vid: str) -> int:
+        row = len(self.video_ids)
+        if row == self._v_mean.shape[0]:
+            self._grow()
+        self.video_index[vid] = row
+        self.video_ids.append(vid)
+        mean, scale = self._video_prior()
+        jitter = video_jitter(vid, self.config.dim, 0.1 * self.config.prior_scale, self.config.biases)
+        self._v_mean[row] = mean + torch.from_numpy(jitter)
+        self._v_cov[row] = torch.diag(scale.pow(2))
+        self._v_time[row] = self.n_seen
+        return row
+
+    def _grow(self) -> None:
+        def double(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, torch.zeros_like(t)], 0)
+
+        self._v_prec, self._v_shift = double(self._v_prec), double(self._v_shift)
+        self._v_time, self._v_mean, self._v_cov = (
+            double(self._v_time), double(self._v_mean), double(self._v_cov),
+        )  # fmt: skip
+
+    def _video_moments(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of videos by row; row -1 (unknown) gets the video prior."""
+        known = rows >= 0
+        safe = rows.clamp(min=0)
+        mean = self._v_mean[safe].clone()
+        cov = self._v_cov[safe].clone()
+        if not bool(known.all()):
+            pm, ps = self._video_prior()
+            mean[~known] = pm
+            cov[~known] = torch.diag(ps.pow(2))
+        return mean, cov
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_ids)
+
+    # ------------------------------------------------------------ predict
+    def predict(
+        self, states: Sequence[UserState | None], video_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predictive mean and standard deviation of each (user, video) pair,
+        on the transformed scale. A ``None`` state is a new user (pooled prior).
+
+        Var = sigma^2 + tr(S_w E[y_x y_x^T]) + E[y_w]^T S_x E[y_w], exact for
+        independent Gaussian q(x_i), q(w_j).
+        """
+        if len(states) != len(video_ids):
+            raise ValueError(f"{len(states)} users but {len(video_ids)} videos")
+        n, d = len(states), self.config.dim
+        prior = self.pooled_prior()
+        um = np.empty((n, d))
+        uc = np.empty((n, d, d))
+        for k, s in enumerate(states):
+            if s is None or s.mean is None or s.cov is None:
+                um[k], uc[k] = prior.mean, prior.cov
+            else:
+                um[k], uc[k] = s.mean, s.cov
+        xm, xc = torch.from_numpy(um), torch.from_numpy(uc)
+        wm, wc = self._video_moments(self._rows([str(v) for v in video_ids], register=False))
+        ey_x, eyy_x, _, eb_x = feature_moments(xm, xc, self.config.biases)
+        ey_w = feature_moments(wm, wc, self.config.biases)[0]
+        mean = self._b0() + eb_x + (ey_x * wm).sum(-1)
+        var = (
+            self._noise_var()
+            + (wc * eyy_x).sum((-1, -2))
+            + torch.einsum("nd,nde,ne->n", ey_w, xc, ey_w)
+        )
+        return mean.numpy(), var.sqrt().numpy()
+
+    # ------------------------------------------------------------ learn
+    def learn(self, batch: Batch, states: Mapping[str, UserState | None]) -> dict[str, UserState]:
+        """Learn one minibatch: local step, then global step. Returns the new
+        state of every user in the batch; ``states`` may lack new users."""
+        update = self.local_update(batch, states)
+        self.apply_global(update.stats)
+        return update.states
+
+    def local_update(
+        self, batch: Batch, states: Mapping[str, UserState | None]
+    ) -> LocalUpdate:
+        """Fold the batch into the users' histories and recompute their
+        posteriors exactly (the local step). Globals are not changed, except
+        that new videos are registered at their prior."""
+        cfg = self.config
+        if not isinstance(batch, Batch):
+            raise TypeError(f"learn() takes a model.batch.Batch, got {type(batch).__name__}")
+        bad = np.flatnonzero(batch.values > cfg.max_value)
+        if bad.size:
+            raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
+        users = batch.users()
+        new_states: dict[str, UserState] = {}
+        for uid in users:
+            old = states.get(uid)
+            new_states[uid] = old.copy() if old is not None else UserState()
+        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values, strict=True):
+            new_states[uid].fold(vid, float(val), cfg.history_size)
+        self._rows(batch.video_ids, register=True)
+
+        # Local step over all touched users' histories, flattened.
+        e_user: list[int] = []
+        e_vid: list[str] = []
+        e_val: list[float] = []
+        e_age: list[int] = []
+        for k, uid in enumerate(users):
+            s = new_states[uid]
+            for vid, (val, seq) in s.history.items():
+                e_user.append(k)
+                e_vid.append(vid)
+                e_val.append(val)
+                e_age.append(s.n_events - int(seq))
+        rows = self._rows(e_vid, register=True)
+        targets = forward(cfg.transform, np.asarray(e_val))
+        self._ensure_hypers(forward(cfg.transform, batch.values))
+        weights = torch.from_numpy(cfg.user_forgetting ** np.asarray(e_age, dtype=np.float64))
+        entries = HistoryEntries(
+            torch.tensor(e_user, dtype=torch.long), rows, torch.from_numpy(targets), weights
+        )
+        prior_mean, prior_scale = self._user_prior()
+        b0, noise_var = self._b0(), self._noise_var()
+        vm, vc = self._v_mean[: self.n_videos], self._v_cov[: self.n_videos]
+        u_mean, u_cov, _ = user_local_step(
+            entries, len(users), vm, vc, b0, noise_var, prior_mean, prior_scale, cfg.biases
+        )
+        for k, uid in enumerate(users):
+            s = new_states[uid]
+            s.mean = u_mean[k].numpy().astype(np.float64)
+            s.cov = u_cov[k].numpy().astype(np.float64)
+            s.model_version = self.version
+
+        # Statistics for the global step: one term per distinct (user, video) pair.
+        pairs: dict[tuple[str, str], float] = {}
+        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values, strict=True):
+            pairs[(uid, vid)] = pairs.get((uid, vid), 0.0) + float(val)
+        uindex = {u: k for k, u in enumerate(users)}
+        vids = list(dict.fromkeys(v for _, v in pairs))
+        vindex = {v: k for k, v in enumerate(vids)}
+        ev_user = np.array([uindex[u] for u, _ in pairs], dtype=np.int64)
+        ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
+        ev_target = forward(
+            cfg.transform, np.array([
+                # the aggregated value, or the batch's own sum if the entry was
+                # already pushed out of a history shorter than the batch
+                new_states[u].history.get(v, (total,))[0] for (u, v), total in pairs.items()
+            ])
+        )
+        prec, shift = video_batch_statistics(
+            torch.from_numpy(ev_video), len(vids), u_mean[ev_user], u_cov[ev_user],
+            torch.from_numpy(ev_target), b0, noise_var, cfg.biases,
+        )  # fmt: skip
+        stats = GlobalStats(
+            video_ids=vids, video_prec=prec.numpy(), video_shift=shift.numpy(),
+            user_mean=u_mean.numpy(), user_cov=u_cov.numpy(),
+            event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
+        )  # fmt: skip
+        return LocalUpdate(new_states, stats)
+
+    def apply_global(self, stats: GlobalStats) -> None:
+        """The global step: natural-gradient update of the touched videos, then
+        (once enough events gathered) Pyro SVI steps on the hyper-parameters."""
+        cfg = self.config
+        self._ensure_hypers(stats.target)
+        rows = self._rows(stats.video_ids, register=True)
+        self.n_seen += stats.n_events
+        # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
+        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
+        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + torch.from_numpy(stats.video_prec)
+        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + torch.from_numpy(stats.video_shift)
+        self._v_time[rows] = float(self.n_seen)
+        self._refresh_videos(rows)
+        # 2. Hyper-parameters by Pyro SVI on a buffer of recent events.
+        self._svi_buffer.append(stats)
+        if sum(len(s.target) for s in self._svi_buffer) >= cfg.svi_min_events:
+            self._svi_step()
+            self._svi_buffer.clear()
+        self.version += 1
+
+    def _refresh_videos(self, rows: torch.Tensor) -> None:
+        d = self.config.dim
+        pm, ps = self._video_prior()
+        n = rows.shape[0]
+        prior_prec = torch.diag_embed(ps.pow(-2)).expand(n, d, d)
+        prior_shift = (ps.pow(-2) * pm).expand(n, d)
+        mean, cov, _ = gaussian_posterior(prior_prec, prior_shift, self._v_prec[rows], self._v_shift[rows])
+        self._v_mean[rows] = mean
+        self._v_cov[rows] = cov
+
+    def _svi_step(self) -> None:
+        cfg = self.config
+        if cfg.svi_steps == 0 or self.hp is None or self._opt is None:
+            return
+        buf = self._svi_buffer
+        users_m, users_c, ev_u, ev_v, tgt, vids = [], [], [], [], [], []
+        u_off = 0
+        for s in buf:
+            users_m.append(s.user_mean)
+            users_c.append(s.user_cov)
+            ev_u.append(s.event_user + u_off)
+            u_off += len(s.user_mean)
+            ev_v.extend(s.video_ids[k] for k in s.event_video)
+            tgt.append(s.target)
+        vrows_all = self._rows(ev_v, register=True)
+        vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
+        vm, vc = self._v_mean[vrows], self._v_cov[vrows]
+        n_events = sum(len(t) for t in tgt)
+        n_users = u_off
+        jitter = 1e-9 * torch.eye(cfg.dim, dtype=DTYPE)
+        data = SVIData(
+            user_mean=torch.from_numpy(np.concatenate(users_m)),
+            user_tril=torch.linalg.cholesky(torch.from_numpy(np.concatenate(users_c)) + jitter),
+            video_rows=vrows, video_mean=vm, video_tril=torch.linalg.cholesky(vc + jitter),
+            event_user=torch.from_numpy(np.concatenate(ev_u)), event_video=ev_video,
+            target=torch.from_numpy(np.concatenate(tgt)), n_videos=max(self.n_videos, 1),
+            users_size=cfg.effective_data_size * n_users / n_events,
+            events_size=cfg.effective_data_size,
+        )  # fmt: skip
+        elbo = pyro.infer.Trace_ELBO()
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
+            for _ in range(cfg.svi_steps):
+                self._opt.zero_grad()
+                # Scale the loss per event so Adam's step size does not depend on N_eff.
+                loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
+                (loss / cfg.effective_data_size).backward()
+                self._opt.step()

@@ -1,0 +1,61 @@
+"""Per-user state: the aggregated watch history and the Gaussian posterior q(x_i).
+
+The model object keeps no per-user state (users churn; the streamer keeps this
+in Redis). A user missing from the store is a new user: the pooled prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class UserState:
+    """What the service stores for one user.
+
+    ``history`` maps video id -> [summed raw value, seq], oldest first, where
+    seq is the user's event count when that video was last watched (it sets the
+    forgetting weight). ``mean``/``cov`` are q(x_i) = N(mean, cov) over
+    x_i = [u_i, b_i], computed against global model ``model_version``.
+
+    >>> s = UserState()
+    >>> s.fold("v1", 3.0, history_size=2); s.fold("v2", 1.0, 2); s.fold("v1", 2.0, 2)
+    >>> s.history, s.n_events
+    ({'v2': [1.0, 2], 'v1': [5.0, 3]}, 3)
+    >>> s.fold("v3", 1.0, 2); list(s.history)
+    ['v1', 'v3']
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    n_events: int = 0
+    mean: np.ndarray | None = None
+    cov: np.ndarray | None = None
+    model_version: int = 0
+
+    def fold(self, video_id: str, value: float, history_size: int) -> None:
+        """Add one event: minutes are summed per video, the entry becomes the newest."""
+        self.n_events += 1
+        old = self.history.pop(video_id, None)
+        total = value + (old[0] if old is not None else 0.0)
+        self.history[video_id] = [total, self.n_events]
+        while len(self.history) > history_size:
+            del self.history[next(iter(self.history))]
+
+    def copy(self) -> UserState:
+        return UserState(
+            history={k: list(v) for k, v in self.history.items()},
+            n_events=self.n_events,
+            mean=None if self.mean is None else self.mean.copy(),
+            cov=None if self.cov is None else self.cov.copy(),
+            model_version=self.model_version,
+        )
+
+
+@dataclass(frozen=True)
+class PooledPrior:
+    """The population prior a brand-new (or churned) user gets: N(mean, cov)."""
+
+    mean: np.ndarray
+    cov: np.ndarray

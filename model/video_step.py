@@ -1,0 +1,48 @@
+"""Global step, part 1: the video posteriors, by a natural-gradient SVI step.
+
+Given the users' posteriors q(x_i) from the local step, the video factor
+w_j = [v_j, c_j] is conditionally conjugate, so the SVI step on q(w_j) can be
+taken in natural parameters, where it is exact and needs no learning rate
+(Hoffman et al. 2013). In a stream the "data set" is the recent past: the data
+part of the natural parameters is an exponentially weighted sum of minibatch
+statistics with weight exp(-dt / N_eff) for evidence dt events old, so N_eff
+(the effective data size) sets how fast the model forgets old tastes:
+
+    P_j = diag(s_v)^-2 + sum_t exp(-(T - t)/N_eff) sigma^-2 sum_{i in batch t} E[y_i y_i^T]
+    h_j = diag(s_v)^-2 mu_v + sum_t exp(-(T - t)/N_eff) sigma^-2 sum_i ((r_ij - b0) E[y_i] - E[y_i b_i])
+
+with y_i = [u_i, 1] and expectations under q(x_i).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.moments import feature_moments
+
+
+def video_batch_statistics(
+    event_video: torch.Tensor,
+    n_videos: int,
+    user_mean: torch.Tensor,
+    user_cov: torch.Tensor,
+    target: torch.Tensor,
+    b0: torch.Tensor,
+    noise_var: torch.Tensor,
+    biases: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One minibatch's contribution to the natural parameters of ``n_videos`` videos.
+
+    ``event_video`` (E,) indexes the touched videos; ``user_mean``/``user_cov``
+    are the posteriors of the user of each event (E, D) / (E, D, D).
+    Returns precision (J, D, D) and shift (J, D) increments.
+    """
+    d = user_mean.shape[-1]
+    dtype = user_mean.dtype
+    ey, eyy, eyb, _ = feature_moments(user_mean, user_cov, biases)
+    prec = torch.zeros(n_videos, d * d, dtype=dtype)
+    prec.index_add_(0, event_video, eyy.reshape(-1, d * d))
+    resid = (target.to(dtype) - b0).unsqueeze(-1)
+    shift = torch.zeros(n_videos, d, dtype=dtype)
+    shift.index_add_(0, event_video, resid * ey - eyb)
+    return prec.reshape(n_videos, d, d) / noise_var, shift / noise_var
