@@ -359,7 +359,7 @@ class OnlineHPMF:
         if cfg.svi_steps == 0 or self.hp is None or self._opt is None:
             return
         buf = self._svi_buffer
-        users_m, users_c, ev_u, ev_v, tgt, vids = [], [], [], [], [], []
+        users_m, users_c, ev_u, ev_v, tgt = [], [], [], [], []
         u_off = 0
         for s in buf:
             users_m.append(s.user_mean)
