@@ -39,6 +39,7 @@ import torch
 
 from model.batch import Batch
 from model.config import HPMFConfig
+from model.globals_snapshot import GlobalsSnapshot
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_moments, gaussian_posterior
@@ -109,6 +110,7 @@ class OnlineHPMF:
         self._v_mean = torch.zeros(cap, d, dtype=DTYPE)  # cached posterior
         self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
         self._svi_buffer: list[GlobalStats] = []
+        self.learner = True  # False once globals were imported from a snapshot
 
     # ------------------------------------------------------------ globals
     def _ensure_hypers(self, targets: np.ndarray) -> Hypers:
@@ -203,6 +205,14 @@ class OnlineHPMF:
     @property
     def n_videos(self) -> int:
         return len(self.video_ids)
+
+    def export_globals(self) -> GlobalsSnapshot:
+        """The globals as numpy, for workers and readers (see :func:`export_globals`)."""
+        return export_globals(self)
+
+    def import_globals(self, snap: GlobalsSnapshot) -> None:
+        """Compute against a published snapshot (see :func:`import_globals`)."""
+        import_globals(self, snap)
 
     # ------------------------------------------------------------ predict
     def predict(
@@ -328,6 +338,11 @@ class OnlineHPMF:
         """The global step: natural-gradient update of the touched videos, then
         (once enough events gathered) Pyro SVI steps on the hyper-parameters."""
         cfg = self.config
+        if not self.learner:
+            raise RuntimeError(
+                "this model's globals were imported from a snapshot; only the learner "
+                "(which owns the natural parameters) may apply a global step"
+            )
         self._ensure_hypers(stats.target)
         rows = self._rows(stats.video_ids, register=True)
         self.n_seen += stats.n_events
@@ -392,3 +407,65 @@ class OnlineHPMF:
                 loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
                 (loss / cfg.effective_data_size).backward()
                 self._opt.step()
+
+
+# ---------------------------------------------------------------- snapshots
+def export_globals(model: OnlineHPMF) -> GlobalsSnapshot:
+    """The globals every worker and reader needs, as numpy (see GlobalsSnapshot)."""
+    n = model.n_videos
+    pm, ps = model._user_prior()
+    vm, vs = model._video_prior()
+    prior = model.pooled_prior()
+    return GlobalsSnapshot(
+        version=model.version,
+        config=model.config.to_dict(),
+        b0=model.global_mean,
+        sigma=model.sigma,
+        user_prior_mean=pm.numpy().copy(),
+        user_prior_scale=ps.numpy().copy(),
+        user_prior_cov=prior.cov,
+        video_prior_mean=vm.numpy().copy(),
+        video_prior_scale=vs.numpy().copy(),
+        video_ids=list(model.video_ids),
+        video_mean=model._v_mean[:n].numpy().copy(),
+        video_cov=model._v_cov[:n].numpy().copy(),
+    )
+
+
+def import_globals(model: OnlineHPMF, snap: GlobalsSnapshot) -> None:
+    """Make ``model`` compute local steps and predictions against ``snap``.
+
+    Used by workers that do not hold the learner role: their model has no
+    natural parameters of its own, so :meth:`OnlineHPMF.apply_global` must not
+    be called on it (it raises)."""
+    snap.validate()
+    cfg = model.config
+    if snap.dim != cfg.dim:
+        raise ValueError(f"globals snapshot has factor dimension {snap.dim}, this model {cfg.dim}")
+    hp = Hypers.initial(cfg, b0=snap.b0, sigma=max(snap.sigma, 1e-6))
+    with torch.no_grad():
+        hp.mu_u_loc.copy_(torch.from_numpy(np.asarray(snap.user_prior_mean, dtype=np.float64)))
+        hp.log_s_u.copy_(torch.from_numpy(np.log(np.asarray(snap.user_prior_scale, dtype=np.float64))))
+        hp.mu_v.copy_(torch.from_numpy(np.asarray(snap.video_prior_mean, dtype=np.float64)))
+        hp.log_s_v.copy_(torch.from_numpy(np.log(np.asarray(snap.video_prior_scale, dtype=np.float64))))
+        extra = np.diag(snap.user_prior_cov) - np.asarray(snap.user_prior_scale) ** 2
+        hp.mu_u_log_scale.copy_(torch.from_numpy(0.5 * np.log(np.maximum(extra, 1e-12))))
+    model.hp = hp
+    model._opt = None
+    model.learner = False
+    model.version = snap.version
+    model.video_ids = []
+    model.video_index = {}
+    v = len(snap.video_ids)
+    cap = max(64, v)
+    d = cfg.dim
+    model._v_prec = torch.zeros(cap, d, d, dtype=DTYPE)
+    model._v_shift = torch.zeros(cap, d, dtype=DTYPE)
+    model._v_time = torch.zeros(cap, dtype=DTYPE)
+    model._v_mean = torch.zeros(cap, d, dtype=DTYPE)
+    model._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
+    for k, vid in enumerate(snap.video_ids):
+        model.video_index[vid] = k
+        model.video_ids.append(vid)
+    model._v_mean[:v] = torch.from_numpy(np.asarray(snap.video_mean, dtype=np.float64))
+    model._v_cov[:v] = torch.from_numpy(np.asarray(snap.video_cov, dtype=np.float64))
