@@ -1,0 +1,507 @@
+"""The Redis record codec: the published format of docs/redis_format.md, version 1.
+
+This module is the one place that knows the byte layout. The streaming service
+(the only writer) encodes with it; the reader library (:mod:`streamer.lookup_reader`)
+decodes with it. It imports numpy and the standard library only (no torch, no
+Kafka), so any reader service can use it.
+
+Layout in brief (the doc is the contract):
+
+* user ``{prefix}:u:{<user_id>}``: HASH ``v d mean cov n ts et gv p o hist``;
+* global ``{prefix}:g:{<version>}``: HASH ``v gv d k biases transform b0 sigma
+  prior_mean prior_cov n_videos video_ids video_mean video_cov video_scale ts``;
+* ``{prefix}:g:current``: STRING, the newest complete global version.
+
+Integers and floats are ASCII decimal text; arrays are little-endian float32,
+row-major, no header. Arrays decode to float64 (the model computes in float64;
+storing float32 costs ~1e-7 relative precision, far below posterior spreads).
+
+>>> user_key("hpmf", 42), global_key("hpmf", 7), global_current_key("hpmf")
+('hpmf:u:{42}', 'hpmf:g:{7}', 'hpmf:g:current')
+>>> rec = UserRecord(np.zeros(2), np.eye(2), 1, 5, 4, 3, 0, 9, [("v1", 2.5, 1)])
+>>> decode_user_record(encode_user_record(rec)) == rec
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.transform import TRANSFORMS
+
+if TYPE_CHECKING:  # numpy-only too, but readers need not import model/ at run time
+    from model.globals_snapshot import GlobalsSnapshot
+    from model.posterior import UserState
+
+SCHEMA_VERSION = 1
+F32 = np.dtype("<f4")  # the wire dtype of every array
+
+USER_FIELDS = ("v", "d", "mean", "cov", "n", "ts", "et", "gv", "p", "o", "hist")
+GLOBAL_FIELDS = (
+    "v", "gv", "d", "k", "biases", "transform", "b0", "sigma", "prior_mean", "prior_cov",
+    "n_videos", "video_ids", "video_mean", "video_cov", "video_scale", "ts",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- errors
+class RecordError(ValueError):
+    """A Redis record that cannot be used. Catch this to handle every case below."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class SchemaVersionError(RecordError):
+    """The record's ``v`` is not a schema version this code knows (only 1)."""
+
+    def __init__(self, key: str | None, found: str) -> None:
+        self.found = found
+        super().__init__(key, f"record schema version {found!r}, this reader knows {SCHEMA_VERSION}")
+
+
+class CorruptRecordError(RecordError):
+    """Missing fields, wrong array byte lengths, unparsable text or JSON, non-finite arrays."""
+
+
+# ---------------------------------------------------------------- keys
+def user_key(prefix: str, user_id: object) -> str:
+    """``{prefix}:u:{<user_id>}``: the hash tag keeps one user's keys in one cluster slot."""
+    return f"{prefix}:u:{{{user_id}}}"
+
+
+def global_key(prefix: str, version: int) -> str:
+    """``{prefix}:g:{<version>}``: one complete global record."""
+    return f"{prefix}:g:{{{int(version)}}}"
+
+
+def global_current_key(prefix: str) -> str:
+    """``{prefix}:g:current``: the newest complete global version, as text."""
+    return f"{prefix}:g:current"
+
+
+# ---------------------------------------------------------------- records
+@dataclass
+class UserRecord:
+    """One user's posterior q(x) = N(mean, cov) over x = [u_1..u_k, b], plus bookkeeping.
+
+    ``history`` is ``[(video_id, summed_raw_value, seq), ...]``, oldest first.
+    """
+
+    mean: np.ndarray  # (D,) float64
+    cov: np.ndarray  # (D, D) float64
+    n_events: int
+    updated_ms: int  # wall clock of the write
+    event_ms: int  # event time of the newest applied event
+    global_version: int  # gv the posterior was computed against
+    partition: int
+    offset: int
+    history: list[tuple[str, float, int]] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(np.asarray(self.mean).shape[0])
+
+    def __eq__(self, other: object) -> bool:  # arrays make the dataclass __eq__ ambiguous
+        if not isinstance(other, UserRecord):
+            return NotImplemented
+        return (
+            np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.cov, other.cov)
+            and (self.n_events, self.updated_ms, self.event_ms, self.global_version)
+            == (other.n_events, other.updated_ms, other.event_ms, other.global_version)
+            and (self.partition, self.offset) == (other.partition, other.offset)
+            and [tuple(h) for h in self.history] == [tuple(h) for h in other.history]
+        )
+
+
+@dataclass
+class GlobalRecord:
+    """The globals a reader needs: noise, offsets, pooled prior, video posteriors.
+
+    Prediction on the model scale: y = b0 + u.v + b + c ~ N(., sigma^2 + ...);
+    ``transform`` maps y back to raw units.
+    """
+
+    version: int
+    dim: int  # D
+    n_factors: int  # k
+    biases: bool
+    transform: str
+    b0: float
+    sigma: float
+    prior_mean: np.ndarray  # (D,)
+    prior_cov: np.ndarray  # (D, D)
+    video_ids: list[str]
+    video_mean: np.ndarray  # (V, D)
+    video_cov: np.ndarray  # (V, D, D)
+    video_scale: np.ndarray  # (V, D) sqrt(diag(video_cov))
+    updated_ms: int
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GlobalRecord):
+            return NotImplemented
+        scalars = ("version", "dim", "n_factors", "biases", "transform", "b0", "sigma", "updated_ms")
+        arrays = ("prior_mean", "prior_cov", "video_mean", "video_cov", "video_scale")
+        return (
+            all(getattr(self, s) == getattr(other, s) for s in scalars)
+            and list(self.video_ids) == list(other.video_ids)
+            and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays)
+        )
+
+
+# ---------------------------------------------------------------- primitives
+def _f32(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, dtype=F32).tobytes()
+
+
+def _int_text(x: int) -> bytes:
+    return str(int(x)).encode("ascii")
+
+
+def _float_text(x: float) -> bytes:
+    # repr of a Python float is the shortest text that round-trips exactly
+    return repr(float(x)).encode("ascii")
+
+
+def _normalise(fields: Mapping[Any, Any]) -> dict[str, bytes]:
+    """Field names as str, values as bytes (redis-py gives bytes for both)."""
+    out: dict[str, bytes] = {}
+    for k, v in fields.items():
+        name = k.decode("utf-8", "replace") if isinstance(k, bytes | bytearray) else str(k)
+        out[name] = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+    return out
+
+
+class _Reader:
+    """Field access with typed errors; ``key`` only labels the messages."""
+
+    def __init__(self, fields: Mapping[Any, Any], key: str | None, names: Sequence[str]) -> None:
+        self.key = key
+        self.f = _normalise(fields)
+        if "v" not in self.f:
+            raise CorruptRecordError(key, "missing field 'v' (schema version)")
+        v = self.f["v"].decode("ascii", "replace").strip()
+        if v != str(SCHEMA_VERSION):
+            raise SchemaVersionError(key, v)
+        missing = [n for n in names if n not in self.f]
+        if missing:
+            raise CorruptRecordError(key, f"missing field(s) {', '.join(missing)}")
+
+    def int(self, name: str, lo: int | None = None) -> int:
+        raw = self.f[name]
+        try:
+            value = int(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptRecordError(self.key, f"field {name!r} is not an integer: {raw[:40]!r}") from None
+        if lo is not None and value < lo:
+            raise CorruptRecordError(self.key, f"field {name!r} is {value}, must be >= {lo}")
+        return value
+
+    def float(self, name: str) -> float:
+        raw = self.f[name]
+        try:
+            value = float(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptRecordError(self.key, f"field {name!r} is not a number: {raw[:40]!r}") from None
+        if not math.isfinite(value):
+            raise CorruptRecordError(self.key, f"field {name!r} is not finite: {value}")
+        return value
+
+    def text(self, name: str) -> str:
+        try:
+            return self.f[name].decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptRecordError(self.key, f"field {name!r} is not UTF-8 text") from None
+
+    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        raw = self.f[name]
+        want = 4 * math.prod(shape)
+        if len(raw) != want:
+            raise CorruptRecordError(
+                self.key, f"field {name!r} has {len(raw)} bytes, expected {want} (float32 {shape})"
+            )
+        a = np.frombuffer(raw, dtype=F32).astype(np.float64).reshape(shape)
+        if not np.isfinite(a).all():
+            raise CorruptRecordError(self.key, f"field {name!r} holds NaN or infinity")
+        return a
+
+
+# ---------------------------------------------------------------- user record
+def encode_user_record(rec: UserRecord) -> dict[str, bytes]:
+    """The HASH fields of a user record, in the documented order."""
+    mean = np.asarray(rec.mean, dtype=np.float64)
+    d = mean.shape[0]
+    cov = np.asarray(rec.cov, dtype=np.float64)
+    if mean.shape != (d,) or cov.shape != (d, d):
+        raise ValueError(f"user record mean {mean.shape} and cov {cov.shape} do not match")
+    hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
+    return {
+        "v": _int_text(SCHEMA_VERSION),
+        "d": _int_text(d),
+        "mean": _f32(mean),
+        "cov": _f32(cov),
+        "n": _int_text(rec.n_events),
+        "ts": _int_text(rec.updated_ms),
+        "et": _int_text(rec.event_ms),
+        "gv": _int_text(rec.global_version),
+        "p": _int_text(rec.partition),
+        "o": _int_text(rec.offset),
+        # compact JSON; allow_nan=False keeps it parseable by every JSON library
+        "hist": json.dumps(hist, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
+    }
+
+
+def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> UserRecord:
+    """A user record from HGETALL output. Raises SchemaVersionError or CorruptRecordError."""
+    r = _Reader(fields, key, USER_FIELDS)
+    d = r.int("d", lo=0)
+    history = _decode_history(r.f["hist"], key)
+    return UserRecord(
+        mean=r.array("mean", (d,)),
+        cov=r.array("cov", (d, d)),
+        n_events=r.int("n", lo=0),
+        updated_ms=r.int("ts"),
+        event_ms=r.int("et"),
+        global_version=r.int("gv", lo=0),
+        partition=r.int("p"),
+        offset=r.int("o"),
+        history=history,
+    )
+
+
+def _decode_history(raw: bytes, key: str | None) -> list[tuple[str, float, int]]:
+    """``[[video_id, summed_value, seq], ...]`` with the types checked."""
+    try:
+        items = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptRecordError(key, f"field 'hist' is not JSON: {exc}") from None
+    ok = isinstance(items, list) and all(
+        isinstance(h, list)
+        and len(h) == 3
+        and isinstance(h[0], str)
+        and isinstance(h[1], int | float)
+        and not isinstance(h[1], bool)
+        and isinstance(h[2], int)
+        and not isinstance(h[2], bool)
+        for h in items
+    )
+    if not ok:
+        raise CorruptRecordError(key, "field 'hist' is not a list of [video_id, value, seq]")
+    return [(vid, float(val), int(seq)) for vid, val, seq in items]
+
+
+def user_record_from_state(
+    state: UserState, *, updated_ms: int, event_ms: int, partition: int, offset: int
+) -> UserRecord:
+    """The record of a :class:`model.posterior.UserState` (its history dict kept in order)."""
+    if state.mean is None or state.cov is None:
+        raise ValueError("a user state without a posterior cannot be written")
+    return UserRecord(
+        mean=np.asarray(state.mean, dtype=np.float64),
+        cov=np.asarray(state.cov, dtype=np.float64),
+        n_events=int(state.n_events),
+        updated_ms=int(updated_ms),
+        event_ms=int(event_ms),
+        global_version=int(state.model_version),
+        partition=int(partition),
+        offset=int(offset),
+        history=[(vid, float(val), int(seq)) for vid, (val, seq) in state.history.items()],
+    )
+
+
+def user_state_from_record(rec: UserRecord) -> UserState:
+    """Back to a :class:`model.posterior.UserState` (for the worker that reads its users)."""
+    from model.posterior import UserState  # numpy-only; imported lazily for readers
+
+    return UserState(
+        history={vid: [val, seq] for vid, val, seq in rec.history},
+        n_events=rec.n_events,
+        mean=rec.mean.copy(),
+        cov=rec.cov.copy(),
+        model_version=rec.global_version,
+    )
+
+
+def queue_user_record(pipe: Any, prefix: str, user_id: object, rec: UserRecord, ttl_s: int) -> None:
+    """Queue HSET + EXPIRE of one user record on ``pipe`` (a redis-py pipeline,
+    transactional so that readers never see a half-written hash). Every field
+    is written each time, so no DEL is needed."""
+    key = user_key(prefix, user_id)
+    pipe.hset(key, mapping=encode_user_record(rec))
+    pipe.expire(key, int(ttl_s))
+
+
+def read_user_record(client: Any, prefix: str, user_id: object) -> UserRecord | None:
+    """HGETALL + decode; None for a missing user. Raises RecordError subclasses."""
+    key = user_key(prefix, user_id)
+    fields = client.hgetall(key)
+    return decode_user_record(fields, key) if fields else None
+
+
+# ---------------------------------------------------------------- global record
+def encode_global_record(rec: GlobalRecord) -> dict[str, bytes]:
+    """The HASH fields of a global record, in the documented order."""
+    d, v = int(rec.dim), len(rec.video_ids)
+    if d != rec.n_factors + (1 if rec.biases else 0):
+        raise ValueError(f"dim {d} != n_factors {rec.n_factors} + biases {rec.biases}")
+    if rec.transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {rec.transform!r}")
+    shapes = {
+        "prior_mean": (d,), "prior_cov": (d, d), "video_mean": (v, d),
+        "video_cov": (v, d, d), "video_scale": (v, d),
+    }  # fmt: skip
+    for name, shape in shapes.items():
+        got = np.shape(getattr(rec, name))
+        if tuple(got) != shape:
+            raise ValueError(f"global record {name} has shape {tuple(got)}, expected {shape}")
+    ids = [str(x) for x in rec.video_ids]
+    if any("\n" in x for x in ids):
+        raise ValueError("video ids must not contain a newline (the field is newline-joined)")
+    return {
+        "v": _int_text(SCHEMA_VERSION),
+        "gv": _int_text(rec.version),
+        "d": _int_text(d),
+        "k": _int_text(rec.n_factors),
+        "biases": b"1" if rec.biases else b"0",
+        "transform": rec.transform.encode("ascii"),
+        "b0": _float_text(rec.b0),
+        "sigma": _float_text(rec.sigma),
+        "prior_mean": _f32(rec.prior_mean),
+        "prior_cov": _f32(rec.prior_cov),
+        "n_videos": _int_text(v),
+        "video_ids": "\n".join(ids).encode("utf-8"),
+        "video_mean": _f32(rec.video_mean),
+        "video_cov": _f32(rec.video_cov),
+        "video_scale": _f32(rec.video_scale),
+        "ts": _int_text(rec.updated_ms),
+    }
+
+
+def decode_global_record(fields: Mapping[Any, Any], key: str | None = None) -> GlobalRecord:
+    """A global record from HGETALL output. Raises SchemaVersionError or CorruptRecordError."""
+    r = _Reader(fields, key, GLOBAL_FIELDS)
+    d, k, v = r.int("d", lo=0), r.int("k", lo=0), r.int("n_videos", lo=0)
+    biases_txt = r.text("biases")
+    if biases_txt not in ("0", "1"):
+        raise CorruptRecordError(key, f"field 'biases' is {biases_txt!r}, expected 0 or 1")
+    biases = biases_txt == "1"
+    if d != k + (1 if biases else 0):
+        raise CorruptRecordError(key, f"d={d} but k={k} and biases={int(biases)}")
+    transform = r.text("transform")
+    if transform not in TRANSFORMS:
+        raise CorruptRecordError(key, f"unknown transform {transform!r}")
+    # V = 0 joins to b"", which must not split into one empty id.
+    ids = r.text("video_ids").split("\n") if v else []
+    if len(ids) != v:
+        raise CorruptRecordError(key, f"n_videos={v} but video_ids holds {len(ids)} ids")
+    sigma = r.float("sigma")
+    if sigma <= 0:
+        raise CorruptRecordError(key, f"sigma must be > 0, got {sigma}")
+    return GlobalRecord(
+        version=r.int("gv", lo=0),
+        dim=d,
+        n_factors=k,
+        biases=biases,
+        transform=transform,
+        b0=r.float("b0"),
+        sigma=sigma,
+        prior_mean=r.array("prior_mean", (d,)),
+        prior_cov=r.array("prior_cov", (d, d)),
+        video_ids=ids,
+        video_mean=r.array("video_mean", (v, d)),
+        video_cov=r.array("video_cov", (v, d, d)),
+        video_scale=r.array("video_scale", (v, d)),
+        updated_ms=r.int("ts"),
+    )
+
+
+def global_record_from_snapshot(snap: GlobalsSnapshot, updated_ms: int) -> GlobalRecord:
+    """The published record of a :class:`model.globals_snapshot.GlobalsSnapshot`.
+
+    The pooled prior a new user gets is N(E[mu_u], user_prior_cov) (the local
+    step's scale plus the uncertainty of mu_u), exactly what
+    ``OnlineHPMF.pooled_prior`` hands a ``None`` user. ``video_scale`` is
+    sqrt(diag(video_cov)), stored so that Thompson draws need no (V, D, D) pass.
+    """
+    cfg = snap.config
+    vm = np.asarray(snap.video_mean, dtype=np.float64)
+    vc = np.asarray(snap.video_cov, dtype=np.float64)
+    d = int(np.asarray(snap.user_prior_mean).shape[0])
+    v = len(snap.video_ids)
+    vm, vc = vm.reshape(v, d), vc.reshape(v, d, d)  # an empty snapshot has shape (0, 0)
+    return GlobalRecord(
+        version=int(snap.version),
+        dim=d,
+        n_factors=int(cfg["n_factors"]),
+        biases=bool(cfg["biases"]),
+        transform=str(cfg["transform"]),
+        b0=float(snap.b0),
+        sigma=float(snap.sigma),
+        prior_mean=np.asarray(snap.user_prior_mean, dtype=np.float64).copy(),
+        prior_cov=np.asarray(snap.user_prior_cov, dtype=np.float64).copy(),
+        video_ids=[str(x) for x in snap.video_ids],
+        video_mean=vm.copy(),
+        video_cov=vc.copy(),
+        video_scale=np.sqrt(np.maximum(np.diagonal(vc, axis1=1, axis2=2), 0.0)),
+        updated_ms=int(updated_ms),
+    )
+
+
+def _queue_global(pipe: Any, prefix: str, rec: GlobalRecord, ttl_s: int, previous: int | None) -> None:
+    key = global_key(prefix, rec.version)
+    pipe.delete(key)  # a republished version must not keep fields of the old one
+    pipe.hset(key, mapping=encode_global_record(rec))
+    pipe.set(global_current_key(prefix), _int_text(rec.version))
+    if previous is not None and previous != rec.version:
+        # The superseded version lingers for readers still holding it, then goes.
+        pipe.expire(global_key(prefix, previous), int(ttl_s))
+
+
+def write_global_record(
+    client: Any, prefix: str, rec: GlobalRecord, ttl_s: int, previous_version: int | None = None
+) -> int | None:
+    """Publish ``rec``: write ``{prefix}:g:{<version>}`` then point ``current`` at it,
+    in one MULTI/EXEC, and give the version it replaces an expiry of ``ttl_s``.
+
+    The current version never gets an expiry (readers must always find it even
+    if the writer pauses); only superseded ones do.
+
+    ``client`` is a redis-py client, or a pipeline to queue the commands on (the
+    caller executes it; then ``previous_version`` should be the version that
+    ``current`` held, since a queued transaction cannot read it). With a client
+    the old ``current`` is read under WATCH, so a concurrent publisher makes the
+    transaction retry instead of leaving an unexpired version behind.
+
+    Returns the superseded version (None if there was none or it is unknown).
+    """
+    encode_global_record(rec)  # validate before touching Redis
+    if hasattr(client, "execute") and hasattr(client, "command_stack"):  # a pipeline
+        _queue_global(client, prefix, rec, ttl_s, previous_version)
+        return previous_version
+
+    cur_key = global_current_key(prefix)
+    seen: list[int | None] = [None]
+
+    def txn(pipe: Any) -> None:
+        raw = pipe.get(cur_key)  # immediate mode while WATCHing
+        try:
+            seen[0] = int(raw) if raw is not None else previous_version
+        except ValueError:
+            seen[0] = previous_version  # a garbled pointer is overwritten below
+        pipe.multi()
+        _queue_global(pipe, prefix, rec, ttl_s, seen[0])
+
+    client.transaction(txn, cur_key)
+    return seen[0]
