@@ -1,0 +1,208 @@
+"""``hpmf evaluate``: score the model ladder on an events file.
+
+    hpmf evaluate .data/ml-100k.inter --protocol prequential --batch-size 256 \\
+        --json eval.json --plot docs/evaluation.png
+
+Reads the file (:mod:`streamer.events_file`), replays it in timestamp order
+through :class:`model.online.OnlineHPMF` for each rung of
+:data:`model.evaluate.LADDER` (:func:`model.evaluate.run_stream`), prints a
+table, and optionally writes the JSON report and a two-panel plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from pathlib import Path
+
+from model.evaluate import (
+    LADDER,
+    PROTOCOLS,
+    StreamResult,
+    by_history,
+    ladder_config,
+    metrics,
+    report,
+    rolling_rmse,
+    run_stream,
+)
+from model.online import OnlineHPMF
+from model.transform import TRANSFORMS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "protocols:\n"
+        "  prequential  test-then-train: each minibatch is predicted with the users' stored\n"
+        "               states (a new user gets the pooled prior), then learned\n"
+        "  holdout      the first 80%% of events (by time) are learned, the last 20%% only\n"
+        "               predicted, from the states the training part left\n"
+        "models (the ladder, all the same OnlineHPMF code with different HPMFConfig):\n"
+        "  global_mean  n_factors=0, no biases: predicts b0 for everyone\n"
+        "  biases       n_factors=0, user and video biases\n"
+        "  pmf          the default model with both pooled priors switched off\n"
+        "  hpmf         the default model (pooled, learned population priors)\n"
+        "metrics (on the transformed scale): rmse, mae, nll (Gaussian predictive, nats per\n"
+        "event), coverage90 (share within mean +- 1.6449 std), rmse_new / rmse_lt5 / rmse_lt20\n"
+        "(events whose user had 0 / <5 / <20 earlier events), events_per_s (predict+learn)."
+    )
+    parser.add_argument("events", type=Path, help="events file: CSV/TSV with user_id, video_id, "
+                        "value, timestamp (or MovieLens/recbole headers)")  # fmt: skip
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="prequential",
+                        help="evaluation protocol (default: prequential)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="events per minibatch of predict/learn (default: 256)")  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=list(LADDER), default=list(LADDER),
+                        metavar="NAME", help=f"ladder rungs to run (default: all: {' '.join(LADDER)})")  # fmt: skip
+    parser.add_argument("--transform", choices=TRANSFORMS, default="identity",
+                        help="scale the Gaussian lives on: identity (ratings) or log1p "
+                        "(minutes watched); metrics are on this scale (default: identity)")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="use only the first N events in time order (quick runs)")  # fmt: skip
+    parser.add_argument("--train-fraction", type=float, default=0.8,
+                        help="holdout only: share of events (by time) learned (default: 0.8)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="write the report here: {protocol, batch_size, n_events, models: "
+                        "{name: {rmse, mae, nll, coverage90, rmse_new, rmse_lt5, rmse_lt20, "
+                        "events_per_s}}}")  # fmt: skip
+    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                        help="write a PNG: rolling RMSE over the stream, and RMSE / predictive "
+                        "spread by the user's number of earlier events")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A fixed-width table of the metrics, one row per model."""
+    cols = ["rmse", "mae", "nll", "coverage90", "rmse_new", "rmse_lt5", "rmse_lt20", "events_per_s"]
+    head = f"{'model':<12}" + "".join(f"{c:>13}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, m in results.items():
+        cells = []
+        for c in cols:
+            x = m.get(c, math.nan)
+            if not math.isfinite(x):
+                cells.append(f"{'-':>13}")
+            elif c == "events_per_s":
+                cells.append(f"{x:>13.0f}")
+            else:
+                cells.append(f"{x:>13.4f}")
+        lines.append(f"{name:<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
+    """Two panels: rolling RMSE over the stream; RMSE and spread vs. user history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
+    n = max(len(r) for r in results.values())
+    window = max(200, n // 40)
+    for k, (name, res) in enumerate(results.items()):
+        color = f"C{k}"
+        x, y = rolling_rmse(res, window)
+        ax1.plot(x, y, color=color, lw=1.2, label=name)
+        bins = by_history(res)
+        xs = range(len(bins))
+        ax2.plot(xs, [b["rmse"] for b in bins], "o-", color=color, label=f"{name} RMSE")
+        ax2.plot(xs, [b["spread"] for b in bins], "s--", color=color, alpha=0.7, ms=4,
+                 label=f"{name} predictive sd")  # fmt: skip
+    ys = [line.get_ydata() for line in ax1.get_lines() if len(line.get_ydata())]
+    if ys:  # the first minibatch (no globals yet) would squash the rest of the curve
+        import numpy as np
+
+        top = float(np.quantile(np.concatenate(ys), 0.99))
+        ax1.set_ylim(top=top * 1.05)
+    ax1.set_xlabel("events into the stream")
+    ax1.set_ylabel(f"RMSE (rolling, {window} events)")
+    ax1.set_title("Prediction error over the stream")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    any_res = next(iter(results.values()))
+    labels = []
+    for b in by_history(any_res):
+        lo, hi = int(b["lo"]), int(b["hi"])
+        labels.append(f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi > 10**9 else f"{lo}-{hi - 1}"))
+    ax2.set_xticks(range(len(labels)), labels)
+    ax2.set_xlabel("the user's earlier events")
+    ax2.set_ylabel("RMSE (solid) / sqrt(mean predictive var) (dashed)")
+    ax2.set_title("Cold start: error and posterior spread")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.events_file import EventsFileError, read_events
+
+    try:
+        events = read_events(args.events)
+    except (OSError, EventsFileError) as exc:
+        print(f"hpmf evaluate: {exc}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        events = events.head(args.limit)
+    if len(events) == 0:
+        print(f"hpmf evaluate: {args.events}: no events", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print("hpmf evaluate: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    users, videos = events.user_ids.tolist(), events.video_ids.tolist()
+    scores: dict[str, dict[str, float]] = {}
+    streams: dict[str, StreamResult] = {}
+    failed = []
+    for name in args.models:
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(events), desc=f"{name:<12}", unit="ev", file=sys.stderr,
+                       mininterval=1.0, leave=True)  # fmt: skip
+        try:
+            model = _new_model(name, args)
+            res = run_stream(
+                model, users, videos, events.values, batch_size=args.batch_size,
+                protocol=args.protocol, train_fraction=args.train_fraction,
+                progress=None if bar is None else bar.update,
+            )  # fmt: skip
+        except (RuntimeError, ValueError, IndexError) as exc:
+            failed.append(name)
+            print(f"hpmf evaluate: model {name!r} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exc(limit=-3, file=sys.stderr)
+            scores[name] = {k: math.nan for k in ("rmse",)}
+            continue
+        finally:
+            if bar is not None:
+                bar.close()
+        scores[name] = metrics(res)
+        streams[name] = res
+    print(f"{args.protocol}, batch size {args.batch_size}, {len(events)} events from {args.events}"
+          f" (transform {args.transform})")  # fmt: skip
+    print(format_table(scores))
+    if failed:
+        print(f"failed (metrics null in the JSON): {', '.join(failed)}")
+    if args.json is not None:
+        rep = report(scores, args.protocol, args.batch_size, len(events))
+        args.json.write_text(json.dumps(rep, indent=2) + "\n")
+        print(f"report written to {args.json}")
+    if args.plot is not None and streams:
+        title = (f"{args.events.name}: {args.protocol}, minibatch {args.batch_size}, "
+                 f"{len(events)} events")  # fmt: skip
+        plot(streams, args.plot, title)
+        print(f"plot written to {args.plot}")
+    return 1 if failed else 0
+
+
+def _new_model(name: str, args: argparse.Namespace) -> OnlineHPMF:
+    return OnlineHPMF(ladder_config(name, transform=args.transform, seed=args.seed))
