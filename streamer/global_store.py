@@ -1,0 +1,237 @@
+"""The shared globals (video factors, pooled prior, sigma) across N workers.
+
+Design (docs/streaming.md has the picture):
+
+* Every worker runs the **local step** for its own users against the newest
+  globals it knows, and in the same MULTI/EXEC as its user records appends
+  the batch's :class:`model.online.GlobalStats` to the Redis stream
+  ``{prefix}:gstats``. So a batch's user records and its global statistics
+  become durable together or not at all (a replay after a crash skips the
+  users' events *and* therefore re-adds no statistics).
+* Exactly one process, the **learner**, applies the global step. It holds a
+  lease ``{prefix}:learner:lease`` (SET NX PX, renewed; a dead learner's lease
+  lapses and another worker takes over). It reads ``{prefix}:gstats`` in
+  stream order, calls ``model.apply_global`` for each entry, and every
+  ``publish_every_batches`` entries or ``publish_every_ms`` publishes, in one
+  MULTI/EXEC fenced by the lease (WATCH): its checkpoint together with the
+  last applied stream id (``{prefix}:learner``), the internal snapshot the
+  workers import, and the published global record (``{prefix}:g:{v}`` +
+  ``{prefix}:g:current``); the same transaction trims the stream up to that
+  id. A new learner resumes from that checkpoint and stream id, so no
+  statistics entry is applied twice or skipped.
+* Non-learners watch ``{prefix}:g:current`` (read with their users, no extra
+  round trip) and import the snapshot when it moves.
+
+With one worker the same path runs in-process: the worker is the learner and
+applies its own entries (kept in memory by stream id, so it does not read its
+own bytes back) right after writing them. One worker and N workers feed the
+learner the same kind of entries in one total order; the global step sees the
+same statistics either way (only which globals version each local step used
+can differ by the publish interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from model.checkpoint import from_bytes, load_checkpoint, to_bytes
+from model.config import HPMFConfig
+from model.online import GlobalStats, OnlineHPMF
+from streamer.global_stats_record import (
+    decode_snapshot,
+    decode_stats,
+    encode_snapshot,
+    encode_stats,
+)
+from streamer.metrics import StreamMetrics
+from streamer.redis_record import (
+    global_current_key,
+    global_record_from_snapshot,
+    write_global_record,
+)
+
+log = logging.getLogger(__name__)
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def _next_id(stream_id: str) -> str:
+    """The smallest stream id greater than ``stream_id`` (for XTRIM MINID)."""
+    ms, seq = stream_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+class GlobalStore:
+    def __init__(
+        self, client: redis.Redis, prefix: str, worker_id: str, config: HPMFConfig, metrics: StreamMetrics,
+        lease_ms: int = 10_000, publish_every_batches: int = 20, publish_every_ms: int = 1000,
+        global_ttl_s: int = 3600, warm_start: str = "",
+    ) -> None:  # fmt: skip
+        self.r = client
+        self.prefix = prefix
+        self.worker_id = worker_id
+        self.config = config
+        self.metrics = metrics
+        self.lease_ms = lease_ms
+        self.publish_every_batches = publish_every_batches
+        self.publish_every_ms = publish_every_ms
+        self.global_ttl_s = global_ttl_s
+        self.warm_start = warm_start
+        self.stream_key = f"{prefix}:gstats"
+        self.learner_key = f"{prefix}:learner"
+        self.lease_key = f"{prefix}:learner:lease"
+        self.model = OnlineHPMF(config)
+        self.is_learner = False
+        self.last_id = "0-0"  # newest gstats entry applied (learner)
+        self.own: dict[str, GlobalStats] = {}  # entries this process wrote, not yet applied
+        self.unpublished = 0
+        self.last_publish = time.monotonic()
+        self.last_lease_op = 0.0
+        self.published_version: int | None = None
+        self._renew = self.r.register_script(_RENEW)
+        self._release = self.r.register_script(_RELEASE)
+
+    # ---------------------------------------------------------------- role
+    def maintain(self) -> None:
+        """Renew the lease (learner) or try to take it (others); cheap, time-gated."""
+        now = time.monotonic()
+        if self.is_learner:
+            if (now - self.last_lease_op) * 1000 >= self.lease_ms / 3:
+                self.last_lease_op = now
+                if not self._renew(keys=[self.lease_key], args=[self.worker_id, self.lease_ms]):
+                    self._lose_role("lease renewal failed (expired or taken)")
+        elif (now - self.last_lease_op) * 1000 >= self.lease_ms / 2 or self.last_lease_op == 0.0:
+            self.last_lease_op = now
+            if self.r.set(self.lease_key, self.worker_id, nx=True, px=self.lease_ms):
+                self._become_learner()
+        self.metrics.learner.set(1 if self.is_learner else 0)
+
+    def _become_learner(self) -> None:
+        ckpt, last_id, gv = self.r.hmget(self.learner_key, "ckpt", "last_id", "gv")
+        if ckpt:
+            self.model = from_bytes(ckpt)
+            self.last_id = last_id.decode()
+            self.published_version = int(gv)
+            source = "redis checkpoint"
+        elif self.warm_start and Path(self.warm_start).exists():
+            self.model = load_checkpoint(self.warm_start)
+            self.last_id = "0-0"
+            source = f"warm start {self.warm_start}"
+        else:
+            self.model = OnlineHPMF(self.config)
+            self.last_id = "0-0"
+            source = "fresh model"
+        self.model.learner = True
+        self.is_learner = True
+        self.own.clear()
+        self.unpublished = 0
+        self.last_publish = time.monotonic()
+        log.info("took the learner role", extra={"source": source, "stream_id": self.last_id, "gv": self.model.version})
+
+    def _lose_role(self, why: str) -> None:
+        log.warning("gave up the learner role", extra={"why": why})
+        self.is_learner = False
+        self.own.clear()
+        self.model = OnlineHPMF(self.config)
+        self.refresh(None, force=True)
+
+    def release(self) -> None:
+        """On shutdown: publish what was learned, then free the lease at once."""
+        if self.is_learner:
+            if self.unpublished:
+                self.publish()
+            self._release(keys=[self.lease_key], args=[self.worker_id])
+            self.is_learner = False
+
+    # ---------------------------------------------------------------- workers
+    @property
+    def current_key(self) -> str:
+        return global_current_key(self.prefix)
+
+    def refresh(self, current: bytes | None, force: bool = False) -> None:
+        """Non-learners: import the published snapshot when ``g:current`` moved."""
+        if self.is_learner:
+            return
+        if force:
+            current = self.r.get(self.current_key)
+        if current is None or int(current) == self.model.version and not force:
+            return
+        blob = self.r.hget(self.learner_key, "snap")
+        if blob is None:
+            return
+        snap = decode_snapshot(blob)
+        if snap.version == self.model.version and not self.model.learner:
+            return
+        self.model.import_globals(snap)
+        log.debug("imported globals", extra={"gv": snap.version})
+
+    def queue_stats(self, pipe: Any, stats: GlobalStats) -> None:
+        """Queue the XADD of a batch's statistics on the batch's transaction."""
+        pipe.xadd(self.stream_key, {"w": self.worker_id, "b": encode_stats(stats)})
+
+    def written(self, stream_id: bytes | str, stats: GlobalStats) -> None:
+        """The transaction committed; the learner keeps its own entry to apply."""
+        if self.is_learner:
+            sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+            self.own[sid] = stats
+
+    # ---------------------------------------------------------------- learner
+    def learn(self, max_entries: int = 64) -> int:
+        """Apply the next gstats entries in stream order; publish when due."""
+        if not self.is_learner:
+            return 0
+        entries = self.r.xrange(self.stream_key, min=f"({self.last_id}", count=max_entries)
+        for sid_raw, fields in entries:
+            sid = sid_raw.decode()
+            stats = self.own.pop(sid, None)
+            if stats is None:
+                stats = decode_stats(fields[b"b"])
+            self.model.apply_global(stats)
+            self.last_id = sid
+            self.unpublished += 1
+        if self.unpublished and (
+            self.unpublished >= self.publish_every_batches
+            or (time.monotonic() - self.last_publish) * 1000 >= self.publish_every_ms
+        ):
+            self.publish()
+        self.metrics.global_version.set(self.model.version)
+        return len(entries)
+
+    def publish(self) -> bool:
+        """Checkpoint + snapshot + public global record + stream trim, one MULTI
+        fenced by the lease (a learner that lost its lease cannot overwrite)."""
+        snap = self.model.export_globals()
+        now_ms = int(time.time() * 1000)
+        record = global_record_from_snapshot(snap, now_ms)
+        ckpt = to_bytes(self.model)
+        snap_blob = encode_snapshot(snap)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.lease_key)
+                if pipe.get(self.lease_key) != self.worker_id.encode():
+                    pipe.reset()
+                    self._lose_role("lease not held at publish")
+                    return False
+                pipe.multi()
+                pipe.hset(self.learner_key, mapping={
+                    "ckpt": ckpt, "last_id": self.last_id, "gv": snap.version, "snap": snap_blob,
+                    "owner": self.worker_id, "ts": now_ms,
+                })  # fmt: skip
+                write_global_record(pipe, self.prefix, record, self.global_ttl_s, self.published_version)
+                if self.last_id != "0-0":
+                    pipe.xtrim(self.stream_key, minid=_next_id(self.last_id))
+                pipe.execute()
+            except redis.WatchError:
+                self._lose_role("lease changed during publish")
+                return False
+        self.published_version = snap.version
+        self.unpublished = 0
+        self.last_publish = time.monotonic()
+        log.debug("published globals", extra={"gv": snap.version, "stream_id": self.last_id})
+        return True

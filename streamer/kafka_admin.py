@@ -1,0 +1,52 @@
+"""Create the service's Kafka topics (the broker does not auto-create them)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(
+    bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_ms: int = 15_000
+) -> list[str]:
+    """Create every topic in ``topics`` (name -> partitions) that does not exist yet.
+
+    Returns the names created. Idempotent: existing topics are left as they are
+    (their partition count is not changed; repartitioning a keyed topic would
+    move users between partitions, see docs/streaming.md).
+    """
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name=name, num_partitions=n, replication_factor=replication)
+            for name, n in topics.items()
+            if name not in existing
+        ]
+        if not wanted:
+            return []
+        # A concurrent creator (another worker starting) may win the race: fine.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics(wanted, timeout_ms=timeout_ms)
+        created = [t.name for t in wanted]
+        log.info("created topics", extra={"topics": created})
+        return created
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, names: list[str], timeout_ms: int = 15_000) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        existing = set(admin.list_topics())
+        gone = [n for n in names if n in existing]
+        if gone:
+            admin.delete_topics(gone, timeout_ms=timeout_ms)
+    finally:
+        admin.close()

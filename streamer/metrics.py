@@ -1,0 +1,202 @@
+"""Metrics in the Prometheus text format, and the health endpoints.
+
+Hand-rolled (no prometheus_client in the environment) and deliberately small:
+counters, gauges and fixed-bucket histograms, all O(1) memory, updated by the
+loop thread and read by the HTTP thread (a lock guards the rendering).
+
+Endpoints (``--metrics-port``):
+
+* ``/metrics``  Prometheus text exposition.
+* ``/healthz``  live: 200 while the loop completed an iteration recently.
+* ``/readyz``   ready: 200 when partitions are assigned and Redis answered.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_LOCK = threading.Lock()
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, label: str | None = None) -> None:
+        self.name, self.help, self.label = name, help_text, label
+        self.values: dict[str, float] = {}
+
+    def inc(self, amount: float = 1.0, label: str = "") -> None:
+        self.values[label] = self.values.get(label, 0.0) + amount
+
+    def get(self, label: str = "") -> float:
+        return self.values.get(label, 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        if not self.values and self.label is None:
+            lines.append(f"{self.name} 0")
+        for lab, v in sorted(self.values.items()):
+            sel = f'{{{self.label}="{lab}"}}' if self.label else ""
+            lines.append(f"{self.name}{sel} {v:g}")
+        return lines
+
+
+class Gauge(Counter):
+    def set(self, value: float, label: str = "") -> None:
+        self.values[label] = float(value)
+
+    def render(self) -> list[str]:
+        lines = super().render()
+        lines[1] = f"# TYPE {self.name} gauge"
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
+        self.name, self.help = name, help_text
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # last: +Inf
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        for v in values:
+            self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.total += float(sum(values))
+        self.n += len(values)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        acc = 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            lines.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.n}')
+        lines.append(f"{self.name}_sum {self.total:g}")
+        lines.append(f"{self.name}_count {self.n}")
+        return lines
+
+
+MS_BUCKETS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100, 120, 150, 200, 250, 300,
+              400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)  # fmt: skip
+
+
+class StreamMetrics:
+    """Everything the service exports; names are ``hpmf_stream_*``."""
+
+    def __init__(self) -> None:
+        p = "hpmf_stream_"
+        self.events = Counter(p + "events_consumed_total", "Kafka records consumed (valid or not).")
+        self.invalid = Counter(p + "invalid_events_total", "Events sent to the dead-letter topic.", "reason")
+        self.skipped = Counter(p + "skipped_events_total", "Valid events not applied (already applied).", "why")
+        self.applied = Counter(p + "applied_events_total", "Events folded into user posteriors.")
+        self.batches = Counter(p + "batches_total", "Minibatches processed (non-empty).")
+        self.users_written = Counter(p + "users_written_total", "User records written to Redis.")
+        self.commit_failures = Counter(p + "commit_failures_total", "Kafka offset commits that failed.")
+        self.retries = Counter(p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what")
+        self.revoked_dropped = Counter(p + "revoked_dropped_events_total", "In-flight events dropped on rebalance (the new owner reads them).")
+        self.batch_latency = Histogram(p + "batch_latency_ms", "Poll-close to offsets-committed time of a batch.", MS_BUCKETS)
+        self.freshness = Histogram(p + "freshness_ms", "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.", MS_BUCKETS)
+        self.lag = Gauge(p + "consumer_lag", "Sum over assigned partitions of high watermark minus position.")
+        self.global_version = Gauge(p + "global_model_version", "Version of the globals this worker computes against.")
+        self.learner = Gauge(p + "learner", "1 while this worker holds the learner lease.")
+        self.assigned = Gauge(p + "assigned_partitions", "Partitions assigned to this worker.")
+        self.last_loop = time.time()
+        self.redis_ok = False
+        self.live_after_s = 30.0
+
+    def all(self) -> list[Counter | Histogram]:
+        return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+
+    def render(self) -> str:
+        with _LOCK:
+            lines: list[str] = []
+            for m in self.all():
+                lines.extend(m.render())
+        return "\n".join(lines) + "\n"
+
+    def tick(self) -> None:
+        self.last_loop = time.time()
+
+    def live(self) -> bool:
+        return time.time() - self.last_loop < self.live_after_s
+
+    def ready(self) -> bool:
+        return self.assigned.get() > 0 and self.redis_ok and self.live()
+
+
+def serve(metrics: StreamMetrics, host: str, port: int, extra_ready: Callable[[], bool] | None = None) -> ThreadingHTTPServer:
+    """Start the HTTP endpoint in a daemon thread; returns the server (``.shutdown()``)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.startswith("/metrics"):
+                self._send(200, metrics.render(), "text/plain; version=0.0.4")
+            elif self.path.startswith("/healthz"):
+                ok = metrics.live()
+                self._send(200 if ok else 503, "live\n" if ok else "stalled\n")
+            elif self.path.startswith("/readyz"):
+                ok = metrics.ready() and (extra_ready() if extra_ready else True)
+                self._send(200 if ok else 503, "ready\n" if ok else "not ready\n")
+            else:
+                self._send(404, "not found\n")
+
+        def _send(self, code: int, body: str, ctype: str = "text/plain") -> None:
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:  # scrapes are not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float:
+    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket.
+
+    ``cumulative`` has one count per bound plus the +Inf count last.
+
+    >>> histogram_quantile(0.5, [10, 20], [0, 10, 10])
+    15.0
+    """
+    total = cumulative[-1]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b, c in zip(bounds, cumulative, strict=False):
+        if c >= rank:
+            return prev_b + (b - prev_b) * ((rank - prev_c) / max(c - prev_c, 1e-12))
+        prev_b, prev_c = b, c
+    return float(bounds[-1])
+
+
+def parse_histogram(text: str, name: str) -> tuple[list[float], list[float]]:
+    """Bounds and cumulative counts of histogram ``name`` from a /metrics page."""
+    bounds: list[float] = []
+    counts: list[float] = []
+    inf = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            val = float(line.rsplit(" ", 1)[1])
+            if le == "+Inf":
+                inf = val
+            else:
+                bounds.append(float(le))
+                counts.append(val)
+    return bounds, counts + [inf]

@@ -1,0 +1,116 @@
+"""Configuration of the streaming service: environment variables (``HPMF_*``)
+and command-line flags, validated by pydantic-settings.
+
+Flags override the environment; the effective settings are logged at start
+with secrets masked (:meth:`StreamSettings.describe`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HPMF_", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic: str = "watch-events"
+    dlq_topic: str = ""
+    """Dead-letter topic; empty means ``<topic>.dlq``."""
+    group_id: str = "hpmf-stream"
+    partitions: int = Field(4, ge=1)
+    """Partitions used when this service creates its topics."""
+    create_topics: bool = True
+    auto_offset_reset: str = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    """How long the group waits for a silent (crashed) worker before rebalancing."""
+
+    # Minibatches (step 1 of the loop)
+    batch_max_events: int = Field(512, ge=1)
+    batch_max_age_ms: int = Field(50, ge=1)
+    idle_poll_ms: int = Field(200, ge=1)
+    """An empty poll returns after this long so signals, leases and health advance."""
+
+    # Validation (step 2)
+    max_minutes: float = Field(24 * 60.0, gt=0)
+    max_payload_bytes: int = Field(4096, ge=64)
+    max_future_ms: int = Field(5 * 60_000, ge=0)
+    max_id_chars: int = Field(256, ge=1)
+
+    # Exactly-once effect and dedupe (step 3)
+    dedupe_window: int = Field(64, ge=0)
+    """How many of a user's most recent event ids are kept to skip duplicates."""
+
+    # Redis (step 4)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hpmf"
+    user_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    global_ttl_s: int = Field(3600, ge=1)
+
+    # Globals: the learner role
+    learner_lease_ms: int = Field(10_000, ge=500)
+    publish_every_batches: int = Field(20, ge=1)
+    publish_every_ms: int = Field(1000, ge=1)
+    checkpoint: str = ""
+    """Warm-start checkpoint file for the learner when Redis holds none."""
+
+    # Model
+    n_factors: int = Field(10, ge=0)
+    transform: str = "log1p"
+    history_size: int = Field(200, ge=1)
+    torch_threads: int = Field(1, ge=1)
+
+    # Operations
+    metrics_port: int = Field(9108, ge=0)
+    """0 disables the HTTP endpoint."""
+    metrics_host: str = "127.0.0.1"
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    retry_max_backoff_s: float = Field(5.0, gt=0)
+    log_level: str = "INFO"
+    max_batches: int = Field(0, ge=0)
+    """Stop after this many non-empty batches (0: run until signalled); for tests."""
+    stop_when_idle_s: float = Field(0.0, ge=0)
+    """Stop once no event arrived for this long (0: never); for replays and tests."""
+
+    @field_validator("auto_offset_reset")
+    @classmethod
+    def _reset(cls, v: str) -> str:
+        if v not in ("earliest", "latest"):
+            raise ValueError("auto_offset_reset must be earliest or latest")
+        return v
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    def model_config_dict(self) -> dict[str, Any]:
+        """The model's hyper-parameters (``model.config.HPMFConfig`` fields)."""
+        return {
+            "n_factors": self.n_factors,
+            "transform": self.transform,
+            "history_size": self.history_size,
+            "max_value": self.max_minutes,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as logged at start: passwords in URLs are masked."""
+        out = self.model_dump()
+        out["redis_url"] = mask_url(self.redis_url)
+        out["dlq_topic"] = self.dead_letter_topic
+        return out
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``.
+
+    >>> mask_url("redis://:pw@h:6379/0"), mask_url("redis://h:6379/0")
+    ('redis://:***@h:6379/0', 'redis://h:6379/0')
+    """
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)

@@ -1,0 +1,257 @@
+"""The streaming loop: Kafka watch events in, user posteriors in Redis out.
+
+One iteration handles one minibatch, in this order (the order is the design;
+see :mod:`streamer.commit` for why it is safe against crashes):
+
+1. **Poll** a minibatch; it closes on size or age (:mod:`streamer.batch_poll`).
+2. **Decode and validate** each record (:mod:`streamer.event`); an invalid one
+   goes to the dead-letter topic (:mod:`streamer.dead_letter`) and the rest
+   of the batch goes on.
+3. **Load** the touched users from Redis in one pipeline (with the globals
+   pointer), skip events already applied (stored offset) or duplicated
+   (recent event ids), fold the new ones in and run the model's **local step**
+   (:mod:`streamer.model_update`).
+4. **Write** every touched user's record (posterior, history, count, applied
+   (partition, offset), expiry) *and* the batch's global statistics in one
+   MULTI/EXEC (:mod:`streamer.user_store`, :mod:`streamer.global_store`).
+   Then make the dead letters durable (flush).
+5. **Commit** the Kafka offsets of the whole batch (:mod:`streamer.commit`).
+6. **Global step** if this worker holds the learner role: apply the queued
+   statistics in stream order, publish the globals when due.
+
+Steps 3-4 are retried together while Redis is unreachable (a retry re-reads
+the users, so a transaction that committed but whose reply was lost is not
+applied twice); step 5 waits for the broker. Nothing is committed before its
+effects are durable, so a crash anywhere loses nothing and counts nothing twice.
+
+Shutdown (SIGTERM/SIGINT) sets a flag; the batch in hand is finished and
+committed, the learner publishes and frees its lease, and ``run`` returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import redis
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+
+from model.config import HPMFConfig
+from streamer.batch_poll import RebalanceTracker, poll_batch
+from streamer.commit import commit_offsets, next_offsets
+from streamer.dead_letter import DeadLetterSink
+from streamer.errors import StopRequested, retry
+from streamer.event import EventLimits, InvalidEvent, decode_event
+from streamer.global_store import GlobalStore
+from streamer.kafka_admin import ensure_topics
+from streamer.metrics import StreamMetrics, serve
+from streamer.model_update import ModelUpdate, SourcedEvent, update_users
+from streamer.settings import StreamSettings
+from streamer.user_store import load_users, queue_user_write
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: StreamSettings, metrics: StreamMetrics | None = None) -> None:
+        self.s = settings
+        self.metrics = metrics or StreamMetrics()
+        self.stop = False
+        self.limits = EventLimits(
+            max_minutes=settings.max_minutes, max_payload_bytes=settings.max_payload_bytes,
+            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars,
+        )  # fmt: skip
+        self.batches_done = 0
+        self.last_event_at = time.monotonic()
+        self.server: Any = None
+
+    # ---------------------------------------------------------------- set-up
+    def _should_stop(self) -> bool:
+        return self.stop
+
+    def request_stop(self, signum: int = 0, frame: object = None) -> None:
+        if not self.stop:
+            log.info("shutdown requested; finishing the batch in hand", extra={"signal": signum})
+        self.stop = True
+
+    def _connect(self) -> None:
+        s = self.s
+        self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
+        self.metrics.redis_ok = True
+        if s.create_topics:
+            retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
+                  "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+        self.producer = KafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq"
+        )
+        self.tracker = RebalanceTracker()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, client_id=s.worker_id,
+            enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
+            max_poll_records=s.batch_max_events, session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
+            max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=100,
+        )  # fmt: skip
+        # Fetch the topic's metadata first: a group join before it is known
+        # assigns nothing until the next metadata refresh (minutes).
+        retry(lambda: self._require_partitions(s.topic), "topic metadata", log, self._should_stop, s.retry_max_backoff_s)
+        self.consumer.subscribe([s.topic], listener=self.tracker)
+        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics)
+        cfg = HPMFConfig(**s.model_config_dict())
+        self.globals = GlobalStore(
+            self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
+            publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
+            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint,
+        )  # fmt: skip
+        _warm_up(cfg)
+        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+        if not self.globals.is_learner:
+            retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
+
+    def _require_partitions(self, topic: str) -> None:
+        from kafka.errors import KafkaError
+
+        if not self.consumer.partitions_for_topic(topic):
+            raise KafkaError(f"topic {topic} has no partitions (yet)")
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        torch.set_num_threads(self.s.torch_threads)
+        if self.s.metrics_port:
+            self.server = serve(self.metrics, self.s.metrics_host, self.s.metrics_port)
+        try:
+            self._connect()
+            self.last_event_at = time.monotonic()
+            while not self.stop:
+                self.iteration()
+                if self.s.max_batches and self.batches_done >= self.s.max_batches:
+                    break
+                if self.s.stop_when_idle_s and time.monotonic() - self.last_event_at > self.s.stop_when_idle_s:
+                    log.info("no events for a while; stopping", extra={"idle_s": self.s.stop_when_idle_s})
+                    break
+        except StopRequested:
+            log.info("stopped while waiting for a dependency; the batch in hand was not committed")
+        finally:
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        for what, fn in (
+            ("publish globals", lambda: self.globals.release()),
+            ("close consumer", lambda: self.consumer.close(autocommit=False)),
+            ("close producer", lambda: self.producer.close(timeout=10)),
+        ):
+            try:
+                fn()
+            except AttributeError:  # never connected
+                pass
+            except Exception as exc:  # shutdown must go on
+                log.warning(f"{what} failed at shutdown", extra={"error": repr(exc)[:200]})
+        if self.server is not None:
+            self.server.shutdown()
+        log.info("stopped", extra={"batches": self.batches_done})
+
+    def iteration(self) -> None:
+        s, m = self.s, self.metrics
+        m.tick()
+        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+
+        # 1. Poll a minibatch (closes on size or age).
+        records, dropped = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
+        m.assigned.set(len(self.tracker.assigned))
+        m.revoked_dropped.inc(dropped)
+        if not records:
+            # Idle: the learner catches up with other workers' statistics.
+            retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+            return
+        t0 = time.monotonic()
+        self.last_event_at = t0
+        m.events.inc(len(records))
+
+        # 2. Decode and validate; invalid events go to the dead-letter topic.
+        now_ms = int(time.time() * 1000)
+        valid: list[SourcedEvent] = []
+        for r in records:
+            try:
+                ev = decode_event(r.value, self.limits, now_ms)
+            except InvalidEvent as err:
+                self.dlq.send(r, err)
+                continue
+            valid.append(SourcedEvent(ev, r.partition, r.offset, r.timestamp))
+
+        # 3 + 4. Load users, local step, write users + statistics atomically.
+        update = retry(lambda: self._update_and_write(valid), "redis read/write", log, self._should_stop,
+                       s.retry_max_backoff_s, on_failure=self._redis_failed)  # fmt: skip
+        written_ms = time.time() * 1000
+        m.freshness.observe_many([written_ms - ts for ts in update.produce_ts_ms])
+        m.applied.inc(update.applied)
+        m.users_written.inc(len(update.records))
+        m.skipped.inc(update.skipped_replay, "replay")
+        m.skipped.inc(update.skipped_duplicate, "duplicate")
+        retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
+
+        # 5. Commit the offsets, only now that the effects are durable.
+        offsets = next_offsets(records)
+        if not retry(lambda: commit_offsets(self.consumer, offsets), "offset commit", log,
+                     self._should_stop, s.retry_max_backoff_s):  # fmt: skip
+            m.commit_failures.inc()
+        m.batch_latency.observe((time.monotonic() - t0) * 1000)
+        m.batches.inc()
+        self.batches_done += 1
+        self.last_event_at = time.monotonic()
+        self._update_lag()
+
+        # 6. Global step (learner only).
+        retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.metrics.redis_ok = False
+        self.metrics.retries.inc(label="redis")
+
+    def _update_and_write(self, valid: list[SourcedEvent]) -> ModelUpdate:
+        s, g = self.s, self.globals
+        users = list(dict.fromkeys(se.event.user_id for se in valid))
+        stored, (current,) = load_users(self.redis, s.redis_prefix, users, [g.current_key])
+        g.refresh(current)
+        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000))
+        if update.records:
+            with self.redis.pipeline(transaction=True) as pipe:
+                for uid, rec in update.records.items():
+                    queue_user_write(pipe, s.redis_prefix, uid, rec, update.event_ids[uid], s.user_ttl_s)
+                assert update.stats is not None
+                g.queue_stats(pipe, update.stats)
+                replies = pipe.execute()
+            g.written(replies[-1], update.stats)
+        self.metrics.redis_ok = True
+        return update
+
+    def _update_lag(self) -> None:
+        lag = 0
+        for tp in self.tracker.assigned:
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=100)
+            except Exception:  # position unknown right after a rebalance
+                continue
+            if pos is not None:
+                lag += max(0, hw - pos)
+        self.metrics.lag.set(lag)
+
+
+
+def _warm_up(cfg: HPMFConfig) -> None:
+    """Run one tiny batch through a throwaway model: torch's first call costs
+    ~1-2 s of lazy initialisation, which would otherwise land on the first
+    real batch (and on its freshness)."""
+    from model.batch import Batch
+    from model.online import OnlineHPMF
+
+    OnlineHPMF(cfg).learn(Batch.of(["warm-up"], ["warm-up"], [1.0]), {})
