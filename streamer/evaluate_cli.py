@@ -18,6 +18,8 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
+
 from model.evaluate import (
     LADDER,
     PROTOCOLS,
@@ -28,6 +30,7 @@ from model.evaluate import (
     report,
     rolling_rmse,
     run_stream,
+    warm_up,
 )
 from model.online import OnlineHPMF
 from model.transform import TRANSFORMS
@@ -73,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                         help="write a PNG: rolling RMSE over the stream, and RMSE / predictive "
                         "spread by the user's number of earlier events")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default: 1; the model's tensors are small, "
+                        "and extra threads mostly add synchronisation, badly so on a busy CPU)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -158,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print("hpmf evaluate: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    torch.set_num_threads(max(1, args.threads))
+    warm_up()
     users, videos = events.user_ids.tolist(), events.video_ids.tolist()
     scores: dict[str, dict[str, float]] = {}
     streams: dict[str, StreamResult] = {}
