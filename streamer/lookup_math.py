@@ -1,0 +1,161 @@
+"""The predictive maths of the reader, in numpy: what ``OnlineHPMF.predict`` computes
+in torch, vectorised over all videos of one user.
+
+A user factor x = [u, b] ~ N(m_x, S_x) and a video factor w = [v, c] ~ N(m_w, S_w)
+(independent) meet through the feature y(x) = [u, 1] (``ey``): the model-scale
+value is  y = b0 + y(x).w + b.  With E[y(x)] = ey_x, E[y(x) y(x)^T] = Eyy_x and
+E[y(w)] = ey_w (the same split for the video):
+
+    mean  = b0 + E[b] + ey_x . m_w
+    var   = sigma^2 + tr(S_w Eyy_x) + ey_w^T S_x ey_w
+
+which is exactly ``OnlineHPMF.predict`` (model/online.py, model/moments.py). The
+last two terms are the *epistemic* part (uncertainty about the factors); sigma^2
+is observation noise. Without biases y(x) = x and E[b] = 0.
+
+Everything that depends only on the global record is computed once per global
+version (:class:`ServingModel`), so one user against 10,000 videos is a couple
+of matrix-vector products.
+
+>>> import numpy as np
+>>> ey, eyy, eb = feature_moments(np.array([1.0, 2.0]), 0.5 * np.eye(2), biases=True)
+>>> ey.tolist(), eyy.tolist(), float(eb)
+([1.0, 1.0], [[1.5, 1.0], [1.0, 1.0]], 2.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.redis_record import GlobalRecord
+
+
+def feature_moments(
+    mean: np.ndarray, cov: np.ndarray, biases: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """E[y], E[y y^T] and E[b] of a factor N(mean, cov), batched over leading axes.
+
+    With biases the last coordinate is the bias: the feature puts a constant 1
+    there (so y.w picks up the other side's bias) and has zero variance in it.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    cov = np.asarray(cov, dtype=np.float64)
+    if not biases:
+        return mean, cov + mean[..., :, None] * mean[..., None, :], np.zeros(mean.shape[:-1])
+    k = mean.shape[-1] - 1
+    ey = mean.copy()
+    ey[..., k] = 1.0
+    cov_y = cov.copy()
+    cov_y[..., k, :] = 0.0
+    cov_y[..., :, k] = 0.0
+    return ey, cov_y + ey[..., :, None] * ey[..., None, :], mean[..., k].copy()
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """One global version, decoded and precomputed for fast scoring."""
+
+    record: GlobalRecord
+    index: dict[str, int]  # video id -> row
+    ids: np.ndarray  # (V,) object: video ids, for fancy indexing of the top k
+    wm: np.ndarray  # (V, D) m_w
+    eyw: np.ndarray  # (V, D) ey_w, the videos' feature means
+    vc_flat: np.ndarray  # (V, D*D) S_w, flattened for tr(S_w A) = vc_flat @ A.ravel()
+    b0: float
+    noise_var: float  # sigma^2
+
+    @classmethod
+    def from_record(cls, rec: GlobalRecord) -> ServingModel:
+        v, d = rec.n_videos, rec.dim
+        eyw = feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
+        return cls(
+            record=rec,
+            index={vid: row for row, vid in enumerate(rec.video_ids)},
+            ids=np.array(rec.video_ids, dtype=object),
+            wm=np.ascontiguousarray(rec.video_mean, dtype=np.float64),
+            eyw=np.ascontiguousarray(eyw, dtype=np.float64),
+            vc_flat=np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d * d),
+            b0=float(rec.b0),
+            noise_var=float(rec.sigma) ** 2,
+        )
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def n_videos(self) -> int:
+        return self.record.n_videos
+
+
+@dataclass(frozen=True)
+class UserMoments:
+    """A user's posterior N(mean, cov) and its feature moments (computed once per call)."""
+
+    mean: np.ndarray  # (D,)
+    cov: np.ndarray  # (D, D)
+    ey: np.ndarray  # (D,)
+    eyy_flat: np.ndarray  # (D*D,)
+    eb: float
+
+    @classmethod
+    def of(cls, mean: np.ndarray, cov: np.ndarray, biases: bool) -> UserMoments:
+        ey, eyy, eb = feature_moments(mean, cov, biases)
+        return cls(np.asarray(mean, np.float64), np.asarray(cov, np.float64), ey, eyy.ravel(), float(eb))
+
+
+def predictive(
+    model: ServingModel, user: UserMoments, rows: np.ndarray | slice = slice(None)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model-scale predictive mean and *epistemic* variance for the video ``rows``.
+
+    Add ``model.noise_var`` for the predictive variance of an observation.
+    """
+    mean = model.b0 + user.eb + model.wm[rows] @ user.ey
+    eyw = model.eyw[rows]
+    epi = model.vc_flat[rows] @ user.eyy_flat + np.einsum("vd,de,ve->v", eyw, user.cov, eyw)
+    return mean, np.maximum(epi, 0.0)
+
+
+def sample_factor(mean: np.ndarray, cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw of x ~ N(mean, cov); float32 storage can leave cov a hair from PSD."""
+    d = mean.shape[0]
+    try:
+        chol = np.linalg.cholesky(cov + 1e-12 * np.eye(d))
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
+        chol = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    return mean + chol @ rng.standard_normal(d)
+
+
+def thompson_scores(
+    model: ServingModel, user: UserMoments, biases: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Model-scale scores of one Thompson draw over all videos.
+
+    Draw x ~ q(x); then for each video the score b0 + b + y(x).w_j with
+    w_j ~ q(w_j). Given x, the videos are independent and y(x).w_j is Gaussian
+    with mean y(x).m_wj and variance y(x)^T S_wj y(x), so drawing that scalar
+    per video is an exact draw of the full-covariance w_j at O(V D^2), without
+    materialising V x D samples.
+    """
+    x = sample_factor(user.mean, user.cov, rng)
+    ey, _, eb = feature_moments(x, np.zeros((x.shape[0], x.shape[0])), biases)
+    mean = model.wm @ ey
+    var = np.maximum(model.vc_flat @ np.outer(ey, ey).ravel(), 0.0)
+    return model.b0 + float(eb) + mean + np.sqrt(var) * rng.standard_normal(model.n_videos)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k largest finite scores, best first (fewer if fewer are finite)."""
+    finite = np.isfinite(scores)
+    n = int(finite.sum())
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    masked = np.where(finite, scores, -np.inf)
+    k = min(k, n)
+    part = np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
+    order = part[np.argsort(-masked[part], kind="stable")]
+    return order[:k]
