@@ -9,6 +9,7 @@ Run one suite alone with ``python -m benchmarks.run model``.
 from __future__ import annotations
 
 import importlib
+import os
 import json
 import platform
 import sys
@@ -20,12 +21,11 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
 
 
 def main(argv: list[str]) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see streamer/cli.py
     suites = argv or list(SUITES)
     results: dict[str, object] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     failed = []

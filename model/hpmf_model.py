@@ -108,6 +108,15 @@ class Hypers:
         ]  # fmt: skip
 
 
+def mean_mask(cfg: HPMFConfig) -> torch.Tensor:
+    """1 for latent dims, 0 for the bias slot: the mean user (and video) bias is
+    not identifiable apart from b0, so the pooled means act on tastes only."""
+    m = torch.ones(cfg.dim, dtype=torch.float64)
+    if cfg.biases:
+        m[-1] = 0.0
+    return m
+
+
 def predicted_mean(x: torch.Tensor, w: torch.Tensor, biases: bool) -> torch.Tensor:
     """b_i + c_j + u_i . v_j for factors x = [u, b] and w = [v, c] (without b0)."""
     if not biases:
@@ -123,12 +132,12 @@ def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     b0 = pyro.sample("b0", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
     sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.5))
     if cfg.user_pooling:
-        mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1))
+        mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
         s_u = pyro.sample("s_u", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
     else:
         mu_u, s_u = zeros, fixed_scale
     if cfg.video_pooling:
-        mu_v = pyro.sample("mu_v", dist.Normal(zeros, 1.0).to_event(1))
+        mu_v = pyro.sample("mu_v", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
         s_v = pyro.sample("s_v", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
     else:
         mu_v, s_v = zeros, fixed_scale

@@ -40,7 +40,7 @@ import torch
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.globals_snapshot import GlobalsSnapshot
-from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model
+from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_moments, gaussian_posterior
 from model.posterior import PooledPrior, UserState
@@ -133,13 +133,13 @@ class OnlineHPMF:
         cfg = self.config
         if self.hp is None or not cfg.user_pooling:
             return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
-        return self.hp.mu_u_loc.detach(), self.hp.log_s_u.detach().exp()
+        return self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
 
     def _video_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         if self.hp is None or not cfg.video_pooling:
             return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
-        return self.hp.mu_v.detach(), self.hp.log_s_v.detach().exp()
+        return self.hp.mu_v.detach() * mean_mask(cfg), self.hp.log_s_v.detach().exp()
 
     def pooled_prior(self) -> PooledPrior:
         """What a brand-new user gets: N(E[mu_u], diag(s_u)^2 + Var[mu_u])."""
