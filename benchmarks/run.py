@@ -9,8 +9,8 @@ Run one suite alone with ``python -m benchmarks.run model``.
 from __future__ import annotations
 
 import importlib
-import os
 import json
+import os
 import platform
 import sys
 import time
