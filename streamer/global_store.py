@@ -132,7 +132,7 @@ class GlobalStore:
         self.own.clear()
         self.unpublished = 0
         self.last_publish = time.monotonic()
-        log.info("took the learner role", extra={"source": source, "stream_id": self.last_id, "gv": self.model.version})
+        log.info("took the learner role", extra={"worker": self.worker_id, "source": source, "stream_id": self.last_id, "gv": self.model.version})
 
     def _lose_role(self, why: str) -> None:
         log.warning("gave up the learner role", extra={"why": why})

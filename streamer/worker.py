@@ -31,6 +31,7 @@ committed, the learner publishes and frees its lease, and ``run`` returns 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -67,6 +68,11 @@ class Worker:
         self.batches_done = 0
         self.last_event_at = time.monotonic()
         self.server: Any = None
+        # Fault injection for the crash test only: SIGKILL this process right
+        # after the N-th Redis write, before its offsets are committed -- the
+        # worst moment for a crash. Unset in production.
+        self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
+        self._writes = 0
 
     # ---------------------------------------------------------------- set-up
     def _should_stop(self) -> bool:
@@ -155,7 +161,12 @@ class Worker:
                 log.warning(f"{what} failed at shutdown", extra={"error": repr(exc)[:200]})
         if self.server is not None:
             self.server.shutdown()
-        log.info("stopped", extra={"batches": self.batches_done})
+        m = self.metrics
+        log.info("stopped", extra={
+            "batches": self.batches_done, "events": m.events.get(), "applied": m.applied.get(),
+            "skipped_replay": m.skipped.get("replay"), "skipped_duplicate": m.skipped.get("duplicate"),
+            "invalid": sum(m.invalid.values.values()), "commit_failures": m.commit_failures.get(),
+        })  # fmt: skip
 
     def iteration(self) -> None:
         s, m = self.s, self.metrics
@@ -228,6 +239,9 @@ class Worker:
                 g.queue_stats(pipe, update.stats)
                 replies = pipe.execute()
             g.written(replies[-1], update.stats)
+            self._writes += 1
+            if self._kill_after_write and self._writes >= self._kill_after_write:
+                os.kill(os.getpid(), signal.SIGKILL)
         self.metrics.redis_ok = True
         return update
 

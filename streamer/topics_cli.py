@@ -1,0 +1,35 @@
+"""``hpmf topics``: create the Kafka topics the service uses (the broker does
+not auto-create them): the watch-events topic and its dead-letter topic.
+
+    hpmf topics --topic watch-events --partitions 4
+
+Partitions bound the number of workers that share the work (one partition is
+read by one worker of the group). Choose it once: adding partitions later
+moves users to other partitions (the key hash changes), which the per-user
+stored offset handles by treating the new partition as unseen (event-id
+dedupe still applies), but in-flight ordering per user is lost for a moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", default=None, help="watch-events topic (default: HPMF_TOPIC or watch-events)")
+    parser.add_argument("--dlq-topic", default=None, help="dead-letter topic (default: <topic>.dlq)")
+    parser.add_argument("--partitions", type=int, default=None, help="partitions (default: HPMF_PARTITIONS or 4)")
+    parser.add_argument("--kafka-bootstrap", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.kafka_admin import ensure_topics
+    from streamer.settings import StreamSettings
+
+    given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
+    s = StreamSettings(**given)
+    topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions}
+    created = ensure_topics(s.kafka_bootstrap, topics)
+    for name, n in topics.items():
+        print(f"{name}: {'created' if name in created else 'exists'} ({n} partitions requested)")
+    return 0

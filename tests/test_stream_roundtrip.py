@@ -1,0 +1,72 @@
+"""Round trip against the real broker and Redis: events produced are in Redis
+with the right counts, in the published format, with expiry; duplicates by
+event_id are skipped; the globals are published; SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+
+import pytest
+from test_stream_support import (
+    create_topic,
+    free_port,
+    make_events,
+    produce,
+    running,
+    stopped_summaries,
+    user_counts,
+    wait_exit,
+    wait_for,
+    worker_cmd,
+)
+
+from streamer.redis_record import decode_global_record, decode_user_record, global_key, user_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    create_topic(kafka_bootstrap, topic_name)
+    events, counts = make_events(3000, 150, seed=1)
+    # A producer retry: the same event ids again (must not be counted twice).
+    dupes = events[:200]
+    produce(kafka_bootstrap, topic_name, events + dupes)
+    log = tmp_path / "worker.log"
+    port = free_port()
+    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600")
+    t_start = time.time() * 1000
+    with running(cmd, log) as proc:
+        users = sorted(counts)
+        wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 60, "all counts in Redis")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
+        live = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30, log) == 0
+
+    assert ready == 200 and live == 200
+    assert "hpmf_stream_events_consumed_total 3200" in metrics
+    assert 'hpmf_stream_skipped_events_total{why="duplicate"} 200' in metrics
+    assert "hpmf_stream_freshness_ms_count 3000" in metrics
+    summary = stopped_summaries(log)[-1]
+    assert summary["applied"] == 3000 and summary["skipped_duplicate"] == 200
+
+    # Every user record decodes with the published codec and is consistent.
+    for u in users[:20]:
+        key = user_key(key_prefix, u)
+        fields = redis_client.hgetall(key)
+        rec = decode_user_record(fields, key)
+        assert rec.n_events == counts[u]
+        assert rec.dim == 4 and rec.cov.shape == (4, 4)
+        assert sorted(rec.history, key=lambda h: h[2]) == rec.history  # oldest first
+        assert rec.updated_ms >= t_start and rec.offset >= 0 and 0 <= rec.partition < 4
+        assert 0 < redis_client.ttl(key) <= 600
+    # The learner published a global record that the reader codec accepts.
+    cur = int(redis_client.get(f"{key_prefix}:g:current"))
+    g = decode_global_record(redis_client.hgetall(global_key(key_prefix, cur)), "g")
+    assert g.version == cur >= 1 and g.n_videos == 80 and g.transform == "log1p"
+    # Its stream of statistics was trimmed at the last publish (SIGTERM publishes).
+    assert redis_client.xlen(f"{key_prefix}:gstats") == 0
+    assert redis_client.hget(f"{key_prefix}:learner", "gv") == str(cur).encode()
