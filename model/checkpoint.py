@@ -56,6 +56,8 @@ def state_dict(model: OnlineHPMF) -> dict[str, Any]:
         "hypers": None if hp is None else {k: v.detach().clone() for k, v in vars(hp).items()},
         "optimizer": None if model._opt is None else model._opt.state_dict(),
         "rng": model._rng.get_state(),
+        "r_sum": model._r_sum,
+        "r_weight": model._r_weight,
     }
 
 
@@ -80,10 +82,12 @@ def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
     model._v_cov[:n] = sd["v_cov"]
     if sd["hypers"] is not None:
         model.hp = Hypers(**{k: v.clone().requires_grad_(True) for k, v in sd["hypers"].items()})
-        model._opt = torch.optim.Adam(model.hp.leaves(), lr=model.config.svi_lr)
+        model._opt = torch.optim.Adam(model.hp.learned_leaves(), lr=model.config.svi_lr)
         if sd["optimizer"] is not None:
             model._opt.load_state_dict(sd["optimizer"])
     model._rng.set_state(sd["rng"])
+    model._r_sum = float(sd["r_sum"])
+    model._r_weight = float(sd["r_weight"])
     return model
 
 

@@ -101,6 +101,10 @@ class Hypers:
             log_s_v=leaf(scales),
         )
 
+    def learned_leaves(self) -> list[torch.Tensor]:
+        """The leaves SVI moves; b0 is set in closed form (a running mean)."""
+        return [t for t in self.leaves() if t is not self.b0]
+
     def leaves(self) -> list[torch.Tensor]:
         return [
             self.b0, self.log_sigma, self.mu_u_loc, self.mu_u_log_scale,

@@ -111,6 +111,10 @@ class OnlineHPMF:
         self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
         self._svi_buffer: list[GlobalStats] = []
         self.learner = True  # False once globals were imported from a snapshot
+        # b0 is the forgetting-weighted mean of the transformed values seen:
+        # learned by SVI it drifts against the video biases it is confounded with.
+        self._r_sum = 0.0
+        self._r_weight = 0.0
 
     # ------------------------------------------------------------ globals
     def _ensure_hypers(self, targets: np.ndarray) -> Hypers:
@@ -118,7 +122,7 @@ class OnlineHPMF:
             b0 = float(np.mean(targets)) if targets.size else 0.0
             sd = float(np.std(targets)) if targets.size > 1 else 1.0
             self.hp = Hypers.initial(self.config, b0=b0, sigma=max(sd, 1e-2))
-            self._opt = torch.optim.Adam(self.hp.leaves(), lr=self.config.svi_lr)
+            self._opt = torch.optim.Adam(self.hp.learned_leaves(), lr=self.config.svi_lr)
         return self.hp
 
     def _b0(self) -> torch.Tensor:
@@ -346,6 +350,11 @@ class OnlineHPMF:
         self._ensure_hypers(stats.target)
         rows = self._rows(stats.video_ids, register=True)
         self.n_seen += stats.n_events
+        keep = float(np.exp(-len(stats.target) / cfg.effective_data_size))
+        self._r_sum = keep * self._r_sum + float(np.sum(stats.target))
+        self._r_weight = keep * self._r_weight + len(stats.target)
+        with torch.no_grad():
+            self.hp.b0.fill_(self._r_sum / self._r_weight)
         # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
         self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + torch.from_numpy(stats.video_prec)
