@@ -65,21 +65,36 @@ class ServingModel:
     vc_flat: np.ndarray  # (V, D*D) S_w, flattened for tr(S_w A) = vc_flat @ A.ravel()
     b0: float
     noise_var: float  # sigma^2
+    tri: tuple[np.ndarray, np.ndarray]  # upper-triangle indices (d <= e), T = D(D+1)/2
+    tri_mult: np.ndarray  # (T,) 1 on the diagonal, 2 off it: tr(S A) = sum S_tri A_tri mult
+    packed: np.ndarray  # (V, D + 2T) float32: [m_w | S_w upper | (ey_w ey_w^T) upper]
 
     @classmethod
     def from_record(cls, rec: GlobalRecord) -> ServingModel:
         v, d = rec.n_videos, rec.dim
         eyw = feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
+        vc = np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d, d)
+        iu = np.triu_indices(d)
+        # Every per-video quantity recommend needs, in one float32 row per video, so
+        # scoring all videos is one pass over memory (the record is float32 anyway).
+        packed = np.hstack([rec.video_mean, vc[:, iu[0], iu[1]], eyw[:, iu[0]] * eyw[:, iu[1]]])
         return cls(
             record=rec,
             index={vid: row for row, vid in enumerate(rec.video_ids)},
             ids=np.array(rec.video_ids, dtype=object),
             wm=np.ascontiguousarray(rec.video_mean, dtype=np.float64),
             eyw=np.ascontiguousarray(eyw, dtype=np.float64),
-            vc_flat=np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d * d),
+            vc_flat=vc.reshape(v, d * d),
             b0=float(rec.b0),
             noise_var=float(rec.sigma) ** 2,
+            tri=iu,
+            tri_mult=np.where(iu[0] == iu[1], 1.0, 2.0),
+            packed=np.ascontiguousarray(packed, dtype=np.float32),
         )
+
+    def sym_weights(self, a: np.ndarray) -> np.ndarray:
+        """The weights w with tr(S a) = S_upper . w for symmetric S and a."""
+        return a[self.tri] * self.tri_mult
 
     @property
     def version(self) -> int:
@@ -109,14 +124,45 @@ class UserMoments:
 def predictive(
     model: ServingModel, user: UserMoments, rows: np.ndarray | slice = slice(None)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model-scale predictive mean and *epistemic* variance for the video ``rows``.
+    """Model-scale predictive mean and *epistemic* variance for the video ``rows``,
+    in float64 (the exact path: :meth:`Lookup.predict` and the reported top k).
 
     Add ``model.noise_var`` for the predictive variance of an observation.
     """
     mean = model.b0 + user.eb + model.wm[rows] @ user.ey
     eyw = model.eyw[rows]
-    epi = model.vc_flat[rows] @ user.eyy_flat + np.einsum("vd,de,ve->v", eyw, user.cov, eyw)
+    epi = model.vc_flat[rows] @ user.eyy_flat + ((eyw @ user.cov) * eyw).sum(-1)
     return mean, np.maximum(epi, 0.0)
+
+
+BLOCK_ROWS = 1024
+
+
+def blocked_matmul(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``a @ y`` in blocks of rows. Why: a single (10,000 x 143) product is big
+    enough for OpenBLAS to hand it to its threads, and on a busy machine that
+    hand-off costs milliseconds (measured: p90 19 ms in one call vs 0.7 ms in
+    1024-row blocks, same data); blocks stay on the calling thread."""
+    out = np.empty((a.shape[0], y.shape[1]), dtype=np.result_type(a, y))
+    for s in range(0, a.shape[0], BLOCK_ROWS):
+        np.matmul(a[s : s + BLOCK_ROWS], y, out=out[s : s + BLOCK_ROWS])
+    return out
+
+
+def predictive_all(model: ServingModel, user: UserMoments) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predictive` over all videos in one float32 matrix product, for ranking.
+
+    Both variance terms are traces against symmetric matrices, so each is a dot
+    product of upper triangles: tr(S_w Eyy_x) and tr(S_x ey_w ey_w^T). Relative
+    error ~1e-6 (float32 sums); only near-ties can order differently.
+    """
+    d, t = model.record.dim, model.tri_mult.shape[0]
+    y = np.zeros((d + 2 * t, 2), dtype=np.float32)
+    y[:d, 0] = user.ey
+    y[d : d + t, 1] = model.sym_weights(user.eyy_flat.reshape(d, d))
+    y[d + t :, 1] = model.sym_weights(user.cov)
+    out = blocked_matmul(model.packed, y).astype(np.float64)
+    return model.b0 + user.eb + out[:, 0], np.maximum(out[:, 1], 0.0)
 
 
 def sample_factor(mean: np.ndarray, cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -141,11 +187,15 @@ def thompson_scores(
     per video is an exact draw of the full-covariance w_j at O(V D^2), without
     materialising V x D samples.
     """
+    d, t = model.record.dim, model.tri_mult.shape[0]
     x = sample_factor(user.mean, user.cov, rng)
-    ey, _, eb = feature_moments(x, np.zeros((x.shape[0], x.shape[0])), biases)
-    mean = model.wm @ ey
-    var = np.maximum(model.vc_flat @ np.outer(ey, ey).ravel(), 0.0)
-    return model.b0 + float(eb) + mean + np.sqrt(var) * rng.standard_normal(model.n_videos)
+    ey, _, eb = feature_moments(x, np.zeros((d, d)), biases)
+    y = np.zeros((d + t, 2), dtype=np.float32)  # the last block (ey_w ey_w^T) is not needed
+    y[:d, 0] = ey
+    y[d:, 1] = model.sym_weights(np.outer(ey, ey))
+    out = blocked_matmul(model.packed[:, : d + t], y).astype(np.float64)
+    std = np.sqrt(np.maximum(out[:, 1], 0.0))
+    return model.b0 + float(eb) + out[:, 0] + std * rng.standard_normal(model.n_videos)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

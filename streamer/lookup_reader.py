@@ -47,6 +47,7 @@ from streamer.lookup_math import (
     ServingModel,
     UserMoments,
     predictive,
+    predictive_all,
     thompson_scores,
     top_k,
 )
@@ -419,7 +420,7 @@ class Lookup:
     ) -> Recommendations:
         rec = model.record
         user = UserMoments.of(post.mean, post.cov, rec.biases)
-        m_y, epi = predictive(model, user)
+        m_y, epi = predictive_all(model, user)  # float32 pass over all videos, for ranking
         if strategy == "thompson":
             scores = thompson_scores(model, user, rec.biases, self._rng_for(post.user_id, seed))
         elif strategy == "ucb":
@@ -432,9 +433,10 @@ class Lookup:
             rows = [model.index[v] for v, _, _ in post.history if v in model.index]
             scores[rows] = -np.inf
         best = top_k(scores, k)
-        mean, std = to_original_units(rec.transform, m_y[best], np.sqrt(epi[best] + model.noise_var))
+        m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
+        mean, std = to_original_units(rec.transform, m_best, np.sqrt(epi_best + model.noise_var))
         if strategy == "mean":
-            shown = scores[best]
+            shown = mean
         else:  # the ranked model-scale value, mapped through the (monotone) inverse transform
             shown = to_original_units(rec.transform, scores[best], np.zeros(best.shape[0]))[0]
         items = [

@@ -1,0 +1,217 @@
+"""Reader benchmarks against the real local Redis (``python -m benchmarks.run lookup``).
+
+1. Latency. 10,000 videos, D = 11 (k = 10 plus a bias), 1,000 users with
+   20-video histories, written with the streamer's codec under a unique prefix
+   (deleted afterwards). Timed interleaved, per call, same random user key:
+   a bare redis-py ``HGETALL`` versus ``Lookup.user_posterior`` (HGETALL +
+   decode + the pointer check every 1000 ms, the default), and
+   ``Lookup.recommend(k=10)`` over all 10,000 videos with the cache warm.
+
+2. Exploration replay. A synthetic population drawn from the model (true user
+   and video factors, Gaussian noise on the log1p scale, minutes = expm1). Every
+   round each user is shown one video chosen through the full path: OnlineHPMF
+   learns the round's watches, the globals and user records are written to
+   Redis with the codec, and ``Lookup.recommend_many`` reads them back. Regret
+   of a recommendation = best true expected log1p(minutes) among the user's
+   unwatched videos minus that of the recommended one; reported per user,
+   summed over the rounds, for mean, UCB and Thompson against a
+   non-personalised popularity baseline (best shrunk average of the observed
+   minutes); ``regret_last10`` sums the last 10 rounds only (after learning).
+   ``hit_rate`` = share of recommendations in the user's true top 10.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import redis
+
+from streamer.lookup_reader import Lookup
+from streamer.redis_record import (
+    GlobalRecord,
+    UserRecord,
+    global_record_from_snapshot,
+    queue_user_record,
+    write_global_record,
+)
+
+REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
+
+
+def _cleanup(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+def _ms(samples_ns: list[int], q: float) -> float:
+    return float(np.percentile(np.asarray(samples_ns) / 1e6, q))
+
+
+# ---------------------------------------------------------------- latency
+def synthetic_globals(n_videos: int, k: int, rng: np.random.Generator) -> GlobalRecord:
+    d = k + 1
+    a = rng.normal(0, 0.1, size=(n_videos, d, d))
+    cov = a @ a.transpose(0, 2, 1) + 0.01 * np.eye(d)  # SPD
+    return GlobalRecord(
+        version=1, dim=d, n_factors=k, biases=True, transform="log1p", b0=3.0, sigma=0.5,
+        prior_mean=np.zeros(d), prior_cov=0.25 * np.eye(d),
+        video_ids=[f"video-{j}" for j in range(n_videos)],
+        video_mean=rng.normal(0, 0.5, size=(n_videos, d)), video_cov=cov,
+        video_scale=np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), updated_ms=int(time.time() * 1000),
+    )  # fmt: skip
+
+
+def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict[str, float]:
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"bench-lookup-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(0)
+    try:
+        g = synthetic_globals(n_videos, k, rng)
+        write_global_record(client, prefix, g, ttl_s=600)
+        users = [f"user-{i}" for i in range(1000)]
+        pipe = client.pipeline(transaction=False)
+        d = k + 1
+        for i, uid in enumerate(users):
+            a = rng.normal(0, 0.1, size=(d, d))
+            hist = [(f"video-{j}", 10.0, n + 1) for n, j in enumerate(rng.choice(n_videos, 20, replace=False))]
+            rec = UserRecord(rng.normal(0, 0.5, d), a @ a.T + 0.01 * np.eye(d), 20,
+                             int(time.time() * 1000), int(time.time() * 1000), 1, 0, i, hist)  # fmt: skip
+            queue_user_record(pipe, prefix, uid, rec, ttl_s=600)
+        pipe.execute()
+
+        lk = Lookup(client, prefix)  # default refresh_interval_ms=1000
+        keys = [f"{prefix}:u:{{{u}}}" for u in users]
+        picks = rng.integers(0, len(users), size=iterations)
+        for i in range(200):  # warm up connection, cache, numpy
+            client.hgetall(keys[i])
+            lk.user_posterior(users[i])
+            lk.recommend(users[i], k=10)
+        bare, post = [], []
+        clock = time.perf_counter_ns
+        for i in picks:
+            t0 = clock()
+            client.hgetall(keys[i])
+            t1 = clock()
+            lk.user_posterior(users[i])
+            t2 = clock()
+            bare.append(t1 - t0)
+            post.append(t2 - t1)
+        out = {
+            "lookup.bare_get_p50_ms": _ms(bare, 50),
+            "lookup.bare_get_p99_ms": _ms(bare, 99),
+            "lookup.user_posterior_p50_ms": _ms(post, 50),
+            "lookup.user_posterior_p99_ms": _ms(post, 99),
+        }
+        out["lookup.posterior_vs_bare_ratio"] = out["lookup.user_posterior_p99_ms"] / out["lookup.bare_get_p99_ms"]
+        for strategy in ("mean", "ucb", "thompson"):
+            samples = []
+            for n, i in enumerate(picks):
+                t0 = clock()
+                r = lk.recommend(users[i], k=10, strategy=strategy, seed=n)  # type: ignore[arg-type]
+                samples.append(clock() - t0)
+                assert len(r.items) == 10
+            suffix = "" if strategy == "mean" else f"_{strategy}"
+            out[f"lookup.recommend{suffix}_p50_ms"] = _ms(samples, 50)
+            out[f"lookup.recommend{suffix}_p99_ms"] = _ms(samples, 99)
+        return out
+    finally:
+        _cleanup(client, prefix)
+        client.close()
+
+
+# ---------------------------------------------------------------- exploration replay
+def replay(
+    n_users: int = 200, n_videos: int = 100, k: int = 3, rounds: int = 30, seed: int = 0
+) -> dict[str, float]:
+    from model.batch import Batch
+    from model.config import HPMFConfig
+    from model.online import OnlineHPMF
+
+    rng = np.random.default_rng(seed)
+    users = [f"u{i}" for i in range(n_users)]
+    videos = [f"v{j}" for j in range(n_videos)]
+    # truth: x = [u, b], w = [v, c]; value = b0 + u.v + b + c + noise
+    tu, tb = rng.normal(0, 0.7, (n_users, k)), rng.normal(0, 0.3, n_users)
+    tv, tc = rng.normal(0, 0.7, (n_videos, k)), rng.normal(0, 0.5, n_videos)
+    b0, sigma = 3.0, 0.5
+    true_mean = b0 + tu @ tv.T + tb[:, None] + tc[None, :]  # (users, videos)
+    top10 = np.argsort(-true_mean, axis=1)[:, :10]
+    first = [rng.choice(n_videos, 2, replace=False) for _ in range(n_users)]  # seed watches
+    noise = rng.normal(0, sigma, (rounds + 1, n_users, n_videos))  # shared by all strategies
+
+    client = redis.Redis.from_url(REDIS_URL)
+    out: dict[str, float] = {}
+    try:
+        for strategy in ("popularity", "mean", "ucb", "thompson"):
+            prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
+            model = OnlineHPMF(HPMFConfig(n_factors=k, transform="log1p", seed=seed, svi_min_events=200))
+            lk = Lookup(client, prefix, refresh_interval_ms=0)
+            states: dict = {}
+            watched = np.zeros((n_users, n_videos), dtype=bool)
+            sums, counts = np.zeros(n_videos), np.zeros(n_videos)
+
+            def learn(
+                pairs: list[tuple[int, int]], r: int, _m=model, _s=states, _p=prefix, _w=watched,
+                _sum=sums, _cnt=counts,
+            ) -> None:  # fmt: skip
+                # minutes watched: the model-scale draw through expm1 (clipped at 0 minutes)
+                vals = [float(np.expm1(max(true_mean[i, j] + noise[r, i, j], 0.0))) for i, j in pairs]
+                batch = Batch.of([users[i] for i, _ in pairs], [videos[j] for _, j in pairs], vals)
+                _s.update(_m.learn(batch, _s))
+                for (i, j), v in zip(pairs, vals, strict=True):
+                    _w[i, j] = True
+                    _sum[j] += v
+                    _cnt[j] += 1
+                now = int(time.time() * 1000)
+                snap = _m.export_globals()
+                write_global_record(client, _p, global_record_from_snapshot(snap, now), ttl_s=600)
+                pipe = client.pipeline(transaction=True)
+                for i in {i for i, _ in pairs}:
+                    st = _s[users[i]]
+                    rec = UserRecord(st.mean, st.cov, st.n_events, now, now, st.model_version, 0, r,
+                                     [(vid, val, int(sq)) for vid, (val, sq) in st.history.items()])  # fmt: skip
+                    queue_user_record(pipe, _p, users[i], rec, ttl_s=600)
+                pipe.execute()
+
+            learn([(i, int(j)) for i in range(n_users) for j in first[i]], 0)
+            regret = np.zeros(n_users)
+            late = np.zeros(n_users)  # regret of the last 10 rounds: after learning
+            hits = 0
+            for r in range(1, rounds + 1):
+                if strategy == "popularity":
+                    shrunk = (sums + 5 * b0) / (counts + 5)  # shrink unseen videos to b0
+                    picks = [int(np.argmax(np.where(watched[i], -np.inf, shrunk))) for i in range(n_users)]
+                else:
+                    recs = lk.recommend_many(users, k=1, strategy=strategy, seed=r)  # type: ignore[arg-type]
+                    index = {v: j for j, v in enumerate(videos)}
+                    picks = [index[x.items[0].video_id] for x in recs]
+                for i, j in enumerate(picks):
+                    assert not watched[i, j], "a watched video was recommended"
+                    best = np.max(np.where(watched[i], -np.inf, true_mean[i]))
+                    regret[i] += best - true_mean[i, j]
+                    if r > rounds - 10:
+                        late[i] += best - true_mean[i, j]
+                    hits += int(j in top10[i])
+                learn(list(enumerate(picks)), r)
+            out[f"lookup.regret_{strategy}"] = float(regret.mean())
+            out[f"lookup.regret_last10_{strategy}"] = float(late.mean())
+            out[f"lookup.hit_rate_{strategy}"] = hits / (n_users * rounds)
+            _cleanup(client, prefix)
+    finally:
+        client.close()
+    return out
+
+
+def run() -> dict[str, float]:
+    out = latency()
+    out.update(replay())
+    return out
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key:<36} {value:.4g}")
