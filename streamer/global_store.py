@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -46,7 +45,6 @@ from streamer.global_stats_record import (
     decode_snapshot,
     decode_stats,
     encode_snapshot,
-    encode_stats,
 )
 from streamer.metrics import StreamMetrics
 from streamer.redis_record import (
@@ -170,10 +168,6 @@ class GlobalStore:
             return
         self.model.import_globals(snap)
         log.debug("imported globals", extra={"gv": snap.version})
-
-    def queue_stats(self, pipe: Any, stats: GlobalStats) -> None:
-        """Queue the XADD of a batch's statistics on the batch's transaction."""
-        pipe.xadd(self.stream_key, {"w": self.worker_id, "b": encode_stats(stats)})
 
     def written(self, stream_id: bytes | str, stats: GlobalStats) -> None:
         """The transaction committed; the learner keeps its own entry to apply."""

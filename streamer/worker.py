@@ -13,7 +13,8 @@ see :mod:`streamer.commit` for why it is safe against crashes):
    (:mod:`streamer.model_update`).
 4. **Write** every touched user's record (posterior, history, count, applied
    (partition, offset), expiry) *and* the batch's global statistics in one
-   MULTI/EXEC (:mod:`streamer.user_store`, :mod:`streamer.global_store`).
+   atomic step, a Lua script that acts as a MULTI/EXEC
+   (:mod:`streamer.user_store`, :mod:`streamer.global_store`).
    Then make the dead letters durable (flush).
 5. **Commit** the Kafka offsets of the whole batch (:mod:`streamer.commit`).
 6. **Global step** if this worker holds the learner role: apply the queued
@@ -46,12 +47,13 @@ from streamer.commit import commit_offsets, next_offsets
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import StopRequested, retry
 from streamer.event import EventLimits, InvalidEvent, decode_event
+from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
 from streamer.kafka_admin import ensure_topics
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
 from streamer.settings import StreamSettings
-from streamer.user_store import load_users, queue_user_write
+from streamer.user_store import load_users, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -228,17 +230,14 @@ class Worker:
     def _update_and_write(self, valid: list[SourcedEvent]) -> ModelUpdate:
         s, g = self.s, self.globals
         users = list(dict.fromkeys(se.event.user_id for se in valid))
-        stored, (current,) = load_users(self.redis, s.redis_prefix, users, [g.current_key])
+        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key)
         g.refresh(current)
         update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000))
         if update.records:
-            with self.redis.pipeline(transaction=True) as pipe:
-                for uid, rec in update.records.items():
-                    queue_user_write(pipe, s.redis_prefix, uid, rec, update.event_ids[uid], s.user_ttl_s)
-                assert update.stats is not None
-                g.queue_stats(pipe, update.stats)
-                replies = pipe.execute()
-            g.written(replies[-1], update.stats)
+            assert update.stats is not None
+            sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
+                              g.stream_key, s.worker_id, encode_stats(update.stats))  # fmt: skip
+            g.written(sid, update.stats)
             self._writes += 1
             if self._kill_after_write and self._writes >= self._kill_after_write:
                 os.kill(os.getpid(), signal.SIGKILL)
