@@ -1,0 +1,89 @@
+"""Redis unreachable mid-stream: the worker retries with backoff, commits
+nothing meanwhile, and recovers when Redis returns -- counts stay exact.
+
+Uses a private redis-server (its own port, append-only file fsynced on every
+write so a kill -9 loses nothing) started and killed by this test by PID; the
+shared Redis is not touched. Kafka outages are not simulated (the broker is
+shared by everyone on this machine)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from test_stream_support import (
+    create_topic,
+    free_port,
+    make_events,
+    produce,
+    running,
+    stopped_summaries,
+    user_counts,
+    wait_exit,
+    wait_for,
+    worker_cmd,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+
+def start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir, "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    wait_for(lambda: _pings(client), 10, "private redis up")
+    return proc
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
+def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    url = f"redis://127.0.0.1:{port}/0"
+    create_topic(kafka_bootstrap, topic_name)
+    events, counts = make_events(3000, 150, seed=7)
+    users = sorted(counts)
+    client = redis.Redis(port=port)
+    log = tmp_path / "worker.log"
+    cmd = worker_cmd(kafka_bootstrap, url, topic_name, "outage", "--stop-when-idle-s", "4", "--retry-max-backoff-s", "0.5")
+    producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 500.0))
+    srv = start_redis(port, str(data))
+    try:
+        with running(cmd, log) as proc:
+            producer.start()
+            wait_for(lambda: sum(user_counts(client, "outage", users).values()) > 500, 60, "progress")
+            srv.send_signal(signal.SIGKILL)  # Redis gone mid-stream
+            srv.wait(timeout=10)
+            time.sleep(2.5)
+            assert proc.poll() is None  # the worker waits, it does not die
+            srv = start_redis(port, str(data))  # back, with its append-only file
+            producer.join(timeout=60)
+            assert wait_exit(proc, 90, log) == 0
+        assert user_counts(client, "outage", users) == dict(counts)
+        text = log.read_text()
+        assert "redis read/write failed, retrying" in text
+        summary = stopped_summaries(log)[-1]
+        # Every event applied once; a write whose reply was lost would show as a replay skip.
+        assert summary["applied"] + summary["skipped_replay"] == 3000
+        assert summary["events"] >= 3000
+    finally:
+        producer.join(timeout=60)
+        if srv.poll() is None:
+            srv.send_signal(signal.SIGKILL)
+            srv.wait(timeout=10)
