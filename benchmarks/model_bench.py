@@ -1,0 +1,144 @@
+"""Model benchmark: OnlineHPMF on MovieLens 100K, prequential in timestamp order,
+against River's ``reco.BiasedMF`` on the same stream in the same run; plus
+calibration figures on the simulator.
+
+    python -m benchmarks.run model
+
+Figures (all prequential: every event predicted before it is learned):
+
+    model.events_per_s          hpmf, minibatch 1024: events / s of predict + learn
+    model.rmse_at_1024          hpmf RMSE at minibatch 1024
+    model.river_events_per_s    River BiasedMF, predict_one + learn_one per event
+    model.river_rmse            River BiasedMF RMSE
+    model.speed_ratio           model.events_per_s / model.river_events_per_s
+    model.rmse_at_256, model.rmse_lt5_at_256, model.coverage90_at_256   hpmf, minibatch 256
+    model.rmse_at_1             hpmf, minibatch 1 (learns after every event; minutes)
+    model.sim_coverage90        hpmf predictive 90% coverage on the simulated AVOD stream
+    model.sim_user_factor_coverage90   90% credible intervals of the user factors (videos
+                                       at the truth) covering the true factors
+
+River settings (its documented BiasedMF example): n_factors=10, SGD(0.025) for the
+biases and the latents, l2 0.1 on both, latents initialised Normal(0, 0.1, seed=73).
+Torch runs with one intra-op thread (the model's tensors are small).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.movielens import movielens_100k
+from model.evaluate import ladder_config, metrics, run_stream, warm_up
+from model.local_step import HistoryEntries, user_local_step
+from model.online import OnlineHPMF
+from model.simulate import SimConfig, simulate
+from streamer.events_file import read_events
+
+RIVER_SEED = 73
+
+
+def river_prequential(users: list[str], videos: list[str], values: np.ndarray) -> tuple[float, float]:
+    """(events/s, RMSE) of River BiasedMF, predict_one then learn_one per event."""
+    from river import optim, reco
+
+    model = reco.BiasedMF(
+        n_factors=10,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.025),
+        l2_bias=0.1,
+        l2_latent=0.1,
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=RIVER_SEED),
+    )
+    sq = 0.0
+    ys = values.tolist()
+    t0 = time.perf_counter()
+    for u, v, y in zip(users, videos, ys, strict=True):
+        p = model.predict_one(user=u, item=v)
+        sq += (y - p) ** 2
+        model.learn_one(user=u, item=v, y=y)
+    secs = time.perf_counter() - t0
+    return len(ys) / secs, float(np.sqrt(sq / len(ys)))
+
+
+def hpmf_prequential(users: list[str], videos: list[str], values: np.ndarray, batch_size: int) -> dict[str, float]:
+    bar = tqdm(total=len(values), desc=f"hpmf minibatch {batch_size}", unit="ev", file=sys.stderr,
+               mininterval=5.0)  # fmt: skip
+    try:
+        res = run_stream(OnlineHPMF(ladder_config("hpmf")), users, videos, values,
+                         batch_size=batch_size, progress=bar.update)  # fmt: skip
+    finally:
+        bar.close()
+    return metrics(res)
+
+
+def simulator_figures(seed: int = 0) -> dict[str, float]:
+    """Predictive coverage of hpmf on the simulator (log1p scale, minibatch 256), and
+    coverage of the true user factors by the local step's 90% intervals with the
+    video factors, noise and prior at the truth."""
+    sim = simulate(SimConfig(seed=seed))
+    res = run_stream(OnlineHPMF(ladder_config("hpmf", transform="log1p")), sim.user_ids,
+                     sim.video_ids, sim.values, batch_size=256)  # fmt: skip
+    truth = sim.truth
+    w = truth.video_factors()
+    d = w.shape[1]
+    f = torch.from_numpy
+    y = np.log1p(sim.values)
+    entries = HistoryEntries(f(sim.user_rows), f(sim.video_rows), f(y), torch.ones(len(y), dtype=torch.float64))
+    mean, cov, _ = user_local_step(
+        entries, len(truth.user_ids), f(w), torch.zeros(len(w), d, d, dtype=torch.float64),
+        torch.tensor(truth.b0, dtype=torch.float64), torch.tensor(truth.sigma**2, dtype=torch.float64),
+        f(truth.mu_u), f(truth.s_u), truth.biases,
+    )  # fmt: skip
+    sd = np.sqrt(np.diagonal(cov.numpy(), axis1=1, axis2=2))
+    inside = np.abs(truth.user_factors() - mean.numpy()) <= 1.6449 * sd
+    return {
+        "model.sim_coverage90": metrics(res)["coverage90"],
+        "model.sim_rmse": metrics(res)["rmse"],
+        "model.sim_user_factor_coverage90": float(inside.mean()),
+    }
+
+
+def run() -> dict[str, float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run() -> dict[str, float]:
+    ev = read_events(movielens_100k())
+    users, videos, values = ev.user_ids.tolist(), ev.video_ids.tolist(), ev.values
+    warm_up()
+    out: dict[str, float] = {}
+    m1024 = hpmf_prequential(users, videos, values, 1024)
+    print(f"   hpmf @1024: RMSE {m1024['rmse']:.4f}, {m1024['events_per_s']:.0f} events/s", flush=True)
+    river_eps, river_rmse = river_prequential(users, videos, values)
+    print(f"   River BiasedMF: RMSE {river_rmse:.4f}, {river_eps:.0f} events/s", flush=True)
+    out["model.events_per_s"] = m1024["events_per_s"]
+    out["model.rmse_at_1024"] = m1024["rmse"]
+    out["model.river_events_per_s"] = river_eps
+    out["model.river_rmse"] = river_rmse
+    out["model.speed_ratio"] = m1024["events_per_s"] / river_eps
+    m256 = hpmf_prequential(users, videos, values, 256)
+    print(f"   hpmf @256: RMSE {m256['rmse']:.4f}, coverage90 {m256['coverage90']:.3f}", flush=True)
+    out["model.rmse_at_256"] = m256["rmse"]
+    out["model.rmse_lt5_at_256"] = m256["rmse_lt5"]
+    out["model.coverage90_at_256"] = m256["coverage90"]
+    out.update(simulator_figures())
+    print(f"   simulator: coverage90 {out['model.sim_coverage90']:.3f}, user-factor coverage90 "
+          f"{out['model.sim_user_factor_coverage90']:.3f}", flush=True)  # fmt: skip
+    m1 = hpmf_prequential(users, videos, values, 1)
+    print(f"   hpmf @1: RMSE {m1['rmse']:.4f}, {m1['events_per_s']:.0f} events/s", flush=True)
+    out["model.rmse_at_1"] = m1["rmse"]
+    return out
+
+
+if __name__ == "__main__":
+    for k, v in run().items():
+        print(f"{k:<36} {v:.4g}")
