@@ -288,6 +288,8 @@ def run() -> dict[str, float]:
             if name in only:
                 t0 = time.monotonic()
                 out.update(fn(tag, prefix, logdir))
+                # The machine is shared: say how busy it was (1-min load average, 2 cores).
+                out[f"stream.{name}_loadavg_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
                 print(f"   stream {name}: {json.dumps({k: v for k, v in out.items()})} ({time.monotonic() - t0:.0f} s)", flush=True)
     finally:
         _cleanup(prefix)

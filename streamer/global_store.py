@@ -23,11 +23,11 @@ Design (docs/streaming.md has the picture):
   round trip) and import the snapshot when it moves.
 
 With one worker the same path runs in-process: the worker is the learner and
-applies its own entries (kept in memory by stream id, so it does not read its
-own bytes back) right after writing them. One worker and N workers feed the
-learner the same kind of entries in one total order; the global step sees the
-same statistics either way (only which globals version each local step used
-can differ by the publish interval).
+applies its own entries right after writing them (read with XRANGE to keep
+the one stream order, but taken from memory instead of decoded again). One
+worker and N workers feed the learner the same kind of entries in one total
+order; the global step sees the same statistics either way (only which
+globals version each local step used can differ by the publish interval).
 """
 
 from __future__ import annotations

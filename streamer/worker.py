@@ -205,6 +205,7 @@ class Worker:
         m.freshness.observe_many([written_ms - ts for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
         m.users_written.inc(len(update.records))
+        m.global_version.set(self.globals.model.version)
         m.skipped.inc(update.skipped_replay, "replay")
         m.skipped.inc(update.skipped_duplicate, "duplicate")
         retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
