@@ -36,12 +36,20 @@ class HPMFConfig:
     """Initial (and, with pooling off, fixed) prior standard deviation of factors."""
     bias_prior_scale: float = 0.6
     """Initial (and, with pooling off, fixed) prior standard deviation of biases."""
+    scale_hyperprior_sd: float = 1.0
+    """Spread (log scale) of the LogNormal hyperprior on the prior scales s_u, s_v
+    around their initial values: smaller resists the collapse of factor dims."""
     history_size: int = 200
     """H: a user's posterior is computed from their H most recently watched videos."""
     user_forgetting: float = 0.97
     """Weight kept by an event per later event of the same user (1.0: never forget)."""
     effective_data_size: float = 200_000.0
     """N_eff: video evidence decays as exp(-events/N_eff); also scales the SVI likelihood."""
+    refresh_video_evidence: bool = True
+    """When a user's posterior is recomputed, replace (not just add to) that user's
+    evidence about the videos in their history: exact incremental coordinate
+    ascent, so videos learn from what is known about users now, not from the
+    near-prior guess made when the user was new."""
     svi_min_events: int = 256
     """The Pyro SVI step on the hyper-parameters runs once this many events have gathered."""
     svi_steps: int = 1

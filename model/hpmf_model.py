@@ -137,21 +137,24 @@ def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.5))
     if cfg.user_pooling:
         mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
-        s_u = pyro.sample("s_u", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
+        s_u = pyro.sample("s_u", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1))
     else:
         mu_u, s_u = zeros, fixed_scale
     if cfg.video_pooling:
         mu_v = pyro.sample("mu_v", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
-        s_v = pyro.sample("s_v", dist.LogNormal(fixed_scale.log(), 1.0).to_event(1))
+        s_v = pyro.sample("s_v", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1))
     else:
         mu_v, s_v = zeros, fixed_scale
+    n_users, n_events = data.user_mean.shape[0], data.target.shape[0]
+    if d == 0:  # the global-mean model: no factors, only b0 and sigma
+        with pyro.plate("events", data.events_size, subsample=torch.arange(n_events)):
+            pyro.sample("r", dist.Normal(b0.expand(n_events), sigma), obs=data.target)
+        return
     with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
         w = pyro.sample("w", dist.Normal(mu_v, s_v).to_event(1))
     # Locals
-    n_users = data.user_mean.shape[0]
     with pyro.plate("users", data.users_size, subsample=torch.arange(n_users)):
         x = pyro.sample("x", dist.Normal(mu_u, s_u).to_event(1))
-    n_events = data.target.shape[0]
     with pyro.plate("events", data.events_size, subsample=torch.arange(n_events)):
         mean = b0 + predicted_mean(x[data.event_user], w[data.event_video], cfg.biases)
         pyro.sample("r", dist.Normal(mean, sigma), obs=data.target)
@@ -167,6 +170,8 @@ def hpmf_guide(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     if cfg.video_pooling:
         pyro.sample("mu_v", dist.Delta(hp.mu_v).to_event(1))
         pyro.sample("s_v", dist.Delta(hp.log_s_v.exp()).to_event(1))
+    if cfg.dim == 0:
+        return
     # The conjugate blocks, set in closed form by the local and video steps.
     with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
         pyro.sample("w", dist.MultivariateNormal(data.video_mean, scale_tril=data.video_tril))

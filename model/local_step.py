@@ -56,6 +56,9 @@ def user_local_step(
     """
     d = prior_mean.shape[-1]
     dtype = prior_mean.dtype
+    if d == 0:  # the global-mean model has no user factor at all
+        empty = torch.zeros(n_users, 0, 0, dtype=dtype)
+        return torch.zeros(n_users, 0, dtype=dtype), empty, empty
     ey, eyy, eyc, _ = feature_moments(video_mean[entries.video], video_cov[entries.video], biases)
     w = entries.weight.to(dtype).unsqueeze(-1)
     data_prec = torch.zeros(n_users, d * d, dtype=dtype)

@@ -72,7 +72,17 @@ def gaussian_posterior(
     if d == 0:
         empty = precision.new_zeros(precision.shape)
         return shift, empty, empty
-    chol_p = torch.linalg.cholesky(precision)
+    precision = 0.5 * (precision + precision.transpose(-1, -2))
+    chol_p, info = torch.linalg.cholesky_ex(precision)
+    if bool((info != 0).any()):
+        # Withdrawn evidence can leave a data part a hair below positive
+        # semi-definite (decay clocks of workers and learner differ slightly):
+        # clip its negative eigenvalues, never the prior.
+        vals, vecs = torch.linalg.eigh(data_precision)
+        data_precision = vecs @ torch.diag_embed(vals.clamp(min=0.0)) @ vecs.transpose(-1, -2)
+        precision = prior_precision + data_precision
+        precision = 0.5 * (precision + precision.transpose(-1, -2))
+        chol_p = torch.linalg.cholesky(precision)
     eye = torch.eye(d, dtype=precision.dtype, device=precision.device).expand_as(precision)
     cov = torch.cholesky_solve(eye, chol_p)
     cov = 0.5 * (cov + cov.transpose(-1, -2))

@@ -311,26 +311,87 @@ class OnlineHPMF:
             s.cov = u_cov[k].numpy().astype(np.float64)
             s.model_version = self.version
 
-        # Statistics for the global step: one term per distinct (user, video) pair.
+        for uid in users:
+            new_states[uid].seen_at = float(self.n_seen)
+
+        # Statistics for the global step.
         pairs: dict[tuple[str, str], float] = {}
         for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values, strict=True):
             pairs[(uid, vid)] = pairs.get((uid, vid), 0.0) + float(val)
         uindex = {u: k for k, u in enumerate(users)}
-        vids = list(dict.fromkeys(v for _, v in pairs))
-        vindex = {v: k for k, v in enumerate(vids)}
         ev_user = np.array([uindex[u] for u, _ in pairs], dtype=np.int64)
-        ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
-        ev_target = forward(
-            cfg.transform, np.array([
-                # the aggregated value, or the batch's own sum if the entry was
-                # already pushed out of a history shorter than the batch
-                new_states[u].history.get(v, (total,))[0] for (u, v), total in pairs.items()
-            ])
-        )
-        prec, shift = video_batch_statistics(
-            torch.from_numpy(ev_video), len(vids), u_mean[ev_user], u_cov[ev_user],
-            torch.from_numpy(ev_target), b0, noise_var, cfg.biases,
-        )  # fmt: skip
+        ev_target = forward(cfg.transform, np.array([
+            # the aggregated value, or the batch's own sum if the entry was
+            # already pushed out of a history shorter than the batch
+            new_states[u].history.get(v, (total,))[0] for (u, v), total in pairs.items()
+        ]))  # fmt: skip
+        if cfg.refresh_video_evidence:
+            # Every touched user's evidence about the videos in their history,
+            # computed with their new posterior, replaces the evidence they gave
+            # last time (withdrawn with its old posterior, decayed as the rest).
+            # Video evidence is weighted 1: the user-side forgetting says how a
+            # user's taste drifts, not how much a video's ratings are worth.
+            # A user whose earlier contribution is unknown (a state saved
+            # without its posterior or clock) gives evidence on this batch's
+            # videos only, so nothing is ever counted twice.
+            known = torch.tensor([
+                (o := states.get(u)) is None
+                or (o.mean is not None and o.cov is not None and o.seen_at is not None)
+                for u in users
+            ])  # fmt: skip
+            batch_pairs = set(pairs)
+            keep = known[entries.user] | torch.tensor(
+                [(users[k], v) in batch_pairs for k, v in zip(e_user, e_vid, strict=True)],
+                dtype=torch.bool,
+            )
+            c_rows = [rows[keep]]
+            c_mean = [u_mean[entries.user[keep]]]
+            c_cov = [u_cov[entries.user[keep]]]
+            c_tgt = [entries.target[keep]]
+            c_w = [torch.ones(int(keep.sum()), dtype=DTYPE)]
+            for uid in users:
+                old = states.get(uid)
+                if old is None or old.mean is None or old.cov is None or old.seen_at is None:
+                    continue
+                # Entries pushed out of the history keep their last evidence.
+                kept = new_states[uid].history
+                o_items = [(v, e) for v, e in old.history.items() if v in kept]
+                if not o_items:
+                    continue
+                o_vid = [v for v, _ in o_items]
+                o_val = np.array([e[0] for _, e in o_items])
+                decay = float(np.exp(-max(self.n_seen - old.seen_at, 0.0) / cfg.effective_data_size))
+                c_rows.append(self._rows(o_vid, register=True))
+                c_mean.append(torch.from_numpy(np.asarray(old.mean, dtype=np.float64)).expand(len(o_vid), -1))
+                c_cov.append(torch.from_numpy(np.asarray(old.cov, dtype=np.float64)).expand(len(o_vid), -1, -1))
+                c_tgt.append(torch.from_numpy(forward(cfg.transform, o_val)))
+                c_w.append(torch.full((len(o_vid),), -decay, dtype=DTYPE))
+            # The batch's own videos always get a slot (the SVI step refers to
+            # them) even if a history shorter than the batch already dropped them.
+            pair_rows = self._rows([v for _, v in pairs], register=True)
+            c_rows.append(pair_rows)
+            c_mean.append(torch.zeros(len(pair_rows), cfg.dim, dtype=DTYPE))
+            c_cov.append(torch.zeros(len(pair_rows), cfg.dim, cfg.dim, dtype=DTYPE))
+            c_tgt.append(torch.zeros(len(pair_rows), dtype=DTYPE))
+            c_w.append(torch.zeros(len(pair_rows), dtype=DTYPE))
+            all_rows = torch.cat(c_rows)
+            uniq, inv = torch.unique(all_rows, return_inverse=True)
+            vids = [self.video_ids[r] for r in uniq.tolist()]
+            prec, shift = video_batch_statistics(
+                inv, len(vids), torch.cat(c_mean), torch.cat(c_cov), torch.cat(c_tgt),
+                b0, noise_var, cfg.biases, weight=torch.cat(c_w),
+            )  # fmt: skip
+            vindex = {v: k for k, v in enumerate(vids)}
+            ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
+        else:
+            # One term per distinct (user, video) pair of the batch.
+            vids = list(dict.fromkeys(v for _, v in pairs))
+            vindex = {v: k for k, v in enumerate(vids)}
+            ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
+            prec, shift = video_batch_statistics(
+                torch.from_numpy(ev_video), len(vids), u_mean[ev_user], u_cov[ev_user],
+                torch.from_numpy(ev_target), b0, noise_var, cfg.biases,
+            )  # fmt: skip
         stats = GlobalStats(
             video_ids=vids, video_prec=prec.numpy(), video_shift=shift.numpy(),
             user_mean=u_mean.numpy(), user_cov=u_cov.numpy(),

@@ -33,6 +33,10 @@ class UserState:
     mean: np.ndarray | None = None
     cov: np.ndarray | None = None
     model_version: int = 0
+    seen_at: float | None = None
+    """The learner's stream clock (events learned) when ``mean``/``cov`` were
+    computed: the global step uses it to withdraw this posterior's old
+    contribution to the video posteriors, decayed as the rest of the evidence."""
 
     def fold(self, video_id: str, value: float, history_size: int) -> None:
         """Add one event: minutes are summed per video, the entry becomes the newest."""
@@ -50,6 +54,7 @@ class UserState:
             mean=None if self.mean is None else self.mean.copy(),
             cov=None if self.cov is None else self.cov.copy(),
             model_version=self.model_version,
+            seen_at=self.seen_at,
         )
 
 

@@ -30,19 +30,25 @@ def video_batch_statistics(
     b0: torch.Tensor,
     noise_var: torch.Tensor,
     biases: bool,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One minibatch's contribution to the natural parameters of ``n_videos`` videos.
 
     ``event_video`` (E,) indexes the touched videos; ``user_mean``/``user_cov``
-    are the posteriors of the user of each event (E, D) / (E, D, D).
-    Returns precision (J, D, D) and shift (J, D) increments.
+    are the posteriors of the user of each event (E, D) / (E, D, D);
+    ``weight`` (E,) scales each term (forgetting weights; negative to withdraw
+    evidence given earlier). Returns precision (J, D, D) and shift (J, D) increments.
     """
     d = user_mean.shape[-1]
     dtype = user_mean.dtype
+    if d == 0:  # the global-mean model has no video factor at all
+        return torch.zeros(n_videos, 0, 0, dtype=dtype), torch.zeros(n_videos, 0, dtype=dtype)
     ey, eyy, eyb, _ = feature_moments(user_mean, user_cov, biases)
+    w = torch.ones_like(target, dtype=dtype) if weight is None else weight.to(dtype)
+    w = w.unsqueeze(-1)
     prec = torch.zeros(n_videos, d * d, dtype=dtype)
-    prec.index_add_(0, event_video, eyy.reshape(-1, d * d))
+    prec.index_add_(0, event_video, w * eyy.reshape(-1, d * d))
     resid = (target.to(dtype) - b0).unsqueeze(-1)
     shift = torch.zeros(n_videos, d, dtype=dtype)
-    shift.index_add_(0, event_video, resid * ey - eyb)
+    shift.index_add_(0, event_video, w * (resid * ey - eyb))
     return prec.reshape(n_videos, d, d) / noise_var, shift / noise_var
