@@ -23,6 +23,7 @@ so one worker and N workers feed the global step identical numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any
@@ -34,11 +35,6 @@ from model.online import GlobalStats
 
 STATS_FORMAT = "hpmf.gstats.1"
 SNAPSHOT_FORMAT = "hpmf.gsnap.1"
-_STATS_ARRAYS = ("video_prec", "video_shift", "user_mean", "user_cov", "event_user", "event_video", "target")
-_SNAP_ARRAYS = (
-    "user_prior_mean", "user_prior_scale", "user_prior_cov", "video_prior_mean",
-    "video_prior_scale", "video_mean", "video_cov",
-)  # fmt: skip
 
 
 class BlobError(ValueError):
@@ -53,41 +49,49 @@ def _pack(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(blob: bytes, fmt: str, n: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+def _encode(obj: Any, fmt: str) -> bytes:
+    """Every field of the dataclass: numpy arrays as .npy, the rest in the JSON
+    header. Generic on purpose: a field the model owner adds travels too."""
+    header: dict[str, Any] = {"format": fmt, "arrays": [], "fields": {}}
+    arrays = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.ndarray):
+            header["arrays"].append(f.name)
+            arrays.append(value)
+        else:
+            header["fields"][f.name] = value
+    return _pack(header, arrays)
+
+
+def _decode(blob: bytes, fmt: str, cls: Any) -> Any:
     buf = io.BytesIO(blob)
     try:
         header = json.loads(buf.readline())
         if header.get("format") != fmt:
             raise BlobError(f"payload format {header.get('format')!r}, expected {fmt!r}")
-        arrays = [np.load(buf, allow_pickle=False) for _ in range(n)]
-    except (ValueError, OSError, EOFError) as exc:
+        values = dict(header["fields"])
+        for name in header["arrays"]:
+            values[name] = np.load(buf, allow_pickle=False)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+    except (ValueError, OSError, EOFError, KeyError, TypeError) as exc:
+        if isinstance(exc, BlobError):
+            raise
         raise BlobError(f"unreadable {fmt} payload: {exc}") from exc
-    return header, arrays
 
 
 def encode_stats(stats: GlobalStats) -> bytes:
-    header = {"format": STATS_FORMAT, "video_ids": list(stats.video_ids), "n_events": int(stats.n_events)}
-    return _pack(header, [getattr(stats, k) for k in _STATS_ARRAYS])
+    return _encode(stats, STATS_FORMAT)
 
 
 def decode_stats(blob: bytes) -> GlobalStats:
-    header, arrays = _unpack(blob, STATS_FORMAT, len(_STATS_ARRAYS))
-    return GlobalStats(video_ids=list(header["video_ids"]), n_events=int(header["n_events"]),
-                       **dict(zip(_STATS_ARRAYS, arrays, strict=True)))  # fmt: skip
+    return _decode(blob, STATS_FORMAT, GlobalStats)  # type: ignore[no-any-return]
 
 
 def encode_snapshot(snap: GlobalsSnapshot) -> bytes:
-    header = {
-        "format": SNAPSHOT_FORMAT, "version": int(snap.version), "config": snap.config,
-        "b0": float(snap.b0), "sigma": float(snap.sigma), "video_ids": list(snap.video_ids),
-    }  # fmt: skip
-    return _pack(header, [np.asarray(getattr(snap, k)) for k in _SNAP_ARRAYS])
+    return _encode(snap, SNAPSHOT_FORMAT)
 
 
 def decode_snapshot(blob: bytes) -> GlobalsSnapshot:
-    header, arrays = _unpack(blob, SNAPSHOT_FORMAT, len(_SNAP_ARRAYS))
-    return GlobalsSnapshot(
-        version=int(header["version"]), config=header["config"], b0=float(header["b0"]),
-        sigma=float(header["sigma"]), video_ids=list(header["video_ids"]),
-        **dict(zip(_SNAP_ARRAYS, arrays, strict=True)),
-    )  # fmt: skip
+    return _decode(blob, SNAPSHOT_FORMAT, GlobalsSnapshot)  # type: ignore[no-any-return]

@@ -38,6 +38,7 @@ class SourcedEvent:
 class ModelUpdate:
     records: dict[str, UserRecord] = field(default_factory=dict)
     event_ids: dict[str, list[str]] = field(default_factory=dict)
+    seen_at: dict[str, float] = field(default_factory=dict)
     stats: GlobalStats | None = None
     produce_ts_ms: list[int] = field(default_factory=list)  # of applied events (freshness)
     skipped_replay: int = 0
@@ -102,6 +103,9 @@ def update_users(
             update.states[uid], updated_ms=now_ms, event_ms=max(newest_ts[uid], prev.event_ms if prev is not None else 0),
             partition=se.partition, offset=se.offset,
         )  # fmt: skip
+        sa = getattr(update.states[uid], "seen_at", None)
+        if sa is not None:
+            out.seen_at[uid] = float(sa)
         ids = (prev.event_ids if prev is not None else []) + new_ids[uid]
         out.event_ids[uid] = ids[-dedupe_window:] if dedupe_window else []
     return out

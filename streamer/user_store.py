@@ -2,10 +2,12 @@
 records together with the batch's global statistics (step 4).
 
 The record layout is the published one (``streamer.redis_record``, see
-docs/redis_format.md). The service adds one internal field, ``eids``: the
-user's most recent event ids (a JSON list, newest last, at most
-``dedupe_window``), written in the same HSET so it is exactly as durable as the
-count it protects. Readers ignore it.
+docs/redis_format.md). The service adds two internal fields, written in the
+same HSET so they are exactly as durable as the count they go with (readers
+ignore them): ``eids``, the user's most recent event ids (a JSON list, newest
+last, at most ``dedupe_window``), and ``sa``, the model's event clock when the
+posterior was computed (``UserState.seen_at``; empty when the model does not
+track it).
 
 **Why Lua scripts and hand-packed commands.** A batch touches hundreds of
 users. Through redis-py's pure-Python protocol layer (no hiredis here) a
@@ -13,10 +15,10 @@ MULTI/EXEC of 3 commands per user spent ~70% of the worker's time packing
 arguments and parsing one ``QUEUED`` reply per command. So both steps are one
 ``EVALSHA`` each, packed here in one ``bytes.join``:
 
-* read: one script returns, per user, the six fields the local step needs
-  (``n p o et hist eids``; the posterior itself is recomputed, not read)
-  joined by NUL (never present in decimal text or JSON) -- one reply element
-  per user instead of two dozen;
+* read: one script returns, per user, the fields the loop needs
+  (``n p o et hist eids mean cov sa``) as one length-prefixed string
+  (``<len>:<bytes>`` per field) -- one reply element per user instead of two
+  dozen;
 * write: one script HSETs every user's full record, refreshes its expiry and
   XADDs the statistics. A Lua script runs atomically, exactly like the
   MULTI/EXEC it replaces: readers see the batch all or nothing, and user
@@ -40,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import redis
 
 from model.posterior import UserState
@@ -48,13 +51,22 @@ from streamer.redis_record import UserRecord, encode_user_record, user_key
 log = logging.getLogger(__name__)
 
 EIDS_FIELD = "eids"
+SEEN_AT_FIELD = "sa"  # internal: the learner's event clock when the posterior was computed
+_HAS_SEEN_AT = "seen_at" in UserState.__dataclass_fields__
+_F32 = np.dtype("<f4")
 
 _READ = """
+local F = {'n', 'p', 'o', 'et', 'hist', 'eids', 'mean', 'cov', 'sa'}
 local out = {}
 for i = 1, #KEYS - 1 do
-  local v = redis.call('HMGET', KEYS[i], 'n', 'p', 'o', 'et', 'hist', 'eids')
+  local v = redis.call('HMGET', KEYS[i], unpack(F))
   if v[1] then
-    out[i] = table.concat({v[1], v[2] or '', v[3] or '', v[4] or '0', v[5] or '[]', v[6] or '[]'}, '\\0')
+    local parts = {}
+    for j = 1, #F do
+      local x = v[j] or ''
+      parts[j] = #x .. ':' .. x
+    end
+    out[i] = table.concat(parts)
   else
     out[i] = ''
   end
@@ -130,6 +142,30 @@ _read_script = _Script(_READ)
 _write_script = _Script(_WRITE)
 
 
+def _split(raw: bytes) -> list[bytes]:
+    """``<len>:<bytes>`` fields, as the read script frames them (binary-safe)."""
+    out = []
+    pos = 0
+    while pos < len(raw):
+        colon = raw.index(b":", pos)
+        end = colon + 1 + int(raw[pos:colon])
+        out.append(raw[colon + 1 : end])
+        pos = end
+    return out
+
+
+def _posterior_into(state: UserState, mean: bytes, cov: bytes, seen_at: bytes) -> None:
+    """The stored posterior (float32 on the wire) and, if the model tracks it,
+    the clock it was computed at: the model may withdraw the user's earlier
+    evidence about videos when it recomputes the posterior."""
+    d = len(mean) // 4
+    if d and len(mean) == 4 * d and len(cov) == 4 * d * d:
+        state.mean = np.frombuffer(mean, _F32).astype(np.float64)
+        state.cov = np.frombuffer(cov, _F32).astype(np.float64).reshape(d, d)
+    if _HAS_SEEN_AT and seen_at:
+        state.seen_at = float(seen_at)  # type: ignore[attr-defined]
+
+
 def load_users(client: redis.Redis, prefix: str, user_ids: list[str], pointer_key: str) -> tuple[dict[str, StoredUser], bytes | None]:
     """Read every user in one round trip, plus the value of ``pointer_key``
     (the globals version pointer). Missing users are absent from the result;
@@ -142,10 +178,12 @@ def load_users(client: redis.Redis, prefix: str, user_ids: list[str], pointer_ke
         if not raw:
             continue
         try:
-            n, p, o, et, hist, eids = raw.split(b"\0")
+            n, p, o, et, hist, eids, mean, cov, sa = _split(raw)
             history = {str(v): [float(x), int(s)] for v, x, s in json.loads(hist)}
             state = UserState(history=history, n_events=int(n))
-            out[uid] = StoredUser(state, int(p), int(o), int(et), [str(e) for e in json.loads(eids)])
+            _posterior_into(state, mean, cov, sa)
+            ids = [str(e) for e in json.loads(eids)] if eids else []
+            out[uid] = StoredUser(state, int(p), int(o), int(et or 0), ids)
         except (ValueError, TypeError) as exc:
             log.error("unreadable user record; the user restarts from the prior",
                       extra={"key": user_key(prefix, uid), "error": repr(exc)[:200]})  # fmt: skip
@@ -156,6 +194,7 @@ def load_users(client: redis.Redis, prefix: str, user_ids: list[str], pointer_ke
 def write_batch(
     client: redis.Redis, prefix: str, records: dict[str, UserRecord], event_ids: dict[str, list[str]],
     ttl_s: int, stream_key: str, worker_id: str, stats_blob: bytes | None,
+    seen_at: dict[str, float] | None = None,
 ) -> bytes | None:  # fmt: skip
     """Write every record (full hash + ``eids``) with its expiry and XADD the
     statistics, atomically (one Lua script). Returns the stream entry id."""
@@ -166,6 +205,8 @@ def write_batch(
         keys.append(user_key(prefix, uid).encode())
         enc = encode_user_record(rec)
         enc[EIDS_FIELD] = json.dumps(event_ids.get(uid, []), separators=(",", ":")).encode()
+        # Every user of a batch gets the same field set (the script takes one count).
+        enc[SEEN_AT_FIELD] = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
         nf = len(enc)
         for k, v in enc.items():
             fields.append(k.encode())

@@ -237,7 +237,7 @@ class Worker:
         if update.records:
             assert update.stats is not None
             sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
-                              g.stream_key, s.worker_id, encode_stats(update.stats))  # fmt: skip
+                              g.stream_key, s.worker_id, encode_stats(update.stats), update.seen_at)  # fmt: skip
             g.written(sid, update.stats)
             self._writes += 1
             if self._kill_after_write and self._writes >= self._kill_after_write:

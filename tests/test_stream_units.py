@@ -110,3 +110,20 @@ def test_settings_from_env_and_masking(monkeypatch: pytest.MonkeyPatch) -> None:
     s = StreamSettings(batch_max_events=7)
     assert (s.topic, s.dead_letter_topic, s.batch_max_events) == ("t1", "t1.dlq", 7)
     assert "hunter2" not in str(s.describe())
+
+
+def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
+    from streamer.user_store import _posterior_into, _split
+
+    mean = np.array([0.5, -1.0], dtype="<f4").tobytes()
+    cov = np.eye(2, dtype="<f4").tobytes()
+    fields = [b"3", b"1", b"42", b"", b'[["v",2.0,3]]', b"[]", mean, cov, b"12.5"]
+    raw = b"".join(b"%d:%b" % (len(f), f) for f in fields)
+    assert _split(raw) == fields  # NUL bytes, colons or empties inside fields do not matter
+    s = UserState()
+    _posterior_into(s, mean, cov, b"12.5")
+    assert s.mean is not None and s.cov is not None
+    assert s.mean.tolist() == [0.5, -1.0] and s.cov.shape == (2, 2)
+    t = UserState()
+    _posterior_into(t, b"", b"", b"")  # a record without a posterior stays without
+    assert t.mean is None and t.cov is None
