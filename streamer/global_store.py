@@ -160,13 +160,18 @@ class GlobalStore:
             current = self.r.get(self.current_key)
         if current is None or int(current) == self.model.version and not force:
             return
-        blob = self.r.hget(self.learner_key, "snap")
+        blob, n_seen = self.r.hmget(self.learner_key, "snap", "n_seen")
         if blob is None:
             return
         snap = decode_snapshot(blob)
         if snap.version == self.model.version and not self.model.learner:
             return
         self.model.import_globals(snap)
+        if n_seen is not None:
+            # The learner's event clock: the local step stamps posteriors with it
+            # (UserState.seen_at) to decay their evidence when it is withdrawn.
+            # GlobalsSnapshot does not carry it (reported to the model owner).
+            self.model.n_seen = int(n_seen)
         log.debug("imported globals", extra={"gv": snap.version})
 
     def written(self, stream_id: bytes | str, stats: GlobalStats) -> None:
@@ -215,6 +220,7 @@ class GlobalStore:
                 pipe.multi()
                 pipe.hset(self.learner_key, mapping={
                     "ckpt": ckpt, "last_id": self.last_id, "gv": snap.version, "snap": snap_blob,
+                    "n_seen": int(self.model.n_seen),
                     "owner": self.worker_id, "ts": now_ms,
                 })  # fmt: skip
                 write_global_record(pipe, self.prefix, record, self.global_ttl_s, self.published_version)
