@@ -26,12 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class RebalanceTracker(ConsumerRebalanceListener):
-    def __init__(self) -> None:
+    def __init__(self, before_revoke: Any = None) -> None:
+        self.before_revoke = before_revoke  # commits what was written, synchronously
         self.revoked: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
         self.generation = 0
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.before_revoke is not None and revoked:
+            try:
+                self.before_revoke(set(revoked))
+            except Exception as exc:  # the stored offsets make a re-read safe anyway
+                log.warning("commit on revoke failed", extra={"error": repr(exc)[:200]})
         self.revoked |= set(revoked)
         self.assigned -= set(revoked)
         self.generation += 1

@@ -1,6 +1,15 @@
 """Step 5 of the loop: commit the batch's Kafka offsets, only after its
 effects are durable in Redis (and its dead letters in Kafka).
 
+In the steady loop the commit is *sent* after the write but not waited for
+(``commit_async``): a sync commit cost ~10 ms per batch on the freshness path.
+Waiting adds no safety here, because the stored per-user offsets already make
+a re-read harmless: if the process dies before the broker acknowledged, the
+batch is re-read and skipped. What matters is that a commit is never sent
+before the write, and that is the loop's order. On shutdown and when
+partitions are revoked, the newest written offsets are committed
+synchronously, so a clean hand-over re-reads nothing.
+
 Why this order is safe:
 
 * Crash **before** the Redis write: nothing was written, nothing committed;
@@ -54,3 +63,21 @@ def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) 
             extra={"offsets": {f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()}, "error": repr(exc)[:200]},
         )
         return False
+
+
+def commit_offsets_async(
+    consumer: KafkaConsumer, offsets: dict[TopicPartition, int], on_failure: Any = None
+) -> None:
+    """Send the commit; a failure is logged (and reported to ``on_failure``)
+    and is harmless: a later commit covers it, and a re-read is skipped."""
+    if not offsets:
+        return
+
+    def done(_offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            log.warning("async offset commit failed; a later commit covers it",
+                        extra={"error": repr(response)[:200]})  # fmt: skip
+            if on_failure is not None:
+                on_failure(response)
+
+    consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, callback=done)

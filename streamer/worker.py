@@ -16,13 +16,14 @@ see :mod:`streamer.commit` for why it is safe against crashes):
    atomic step, a Lua script that acts as a MULTI/EXEC
    (:mod:`streamer.user_store`, :mod:`streamer.global_store`).
    Then make the dead letters durable (flush).
-5. **Commit** the Kafka offsets of the whole batch (:mod:`streamer.commit`).
+5. **Commit** the Kafka offsets of the whole batch (:mod:`streamer.commit`;
+   sent without waiting, synchronously on revoke and shutdown).
 6. **Global step** if this worker holds the learner role: apply the queued
    statistics in stream order, publish the globals when due.
 
 Steps 3-4 are retried together while Redis is unreachable (a retry re-reads
 the users, so a transaction that committed but whose reply was lost is not
-applied twice); step 5 waits for the broker. Nothing is committed before its
+applied twice). Nothing is committed before its
 effects are durable, so a crash anywhere loses nothing and counts nothing twice.
 
 Shutdown (SIGTERM/SIGINT) sets a flag; the batch in hand is finished and
@@ -39,11 +40,11 @@ from typing import Any
 
 import redis
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
-from streamer.commit import commit_offsets, next_offsets
+from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import StopRequested, retry
 from streamer.event import EventLimits, InvalidEvent, decode_event
@@ -75,6 +76,7 @@ class Worker:
         # worst moment for a crash. Unset in production.
         self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
         self._writes = 0
+        self.written_offsets: dict[TopicPartition, int] = {}  # newest offsets whose effects are in Redis
 
     # ---------------------------------------------------------------- set-up
     def _should_stop(self) -> bool:
@@ -96,7 +98,7 @@ class Worker:
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq"
         )
-        self.tracker = RebalanceTracker()
+        self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
         self.consumer = KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, client_id=s.worker_id,
             enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
@@ -151,6 +153,7 @@ class Worker:
 
     def _close(self) -> None:
         for what, fn in (
+            ("final commit", lambda: self._commit_written(None)),
             ("publish globals", lambda: self.globals.release()),
             ("close consumer", lambda: self.consumer.close(autocommit=False)),
             ("close producer", lambda: self.producer.close(timeout=10)),
@@ -210,11 +213,11 @@ class Worker:
         m.skipped.inc(update.skipped_duplicate, "duplicate")
         retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
 
-        # 5. Commit the offsets, only now that the effects are durable.
+        # 5. Commit the offsets, only now that the effects are durable (sent
+        #    without waiting; see streamer/commit.py for why that is safe).
         offsets = next_offsets(records)
-        if not retry(lambda: commit_offsets(self.consumer, offsets), "offset commit", log,
-                     self._should_stop, s.retry_max_backoff_s):  # fmt: skip
-            m.commit_failures.inc()
+        self.written_offsets.update(offsets)
+        commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: m.commit_failures.inc())
         m.batch_latency.observe((time.monotonic() - t0) * 1000)
         m.batches.inc()
         self.batches_done += 1
@@ -223,6 +226,17 @@ class Worker:
 
         # 6. Global step (learner only).
         retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+
+    def _commit_written(self, only: set[TopicPartition] | None) -> None:
+        """Synchronously commit the newest written offsets (shutdown, revoke)."""
+        offsets = {tp: o for tp, o in self.written_offsets.items() if only is None or tp in only}
+        if offsets and not commit_offsets(self.consumer, offsets):
+            self.metrics.commit_failures.inc()
+        for tp in offsets:
+            self.written_offsets.pop(tp, None)
+
+    def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._commit_written(revoked)
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.metrics.redis_ok = False
