@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from model.adam import Adam
 from model.config import HPMFConfig
 from model.hpmf_model import Hypers
 from model.online import OnlineHPMF
@@ -82,7 +83,7 @@ def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
     model._v_cov[:n] = sd["v_cov"]
     if sd["hypers"] is not None:
         model.hp = Hypers(**{k: v.clone().requires_grad_(True) for k, v in sd["hypers"].items()})
-        model._opt = torch.optim.Adam(model.hp.learned_leaves(), lr=model.config.svi_lr)
+        model._opt = Adam(model.hp.learned_leaves(), lr=model.config.svi_lr)
         if sd["optimizer"] is not None:
             model._opt.load_state_dict(sd["optimizer"])
     model._rng.set_state(sd["rng"])

@@ -37,6 +37,7 @@ import numpy as np
 import pyro
 import torch
 
+from model.adam import Adam
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.globals_snapshot import GlobalsSnapshot
@@ -100,7 +101,7 @@ class OnlineHPMF:
         self.version = 0
         self.n_seen = 0  # events learned: the stream clock of video forgetting
         self.hp: Hypers | None = None  # set from the first batch (data-dependent init)
-        self._opt: torch.optim.Optimizer | None = None
+        self._opt: Adam | None = None
         self.video_index: dict[str, int] = {}
         self.video_ids: list[str] = []
         cap = 64
@@ -122,7 +123,7 @@ class OnlineHPMF:
             b0 = float(np.mean(targets)) if targets.size else 0.0
             sd = float(np.std(targets)) if targets.size > 1 else 1.0
             self.hp = Hypers.initial(self.config, b0=b0, sigma=max(sd, 1e-2))
-            self._opt = torch.optim.Adam(self.hp.learned_leaves(), lr=self.config.svi_lr)
+            self._opt = Adam(self.hp.learned_leaves(), lr=self.config.svi_lr)
         return self.hp
 
     def _b0(self) -> torch.Tensor:
@@ -164,6 +165,11 @@ class OnlineHPMF:
     # ------------------------------------------------------------ videos
     def _rows(self, video_ids: Sequence[str], register: bool) -> torch.Tensor:
         """Rows of videos; unknown ones are registered at their prior (or -1)."""
+        index = self.video_index
+        try:
+            return torch.tensor([index[v] for v in video_ids], dtype=torch.long)
+        except KeyError:
+            pass
         rows = []
         for vid in video_ids:
             row = self.video_index.get(vid)
@@ -281,24 +287,24 @@ class OnlineHPMF:
         self._rows(batch.video_ids, register=True)
 
         # Local step over all touched users' histories, flattened.
-        e_user: list[int] = []
         e_vid: list[str] = []
-        e_val: list[float] = []
-        e_age: list[int] = []
+        e_parts: list[np.ndarray] = []
+        e_user_parts: list[np.ndarray] = []
         for k, uid in enumerate(users):
-            s = new_states[uid]
-            for vid, (val, seq) in s.history.items():
-                e_user.append(k)
-                e_vid.append(vid)
-                e_val.append(val)
-                e_age.append(s.n_events - int(seq))
+            h = new_states[uid].history
+            e_vid.extend(h)
+            vs = np.array(list(h.values()), dtype=np.float64).reshape(-1, 2)
+            vs[:, 1] = new_states[uid].n_events - vs[:, 1]  # seq -> age in the user's events
+            e_parts.append(vs)
+            e_user_parts.append(np.full(len(vs), k, dtype=np.int64))
+        e_all = np.concatenate(e_parts) if e_parts else np.zeros((0, 2))
+        e_val, e_age = e_all[:, 0], e_all[:, 1]
+        e_user = np.concatenate(e_user_parts) if e_user_parts else np.zeros(0, dtype=np.int64)
         rows = self._rows(e_vid, register=True)
         targets = forward(cfg.transform, np.asarray(e_val))
         self._ensure_hypers(forward(cfg.transform, batch.values))
-        weights = torch.from_numpy(cfg.user_forgetting ** np.asarray(e_age, dtype=np.float64))
-        entries = HistoryEntries(
-            torch.tensor(e_user, dtype=torch.long), rows, torch.from_numpy(targets), weights
-        )
+        weights = torch.from_numpy(cfg.user_forgetting**e_age)
+        entries = HistoryEntries(torch.from_numpy(e_user), rows, torch.from_numpy(targets), weights)
         prior_mean, prior_scale = self._user_prior()
         b0, noise_var = self._b0(), self._noise_var()
         vm, vc = self._v_mean[: self.n_videos], self._v_cov[: self.n_videos]
@@ -340,10 +346,12 @@ class OnlineHPMF:
                 for u in users
             ])  # fmt: skip
             batch_pairs = set(pairs)
-            keep = known[entries.user] | torch.tensor(
-                [(users[k], v) in batch_pairs for k, v in zip(e_user, e_vid, strict=True)],
-                dtype=torch.bool,
-            )
+            keep = known[entries.user]
+            if not bool(keep.all()):
+                keep = keep | torch.tensor(
+                    [(users[k], v) in batch_pairs for k, v in zip(e_user.tolist(), e_vid, strict=True)],
+                    dtype=torch.bool,
+                )
             c_rows = [rows[keep]]
             c_mean = [u_mean[entries.user[keep]]]
             c_cov = [u_cov[entries.user[keep]]]
@@ -456,20 +464,36 @@ class OnlineHPMF:
         vrows_all = self._rows(ev_v, register=True)
         vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
         vm, vc = self._v_mean[vrows], self._v_cov[vrows]
-        n_events = sum(len(t) for t in tgt)
-        n_users = u_off
+        event_user = torch.from_numpy(np.concatenate(ev_u))
+        target = torch.from_numpy(np.concatenate(tgt))
+        user_mean = torch.from_numpy(np.concatenate(users_m))
+        user_cov = torch.from_numpy(np.concatenate(users_c))
+        if len(target) > cfg.svi_max_events:
+            # The hyper-parameters are few: a random subset of the buffer gives
+            # an unbiased gradient at a cost that does not grow with the batch.
+            pick = torch.randperm(len(target), generator=self._rng)[: cfg.svi_max_events]
+            event_user, target, ev_video = event_user[pick], target[pick], ev_video[pick]
+            used_u, event_user = torch.unique(event_user, return_inverse=True)
+            user_mean, user_cov = user_mean[used_u], user_cov[used_u]
+            used_v, ev_video = torch.unique(ev_video, return_inverse=True)
+            vrows, vm, vc = vrows[used_v], vm[used_v], vc[used_v]
+        n_events = len(target)
+        n_users = len(user_mean)
         jitter = 1e-9 * torch.eye(cfg.dim, dtype=DTYPE)
         data = SVIData(
-            user_mean=torch.from_numpy(np.concatenate(users_m)),
-            user_tril=torch.linalg.cholesky(torch.from_numpy(np.concatenate(users_c)) + jitter),
+            user_mean=user_mean,
+            user_tril=torch.linalg.cholesky(user_cov + jitter),
             video_rows=vrows, video_mean=vm, video_tril=torch.linalg.cholesky(vc + jitter),
-            event_user=torch.from_numpy(np.concatenate(ev_u)), event_video=ev_video,
-            target=torch.from_numpy(np.concatenate(tgt)), n_videos=max(self.n_videos, 1),
+            event_user=event_user, event_video=ev_video,
+            target=target, n_videos=max(self.n_videos, 1),
             users_size=cfg.effective_data_size * n_users / n_events,
             events_size=cfg.effective_data_size,
         )  # fmt: skip
         elbo = pyro.infer.Trace_ELBO()
-        with torch.random.fork_rng():
+        # fork_rng(devices=[]): only the CPU generator (asking for CUDA devices
+        # loads the driver library on every call); argument validation off:
+        # the inputs are built here and checked once, not at every step.
+        with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
             for _ in range(cfg.svi_steps):
                 self._opt.zero_grad()

@@ -15,7 +15,8 @@ import numpy as np
 class UserState:
     """What the service stores for one user.
 
-    ``history`` maps video id -> [summed raw value, seq], oldest first, where
+    ``history`` maps video id -> [summed raw value, seq], oldest first (entries
+    are replaced, never mutated in place), where
     seq is the user's event count when that video was last watched (it sets the
     forgetting weight). ``mean``/``cov`` are q(x_i) = N(mean, cov) over
     x_i = [u_i, b_i], computed against global model ``model_version``.
@@ -49,7 +50,9 @@ class UserState:
 
     def copy(self) -> UserState:
         return UserState(
-            history={k: list(v) for k, v in self.history.items()},
+            # fold() replaces entries and never mutates one in place, so a
+            # shallow copy is enough (and the copy is per user per batch).
+            history=dict(self.history),
             n_events=self.n_events,
             mean=None if self.mean is None else self.mean.copy(),
             cov=None if self.cov is None else self.cov.copy(),
