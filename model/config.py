@@ -50,7 +50,7 @@ class HPMFConfig:
     evidence about the videos in their history: exact incremental coordinate
     ascent, so videos learn from what is known about users now, not from the
     near-prior guess made when the user was new."""
-    svi_min_events: int = 1024
+    svi_min_events: int = 256
     """The Pyro SVI step on the hyper-parameters runs once this many events have gathered."""
     svi_max_events: int = 512
     """An SVI step looks at a random subset of at most this many buffered events."""
