@@ -7,7 +7,8 @@
 #   deploy/local/kafka.sh status   say whether it runs
 #
 # Environment: KAFKA_VERSION (4.1.1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093),
-# HPMF_CACHE (~/.cache/hpmf: jars), HPMF_RUN (./.run: pid, log), KAFKA_DATA (tmp dir).
+# HPMF_CACHE (~/.cache/hpmf: jars), HPMF_RUN (./.run: pid, log), KAFKA_DATA (tmp dir),
+# KAFKA_MVN_OPTS (extra Maven flags, e.g. a settings file: "-s my-settings.xml").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -51,7 +52,8 @@ fetch() {
 </project>
 POM
     rm -rf "$JARS"
-    if ! (cd "$work" && mvn -B -q dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=libs > "$work/mvn.log" 2>&1); then
+    # shellcheck disable=SC2086  # KAFKA_MVN_OPTS is a list of extra Maven flags
+    if ! (cd "$work" && mvn -B -q ${KAFKA_MVN_OPTS:-} dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=libs > "$work/mvn.log" 2>&1); then
         tail -20 "$work/mvn.log" >&2
         die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (full log: $work/mvn.log). Check that Maven Central is reachable (proxy/mirror in ~/.m2/settings.xml) and retry."
     fi
