@@ -150,14 +150,7 @@ def test_metrics_sane_on_a_small_simulated_stream(small_sim) -> None:  # noqa: A
         assert np.sqrt(np.mean(e[half:] ** 2)) < np.sqrt(np.mean(e[:half] ** 2)), name
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("global_mean", marks=pytest.mark.xfail(
-        raises=RuntimeError, strict=False,
-        reason="OnlineHPMF with dim 0 (n_factors=0, biases=False) fails: eyy.reshape(-1, 0) "
-        "in model/local_step.py and model/video_step.py, and a 0x0 MultivariateNormal in the SVI "
-        "guide; see docs/evaluation.md")),
-    "biases", "pmf", "hpmf",
-])  # fmt: skip
+@pytest.mark.parametrize("name", list(LADDER))
 def test_every_ladder_rung_runs(name: str) -> None:
     cfg = ladder_config(name, transform="log1p")
     for key, value in LADDER[name].items():
