@@ -24,7 +24,8 @@ one run, on its own topics, consumer groups and Redis prefix (deleted after).
    against the median over 10-20% (after the catalogue and buffers warmed up).
 
 Environment knobs: HPMF_BENCH_THROUGHPUT_EVENTS, HPMF_BENCH_FRESHNESS_S,
-HPMF_BENCH_MEMORY_EVENTS, HPMF_BENCH_MEMORY_USERS.
+HPMF_BENCH_MEMORY_EVENTS, HPMF_BENCH_MEMORY_USERS, HPMF_BENCH_FRESHNESS_RATE (default 2000),
+HPMF_BENCH_ONLY (comma list of throughput,freshness,memory).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python
 
 THROUGHPUT_EVENTS = int(os.environ.get("HPMF_BENCH_THROUGHPUT_EVENTS", "100000"))
 FRESHNESS_S = float(os.environ.get("HPMF_BENCH_FRESHNESS_S", "30"))
-FRESHNESS_RATE = 2000.0
+FRESHNESS_RATE = float(os.environ.get("HPMF_BENCH_FRESHNESS_RATE", "2000"))
 MEMORY_EVENTS = int(os.environ.get("HPMF_BENCH_MEMORY_EVENTS", "1000000"))
 MEMORY_USERS = int(os.environ.get("HPMF_BENCH_MEMORY_USERS", "200000"))
 
