@@ -18,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.evaluate import (
@@ -117,14 +118,13 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
         ax1.plot(x, y, color=color, lw=1.2, label=name)
         bins = by_history(res)
         xs = range(len(bins))
-        ax2.plot(xs, [b["rmse"] for b in bins], "o-", color=color, label=f"{name} RMSE")
-        ax2.plot(xs, [b["spread"] for b in bins], "s--", color=color, alpha=0.7, ms=4,
-                 label=f"{name} predictive sd")  # fmt: skip
-    ys = [line.get_ydata() for line in ax1.get_lines() if len(line.get_ydata())]
+        ax2.plot(xs, [b["rmse"] for b in bins], "o-", color=color)
+        ax2.plot(xs, [b["spread"] for b in bins], "s--", color=color, alpha=0.7, ms=4)
+    ys = [np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) >= 2 * window]
+          for line in ax1.get_lines()]  # fmt: skip
+    ys = [y for y in ys if len(y)]
     if ys:  # the first minibatch (no globals yet) would squash the rest of the curve
-        import numpy as np
-
-        top = float(np.quantile(np.concatenate(ys), 0.99))
+        top = float(np.quantile(np.concatenate(ys), 0.995))
         ax1.set_ylim(top=top * 1.05)
     ax1.set_xlabel("events into the stream")
     ax1.set_ylabel(f"RMSE (rolling, {window} events)")
@@ -138,10 +138,15 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
         labels.append(f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi > 10**9 else f"{lo}-{hi - 1}"))
     ax2.set_xticks(range(len(labels)), labels)
     ax2.set_xlabel("the user's earlier events")
-    ax2.set_ylabel("RMSE (solid) / sqrt(mean predictive var) (dashed)")
-    ax2.set_title("Cold start: error and posterior spread")
+    ax2.set_ylabel("RMSE  /  predictive sd")
+    ax2.set_title("Cold start: error and predictive spread")
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7, ncol=2)
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="k", marker="o", label="RMSE"),
+              Line2D([], [], color="k", ls="--", marker="s", ms=4, alpha=0.7,
+                     label="sqrt(mean predictive var)")]  # fmt: skip
+    ax2.legend(handles=styles, fontsize=8, title="colours as left", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out)
