@@ -151,7 +151,7 @@ class OnlineHPMF:
         mean, scale = self._user_prior()
         var = scale.pow(2)
         if self.hp is not None and self.config.user_pooling:
-            var = var + (2 * self.hp.mu_u_log_scale.detach()).exp()
+            var = var + (2 * self.hp.mu_u_log_scale.detach()).exp() * mean_mask(self.config)
         return PooledPrior(mean.numpy().copy(), torch.diag(var).numpy())
 
     @property
