@@ -28,6 +28,7 @@ class GlobalsSnapshot:
     video_ids: list[str] = field(default_factory=list)
     video_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (V, D)
     video_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # (V, D, D)
+    n_seen: float = 0.0  # the learner's stream clock: events learned (stamps UserState.seen_at)
 
     @property
     def dim(self) -> int:

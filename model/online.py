@@ -523,6 +523,7 @@ def export_globals(model: OnlineHPMF) -> GlobalsSnapshot:
         video_ids=list(model.video_ids),
         video_mean=model._v_mean[:n].numpy().copy(),
         video_cov=model._v_cov[:n].numpy().copy(),
+        n_seen=float(model.n_seen),
     )
 
 
@@ -548,6 +549,7 @@ def import_globals(model: OnlineHPMF, snap: GlobalsSnapshot) -> None:
     model._opt = None
     model.learner = False
     model.version = snap.version
+    model.n_seen = int(snap.n_seen)
     model.video_ids = []
     model.video_index = {}
     v = len(snap.video_ids)
