@@ -41,7 +41,7 @@ class HPMFConfig:
     around their initial values: smaller resists the collapse of factor dims."""
     history_size: int = 200
     """H: a user's posterior is computed from their H most recently watched videos."""
-    user_forgetting: float = 0.97
+    user_forgetting: float = 0.95
     """Weight kept by an event per later event of the same user (1.0: never forget)."""
     effective_data_size: float = 200_000.0
     """N_eff: video evidence decays as exp(-events/N_eff); also scales the SVI likelihood."""
