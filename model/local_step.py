@@ -59,7 +59,11 @@ def user_local_step(
     if d == 0:  # the global-mean model has no user factor at all
         empty = torch.zeros(n_users, 0, 0, dtype=dtype)
         return torch.zeros(n_users, 0, dtype=dtype), empty, empty
-    ey, eyy, eyc, _ = feature_moments(video_mean[entries.video], video_cov[entries.video], biases)
+    # Moments once per distinct video, then gathered per entry (a user's
+    # history shares videos with other users': far fewer videos than entries).
+    uniq, inv = torch.unique(entries.video, return_inverse=True)
+    ey, eyy, eyc, _ = feature_moments(video_mean[uniq], video_cov[uniq], biases)
+    ey, eyy, eyc = ey[inv], eyy[inv], eyc[inv]
     w = entries.weight.to(dtype).unsqueeze(-1)
     data_prec = torch.zeros(n_users, d * d, dtype=dtype)
     data_prec.index_add_(0, entries.user, (w * eyy.reshape(-1, d * d)))

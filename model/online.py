@@ -286,20 +286,23 @@ class OnlineHPMF:
             new_states[uid].fold(vid, float(val), cfg.history_size)
         self._rows(batch.video_ids, register=True)
 
-        # Local step over all touched users' histories, flattened.
+        # Local step over all touched users' histories, flattened in one pass
+        # (per-user numpy calls dominate when a batch touches many users).
         e_vid: list[str] = []
-        e_parts: list[np.ndarray] = []
-        e_user_parts: list[np.ndarray] = []
-        for k, uid in enumerate(users):
-            h = new_states[uid].history
+        e_vs: list[list[float]] = []
+        e_len: list[int] = []
+        e_nev: list[int] = []
+        for uid in users:
+            st = new_states[uid]
+            h = st.history
             e_vid.extend(h)
-            vs = np.array(list(h.values()), dtype=np.float64).reshape(-1, 2)
-            vs[:, 1] = new_states[uid].n_events - vs[:, 1]  # seq -> age in the user's events
-            e_parts.append(vs)
-            e_user_parts.append(np.full(len(vs), k, dtype=np.int64))
-        e_all = np.concatenate(e_parts) if e_parts else np.zeros((0, 2))
-        e_val, e_age = e_all[:, 0], e_all[:, 1]
-        e_user = np.concatenate(e_user_parts) if e_user_parts else np.zeros(0, dtype=np.int64)
+            e_vs.extend(h.values())
+            e_len.append(len(h))
+            e_nev.append(st.n_events)
+        e_all = np.array(e_vs, dtype=np.float64).reshape(-1, 2)
+        e_user = np.repeat(np.arange(len(users), dtype=np.int64), e_len)
+        e_val = e_all[:, 0]
+        e_age = np.array(e_nev, dtype=np.float64)[e_user] - e_all[:, 1]  # seq -> age in the user's events
         rows = self._rows(e_vid, register=True)
         targets = forward(cfg.transform, np.asarray(e_val))
         self._ensure_hypers(forward(cfg.transform, batch.values))
@@ -311,10 +314,11 @@ class OnlineHPMF:
         u_mean, u_cov, _ = user_local_step(
             entries, len(users), vm, vc, b0, noise_var, prior_mean, prior_scale, cfg.biases
         )
+        u_mean_np, u_cov_np = u_mean.numpy(), u_cov.numpy()
         for k, uid in enumerate(users):
             s = new_states[uid]
-            s.mean = u_mean[k].numpy().astype(np.float64)
-            s.cov = u_cov[k].numpy().astype(np.float64)
+            s.mean = u_mean_np[k].copy()
+            s.cov = u_cov_np[k].copy()
             s.model_version = self.version
 
         for uid in users:
@@ -352,42 +356,63 @@ class OnlineHPMF:
                     [(users[k], v) in batch_pairs for k, v in zip(e_user.tolist(), e_vid, strict=True)],
                     dtype=torch.bool,
                 )
+            # Each term uses one of: a new posterior (rows 0..U-1), a user's old
+            # posterior (U..U+O-1) or zeros (the batch's slots, weight 0); the
+            # moments are computed once per posterior, not once per term.
+            n_u = len(users)
             c_rows = [rows[keep]]
-            c_mean = [u_mean[entries.user[keep]]]
-            c_cov = [u_cov[entries.user[keep]]]
+            c_src = [entries.user[keep]]
             c_tgt = [entries.target[keep]]
             c_w = [torch.ones(int(keep.sum()), dtype=DTYPE)]
+            o_means: list[np.ndarray] = []
+            o_covs: list[np.ndarray] = []
+            o_vid: list[str] = []
+            o_val: list[float] = []
+            o_src: list[int] = []
+            o_w: list[float] = []
             for uid in users:
                 old = states.get(uid)
                 if old is None or old.mean is None or old.cov is None or old.seen_at is None:
                     continue
                 # Entries pushed out of the history keep their last evidence.
                 kept = new_states[uid].history
-                o_items = [(v, e) for v, e in old.history.items() if v in kept]
-                if not o_items:
+                oh = old.history
+                vids_u = [v for v in oh if v in kept]
+                if not vids_u:
                     continue
-                o_vid = [v for v, _ in o_items]
-                o_val = np.array([e[0] for _, e in o_items])
                 decay = float(np.exp(-max(self.n_seen - old.seen_at, 0.0) / cfg.effective_data_size))
+                src = n_u + len(o_means)
+                o_means.append(np.asarray(old.mean, dtype=np.float64))
+                o_covs.append(np.asarray(old.cov, dtype=np.float64))
+                o_vid.extend(vids_u)
+                o_val.extend([oh[v][0] for v in vids_u])
+                o_src.extend([src] * len(vids_u))
+                o_w.extend([-decay] * len(vids_u))
+            src_mean = [u_mean]
+            src_cov = [u_cov]
+            if o_vid:
                 c_rows.append(self._rows(o_vid, register=True))
-                c_mean.append(torch.from_numpy(np.asarray(old.mean, dtype=np.float64)).expand(len(o_vid), -1))
-                c_cov.append(torch.from_numpy(np.asarray(old.cov, dtype=np.float64)).expand(len(o_vid), -1, -1))
-                c_tgt.append(torch.from_numpy(forward(cfg.transform, o_val)))
-                c_w.append(torch.full((len(o_vid),), -decay, dtype=DTYPE))
+                c_src.append(torch.tensor(o_src, dtype=torch.long))
+                c_tgt.append(torch.from_numpy(forward(cfg.transform, np.array(o_val, dtype=np.float64))))
+                c_w.append(torch.tensor(o_w, dtype=DTYPE))
+                src_mean.append(torch.from_numpy(np.stack(o_means)))
+                src_cov.append(torch.from_numpy(np.stack(o_covs)))
             # The batch's own videos always get a slot (the SVI step refers to
             # them) even if a history shorter than the batch already dropped them.
             pair_rows = self._rows([v for _, v in pairs], register=True)
+            zero_src = n_u + len(o_means)
+            src_mean.append(torch.zeros(1, cfg.dim, dtype=DTYPE))
+            src_cov.append(torch.zeros(1, cfg.dim, cfg.dim, dtype=DTYPE))
             c_rows.append(pair_rows)
-            c_mean.append(torch.zeros(len(pair_rows), cfg.dim, dtype=DTYPE))
-            c_cov.append(torch.zeros(len(pair_rows), cfg.dim, cfg.dim, dtype=DTYPE))
+            c_src.append(torch.full((len(pair_rows),), zero_src, dtype=torch.long))
             c_tgt.append(torch.zeros(len(pair_rows), dtype=DTYPE))
             c_w.append(torch.zeros(len(pair_rows), dtype=DTYPE))
             all_rows = torch.cat(c_rows)
             uniq, inv = torch.unique(all_rows, return_inverse=True)
             vids = [self.video_ids[r] for r in uniq.tolist()]
             prec, shift = video_batch_statistics(
-                inv, len(vids), torch.cat(c_mean), torch.cat(c_cov), torch.cat(c_tgt),
-                b0, noise_var, cfg.biases, weight=torch.cat(c_w),
+                inv, len(vids), torch.cat(src_mean), torch.cat(src_cov), torch.cat(c_tgt),
+                b0, noise_var, cfg.biases, weight=torch.cat(c_w), event_source=torch.cat(c_src),
             )  # fmt: skip
             vindex = {v: k for k, v in enumerate(vids)}
             ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
@@ -397,8 +422,8 @@ class OnlineHPMF:
             vindex = {v: k for k, v in enumerate(vids)}
             ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
             prec, shift = video_batch_statistics(
-                torch.from_numpy(ev_video), len(vids), u_mean[ev_user], u_cov[ev_user],
-                torch.from_numpy(ev_target), b0, noise_var, cfg.biases,
+                torch.from_numpy(ev_video), len(vids), u_mean, u_cov,
+                torch.from_numpy(ev_target), b0, noise_var, cfg.biases, event_source=torch.from_numpy(ev_user),
             )  # fmt: skip
         stats = GlobalStats(
             video_ids=vids, video_prec=prec.numpy(), video_shift=shift.numpy(),

@@ -31,6 +31,7 @@ def video_batch_statistics(
     noise_var: torch.Tensor,
     biases: bool,
     weight: torch.Tensor | None = None,
+    event_source: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One minibatch's contribution to the natural parameters of ``n_videos`` videos.
 
@@ -38,12 +39,19 @@ def video_batch_statistics(
     are the posteriors of the user of each event (E, D) / (E, D, D);
     ``weight`` (E,) scales each term (forgetting weights; negative to withdraw
     evidence given earlier). Returns precision (J, D, D) and shift (J, D) increments.
+
+    With ``event_source`` (E,), ``user_mean``/``user_cov`` are (S, D)/(S, D, D)
+    posteriors shared by several events and ``event_source`` says which one each
+    event uses: the moments are then computed once per posterior, not per event
+    (the same numbers).
     """
     d = user_mean.shape[-1]
     dtype = user_mean.dtype
     if d == 0:  # the global-mean model has no video factor at all
         return torch.zeros(n_videos, 0, 0, dtype=dtype), torch.zeros(n_videos, 0, dtype=dtype)
     ey, eyy, eyb, _ = feature_moments(user_mean, user_cov, biases)
+    if event_source is not None:
+        ey, eyy, eyb = ey[event_source], eyy[event_source], eyb[event_source]
     w = torch.ones_like(target, dtype=dtype) if weight is None else weight.to(dtype)
     w = w.unsqueeze(-1)
     prec = torch.zeros(n_videos, d * d, dtype=dtype)

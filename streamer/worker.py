@@ -278,8 +278,11 @@ class Worker:
 def _warm_up(cfg: HPMFConfig) -> None:
     """Run one tiny batch through a throwaway model: torch's first call costs
     ~1-2 s of lazy initialisation, which would otherwise land on the first
-    real batch (and on its freshness)."""
+    real batch (and on its freshness). ``svi_min_events=1`` makes the warm-up
+    take an SVI step too (Pyro's first step costs ~0.5 s more)."""
+    import dataclasses
+
     from model.batch import Batch
     from model.online import OnlineHPMF
 
-    OnlineHPMF(cfg).learn(Batch.of(["warm-up"], ["warm-up"], [1.0]), {})
+    OnlineHPMF(dataclasses.replace(cfg, svi_min_events=1)).learn(Batch.of(["warm-up"], ["warm-up"], [1.0]), {})
