@@ -6,12 +6,14 @@ from scratch every epoch (a history sums a user's minutes per video, so folding
 the same event twice would double it); the globals carry over, so each epoch
 refines the video posteriors and the hyper-parameters.
 
-Video evidence decays as exp(-dt / N_eff). With N_eff equal to the number of
-events N in the file, after many epochs an event's statistics are counted with
-total weight sum_k exp(-(a + kN)/N) = exp(-a/N) / (1 - e^-1) for an event a
-events from the end of an epoch, which averages to exactly 1 over the epoch:
-the steady state weighs the data set once, as batch SVI on N events should.
-:func:`batch_config` sets that N_eff.
+Video evidence decays as exp(-dt / N_eff). Each epoch adds every user's
+evidence once more (with ``refresh_video_evidence`` the model replaces a user's
+earlier contribution within the epoch, so one contribution per user and epoch
+remains). With N_eff equal to the number of events N in the file, after many
+epochs a contribution made a events before the end of an epoch carries total
+weight sum_k exp(-(a + kN)/N) = exp(-a/N) / (1 - e^-1), which averages to
+exactly 1 over the epoch: the steady state weighs the data set about once, as
+batch SVI on N events should. :func:`batch_config` sets that N_eff.
 
 >>> from model.config import HPMFConfig
 >>> m = OnlineHPMF(batch_config(HPMFConfig(n_factors=2), n_events=4))
