@@ -32,7 +32,7 @@ def test_pooled_prior_adds_no_variance_where_mu_u_is_masked() -> None:
     """hpmf_model multiplies mu_u by mean_mask (bias slot 0), so the bias slot of
     q(mu_u) never touches the likelihood and drifts to its N(0, 1) hyperprior
     (scale ~1.09 after MovieLens 100K); its variance must not reach new users
-    (it did before commit a670869: docs/evaluation.md)."""
+    (it did before commit 056106c: docs/evaluation.md)."""
     model = _learned(HPMFConfig(n_factors=3))
     assert model.hp is not None
     with torch.no_grad():  # as SVI leaves it after a long stream: the unused slot at its hyperprior
