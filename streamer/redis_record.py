@@ -175,6 +175,13 @@ def _float_text(x: float) -> bytes:
     return repr(float(x)).encode("ascii")
 
 
+# One encoder for every history (json.dumps builds a new one per call); the
+# same settings as json.dumps(hist, separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False), so the same text.
+_HIST_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SCHEMA_TEXT = str(SCHEMA_VERSION).encode("ascii")
+
+
 def _normalise(fields: Mapping[Any, Any]) -> dict[str, bytes]:
     """Field names as str, values as bytes (redis-py gives bytes for both)."""
     out: dict[str, bytes] = {}
@@ -247,19 +254,20 @@ def encode_user_record(rec: UserRecord) -> dict[str, bytes]:
     if mean.shape != (d,) or cov.shape != (d, d):
         raise ValueError(f"user record mean {mean.shape} and cov {cov.shape} do not match")
     hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
+    # b"%d" % int(x) is the bytes of str(int(x)) (_int_text), without the str round trip.
     return {
-        "v": _int_text(SCHEMA_VERSION),
-        "d": _int_text(d),
-        "mean": _f32(mean),
-        "cov": _f32(cov),
-        "n": _int_text(rec.n_events),
-        "ts": _int_text(rec.updated_ms),
-        "et": _int_text(rec.event_ms),
-        "gv": _int_text(rec.global_version),
-        "p": _int_text(rec.partition),
-        "o": _int_text(rec.offset),
+        "v": _SCHEMA_TEXT,
+        "d": b"%d" % d,
+        "mean": mean.astype(F32).tobytes(),
+        "cov": cov.astype(F32).tobytes(),
+        "n": b"%d" % int(rec.n_events),
+        "ts": b"%d" % int(rec.updated_ms),
+        "et": b"%d" % int(rec.event_ms),
+        "gv": b"%d" % int(rec.global_version),
+        "p": b"%d" % int(rec.partition),
+        "o": b"%d" % int(rec.offset),
         # compact JSON; allow_nan=False keeps it parseable by every JSON library
-        "hist": json.dumps(hist, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
+        "hist": _HIST_JSON.encode(hist).encode(),
     }
 
 

@@ -110,6 +110,25 @@ def _pack(args: Sequence[bytes]) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
 
 
+def _bulk(a: bytes) -> bytes:
+    """One argument in the protocol's framing, as ``_pack`` frames each."""
+    return b"$%d\r\n%b\r\n" % (len(a), a)
+
+
+_FIELD_BULK: dict[str, bytes] = {}  # field name -> its framed bytes (the names repeat per user)
+
+
+def _field_bulk(name: str) -> bytes:
+    b = _FIELD_BULK.get(name)
+    if b is None:
+        b = _FIELD_BULK[name] = _bulk(name.encode())
+    return b
+
+
+# json.dumps(ids, separators=(",", ":")) with one encoder instead of one per call.
+_EIDS_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 class _Script:
     """EVALSHA with hand-packed arguments on a pooled connection (loads the
     script on NOSCRIPT, e.g. after a Redis restart)."""
@@ -120,7 +139,14 @@ class _Script:
 
     def __call__(self, client: redis.Redis, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
         head = [b"EVALSHA", self.sha, b"%d" % len(keys)]
-        packed = _pack([*head, *keys, *args])
+        return self._send(client, _pack([*head, *keys, *args]))
+
+    def call_framed(self, client: redis.Redis, n_keys: int, framed: list[bytes]) -> Any:
+        """Like calling it with keys + args already framed by ``_bulk`` (the same bytes)."""
+        head = b"*%d\r\n" % (3 + len(framed)) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"%d" % n_keys)
+        return self._send(client, head + b"".join(framed))
+
+    def _send(self, client: redis.Redis, packed: bytes) -> Any:
         pool = client.connection_pool
         conn = pool.get_connection()
         try:
@@ -198,20 +224,24 @@ def write_batch(
 ) -> bytes | None:  # fmt: skip
     """Write every record (full hash + ``eids``) with its expiry and XADD the
     statistics, atomically (one Lua script). Returns the stream entry id."""
+    # The arguments are framed as they are built (the same bytes as packing
+    # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
+    # dozen fields, and the field names' framing is cached.
     keys: list[bytes] = []
     fields: list[bytes] = []
     nf = 0
     for uid, rec in records.items():
-        keys.append(user_key(prefix, uid).encode())
+        keys.append(_bulk(user_key(prefix, uid).encode()))
         enc = encode_user_record(rec)
-        enc[EIDS_FIELD] = json.dumps(event_ids.get(uid, []), separators=(",", ":")).encode()
+        enc[EIDS_FIELD] = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
         # Every user of a batch gets the same field set (the script takes one count).
         enc[SEEN_AT_FIELD] = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
         nf = len(enc)
         for k, v in enc.items():
-            fields.append(k.encode())
-            fields.append(v)
-    keys.append(stream_key.encode())
+            fields.append(_field_bulk(k))
+            fields.append(b"$%d\r\n%b\r\n" % (len(v), v))
+    keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
-    sid = _write_script(client, keys, [_b(int(ttl_s)), _b(nf), *fields, *tail])
+    framed = [*keys, _bulk(_b(int(ttl_s))), _bulk(_b(nf)), *fields, *[_bulk(t) for t in tail]]
+    sid = _write_script.call_framed(client, len(keys), framed)
     return sid or None
