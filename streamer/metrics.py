@@ -101,7 +101,6 @@ class StreamMetrics:
         self.users_written = Counter(p + "users_written_total", "User records written to Redis.")
         self.commit_failures = Counter(p + "commit_failures_total", "Kafka offset commits that failed.")
         self.retries = Counter(p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what")
-        self.revoked_dropped = Counter(p + "revoked_dropped_events_total", "In-flight events dropped on rebalance (the new owner reads them).")
         self.batch_latency = Histogram(p + "batch_latency_ms", "Poll-close to offsets-committed time of a batch.", MS_BUCKETS)
         self.freshness = Histogram(p + "freshness_ms", "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.", MS_BUCKETS)
         self.lag = Gauge(p + "consumer_lag", "Sum over assigned partitions of high watermark minus position.")

@@ -77,7 +77,8 @@ class StreamSettings(BaseSettings):
     max_batches: int = Field(0, ge=0)
     """Stop after this many non-empty batches (0: run until signalled); for tests."""
     stop_when_idle_s: float = Field(0.0, ge=0)
-    """Stop once no event arrived for this long (0: never); for replays and tests."""
+    """Stop once no event arrived for this long and every assigned partition is
+    read to its end (0: never); for replays and tests."""
 
     @field_validator("auto_offset_reset")
     @classmethod

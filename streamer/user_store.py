@@ -19,8 +19,11 @@ arguments and parsing one ``QUEUED`` reply per command. So both steps are one
   (``n p o et hist eids mean cov sa``) as one length-prefixed string
   (``<len>:<bytes>`` per field) -- one reply element per user instead of two
   dozen;
-* write: one script HSETs every user's full record, refreshes its expiry and
-  XADDs the statistics. A Lua script runs atomically, exactly like the
+* write: one script checks that no user changed since it was read (a fence:
+  after a rebalance the partition's new owner may already have written newer
+  events of a user), then HSETs every user's full record, refreshes its
+  expiry and XADDs the statistics; on a conflict it writes nothing and the
+  worker re-reads and recomputes (``WriteConflict``). A Lua script runs atomically, exactly like the
   MULTI/EXEC it replaces: readers see the batch all or nothing, and user
   records and statistics become durable together.
 
@@ -78,8 +81,23 @@ return out
 _WRITE = """
 local ttl = ARGV[1]
 local nf = tonumber(ARGV[2])
-local i = 3
-for k = 1, #KEYS - 1 do
+local nu = #KEYS - 1
+-- Fence: every user must still be as this worker read them (same event
+-- count 'n', '' for absent). Another worker may own the partition now -- a
+-- rebalance can complete while this batch is in flight -- and may have
+-- written newer events; overwriting them would lose them. Checked for all
+-- users before anything is written, so a conflict writes nothing.
+for k = 1, nu do
+  local want = ARGV[2 + k]
+  if want ~= '*' then
+    local cur = redis.call('HGET', KEYS[k], 'n') or ''
+    if cur ~= want then
+      return redis.error_reply('HPMF_CONFLICT ' .. KEYS[k])
+    end
+  end
+end
+local i = 3 + nu
+for k = 1, nu do
   redis.call('HSET', KEYS[k], unpack(ARGV, i, i + 2 * nf - 1))
   redis.call('EXPIRE', KEYS[k], ttl)
   i = i + 2 * nf
@@ -192,25 +210,42 @@ def _posterior_into(state: UserState, mean: bytes, cov: bytes, seen_at: bytes) -
         state.seen_at = float(seen_at)  # type: ignore[attr-defined]
 
 
-def load_users(client: redis.Redis, prefix: str, user_ids: list[str], pointer_key: str) -> tuple[dict[str, StoredUser], bytes | None]:
+class WriteConflict(Exception):
+    """A user of the batch changed in Redis since it was read: another worker
+    wrote it (its partition was handed over while this batch was in flight).
+    Nothing was written; read again and recompute."""
+
+
+def load_users(
+    client: redis.Redis, prefix: str, user_ids: list[str], pointer_key: str,
+    versions: dict[str, bytes] | None = None,
+) -> tuple[dict[str, StoredUser], bytes | None]:  # fmt: skip
     """Read every user in one round trip, plus the value of ``pointer_key``
     (the globals version pointer). Missing users are absent from the result;
     a corrupt record is logged and treated as missing (the user restarts from
-    the prior rather than stopping the stream)."""
+    the prior rather than stopping the stream). ``versions``, if given, gets
+    each user's stored event count as read (b"" when absent, b"*" when
+    unreadable): the write's fence."""
     keys = [user_key(prefix, u).encode() for u in user_ids] + [pointer_key.encode()]
     replies = _read_script(client, keys, [])
     out: dict[str, StoredUser] = {}
     for uid, raw in zip(user_ids, replies, strict=False):
+        if versions is not None:
+            versions[uid] = b""
         if not raw:
             continue
         try:
             n, p, o, et, hist, eids, mean, cov, sa = _split(raw)
+            if versions is not None:
+                versions[uid] = n
             history = {str(v): [float(x), int(s)] for v, x, s in json.loads(hist)}
             state = UserState(history=history, n_events=int(n))
             _posterior_into(state, mean, cov, sa)
             ids = [str(e) for e in json.loads(eids)] if eids else []
             out[uid] = StoredUser(state, int(p), int(o), int(et or 0), ids)
         except (ValueError, TypeError) as exc:
+            if versions is not None:
+                versions[uid] = b"*"  # overwritten unconditionally, as before
             log.error("unreadable user record; the user restarts from the prior",
                       extra={"key": user_key(prefix, uid), "error": repr(exc)[:200]})  # fmt: skip
     pointer = replies[-1] or None
@@ -220,10 +255,13 @@ def load_users(client: redis.Redis, prefix: str, user_ids: list[str], pointer_ke
 def write_batch(
     client: redis.Redis, prefix: str, records: dict[str, UserRecord], event_ids: dict[str, list[str]],
     ttl_s: int, stream_key: str, worker_id: str, stats_blob: bytes | None,
-    seen_at: dict[str, float] | None = None,
+    seen_at: dict[str, float] | None = None, expected: dict[str, bytes] | None = None,
 ) -> bytes | None:  # fmt: skip
     """Write every record (full hash + ``eids``) with its expiry and XADD the
-    statistics, atomically (one Lua script). Returns the stream entry id."""
+    statistics, atomically (one Lua script). Returns the stream entry id.
+    ``expected`` maps users to their event count as read (see ``load_users``);
+    if any changed meanwhile nothing is written and ``WriteConflict`` is
+    raised. Users missing from ``expected`` are not checked."""
     # The arguments are framed as they are built (the same bytes as packing
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
     # dozen fields, and the field names' framing is cached.
@@ -242,6 +280,12 @@ def write_batch(
             fields.append(b"$%d\r\n%b\r\n" % (len(v), v))
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
-    framed = [*keys, _bulk(_b(int(ttl_s))), _bulk(_b(nf)), *fields, *[_bulk(t) for t in tail]]
-    sid = _write_script.call_framed(client, len(keys), framed)
+    fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
+    framed = [*keys, _bulk(_b(int(ttl_s))), _bulk(_b(nf)), *fence, *fields, *[_bulk(t) for t in tail]]
+    try:
+        sid = _write_script.call_framed(client, len(keys), framed)
+    except redis.exceptions.ResponseError as exc:
+        if "HPMF_CONFLICT" in str(exc):
+            raise WriteConflict(str(exc)) from None
+        raise
     return sid or None

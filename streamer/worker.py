@@ -46,7 +46,7 @@ from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
-from streamer.errors import StopRequested, retry
+from streamer.errors import TRANSIENT, StopRequested, retry
 from streamer.event import EventLimits, InvalidEvent, decode_event
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
@@ -54,7 +54,7 @@ from streamer.kafka_admin import ensure_topics
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
 from streamer.settings import StreamSettings
-from streamer.user_store import load_users, write_batch
+from streamer.user_store import WriteConflict, load_users, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,11 @@ class Worker:
                 self.iteration()
                 if self.s.max_batches and self.batches_done >= self.s.max_batches:
                     break
-                if self.s.stop_when_idle_s and time.monotonic() - self.last_event_at > self.s.stop_when_idle_s:
+                if (
+                    self.s.stop_when_idle_s
+                    and time.monotonic() - self.last_event_at > self.s.stop_when_idle_s
+                    and self._caught_up()
+                ):
                     log.info("no events for a while; stopping", extra={"idle_s": self.s.stop_when_idle_s})
                     break
         except StopRequested:
@@ -179,9 +183,8 @@ class Worker:
         retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
 
         # 1. Poll a minibatch (closes on size or age).
-        records, dropped = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
+        records = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
         m.assigned.set(len(self.tracker.assigned))
-        m.revoked_dropped.inc(dropped)
         if not records:
             # Idle: the learner catches up with other workers' statistics.
             retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
@@ -202,8 +205,13 @@ class Worker:
             valid.append(SourcedEvent(ev, r.partition, r.offset, r.timestamp))
 
         # 3 + 4. Load users, local step, write users + statistics atomically.
+        # A WriteConflict (another worker wrote one of these users since they
+        # were read: a rebalance handed the partition over mid-batch) is
+        # retried like an outage: read again, recompute, the events the other
+        # worker already applied are then skipped by the stored offsets.
         update = retry(lambda: self._update_and_write(valid), "redis read/write", log, self._should_stop,
-                       s.retry_max_backoff_s, on_failure=self._redis_failed)  # fmt: skip
+                       s.retry_max_backoff_s, on_failure=self._write_failed,
+                       transient=(*TRANSIENT, WriteConflict))  # fmt: skip
         written_ms = time.time() * 1000
         m.freshness.observe_many([written_ms - ts for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
@@ -238,6 +246,12 @@ class Worker:
     def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
         self._commit_written(revoked)
 
+    def _write_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, WriteConflict):
+            self.metrics.retries.inc(label="write_conflict")
+        else:
+            self._redis_failed(exc)
+
     def _redis_failed(self, exc: BaseException) -> None:
         self.metrics.redis_ok = False
         self.metrics.retries.inc(label="redis")
@@ -245,19 +259,39 @@ class Worker:
     def _update_and_write(self, valid: list[SourcedEvent]) -> ModelUpdate:
         s, g = self.s, self.globals
         users = list(dict.fromkeys(se.event.user_id for se in valid))
-        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key)
+        versions: dict[str, bytes] = {}
+        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions)
         g.refresh(current)
         update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000))
         if update.records:
             assert update.stats is not None
             sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
-                              g.stream_key, s.worker_id, encode_stats(update.stats), update.seen_at)  # fmt: skip
+                              g.stream_key, s.worker_id, encode_stats(update.stats), update.seen_at,
+                              expected=versions)  # fmt: skip
             g.written(sid, update.stats)
             self._writes += 1
             if self._kill_after_write and self._writes >= self._kill_after_write:
                 os.kill(os.getpid(), signal.SIGKILL)
         self.metrics.redis_ok = True
         return update
+
+    def _caught_up(self) -> bool:
+        """Partitions assigned and each read to its high watermark. Idle alone
+        is not enough to stop: a rebalance can keep a worker idle for seconds
+        while its new partitions still hold unread events."""
+        if not self.tracker.assigned:
+            return False
+        for tp in self.tracker.assigned:
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                return False
+            try:
+                pos = self.consumer.position(tp, timeout_ms=100)
+            except Exception:  # position unknown right after a rebalance
+                return False
+            if pos is None or pos < hw:
+                return False
+        return True
 
     def _update_lag(self) -> None:
         lag = 0

@@ -1,0 +1,62 @@
+"""The batch write is fenced: a worker whose users changed in Redis since it
+read them (the partition was handed to another worker while its batch was in
+flight) writes nothing, instead of overwriting the newer events."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.config import HPMFConfig
+from model.online import OnlineHPMF
+from streamer.event import WatchEvent
+from streamer.model_update import SourcedEvent, update_users
+from streamer.user_store import WriteConflict, load_users, write_batch
+
+pytestmark = pytest.mark.integration
+
+
+def _events(uid: str, offsets: range) -> list[SourcedEvent]:
+    return [
+        SourcedEvent(WatchEvent(f"{uid}-{o}", uid, f"v{o % 3}", 2.0, 1000 + o),
+                     0, o, 1000 + o)  # fmt: skip
+        for o in offsets
+    ]
+
+
+def _write(redis_client, prefix: str, model: OnlineHPMF, events, expected=None):  # type: ignore[no-untyped-def]
+    versions: dict[str, bytes] = {}
+    stored, _ = load_users(redis_client, prefix, sorted({e.event.user_id for e in events}), f"{prefix}:g:current", versions)
+    upd = update_users(model, events, stored, dedupe_window=64, now_ms=5000)
+    write_batch(redis_client, prefix, upd.records, upd.event_ids, 60, f"{prefix}:gstats", "w", None,
+                upd.seen_at, expected=versions if expected is None else expected)  # fmt: skip
+    return versions
+
+
+def test_stale_writer_is_fenced_and_writes_nothing(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+    model = OnlineHPMF(HPMFConfig(n_factors=2))
+    # Worker A reads user u (absent) ...
+    versions_a: dict[str, bytes] = {}
+    stored_a, _ = load_users(redis_client, key_prefix, ["u"], f"{key_prefix}:g:current", versions_a)
+    assert versions_a == {"u": b""}
+    upd_a = update_users(model, _events("u", range(0, 5)), stored_a, dedupe_window=64, now_ms=5000)
+    # ... meanwhile worker B, the partition's new owner, applies 8 events of u.
+    _write(redis_client, key_prefix, model, _events("u", range(0, 8)))
+    assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"8"
+    # A's write, computed from the stale read, must not land.
+    with pytest.raises(WriteConflict):
+        write_batch(redis_client, key_prefix, upd_a.records, upd_a.event_ids, 60, f"{key_prefix}:gstats", "A",
+                    b"stats", upd_a.seen_at, expected=versions_a)  # fmt: skip
+    assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"8"
+    assert redis_client.xlen(f"{key_prefix}:gstats") == 0  # nor its statistics
+    # Re-read and recompute: A's events are at or below u's stored offset, so
+    # nothing is applied twice.
+    stored, _ = load_users(redis_client, key_prefix, ["u"], f"{key_prefix}:g:current")
+    again = update_users(model, _events("u", range(0, 5)), stored, dedupe_window=64, now_ms=6000)
+    assert again.records == {} and again.skipped_replay == 5
+
+
+def test_fresh_writer_passes_the_fence(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+    model = OnlineHPMF(HPMFConfig(n_factors=2))
+    assert _write(redis_client, key_prefix, model, _events("u", range(0, 3))) == {"u": b""}
+    assert _write(redis_client, key_prefix, model, _events("u", range(3, 6))) == {"u": b"3"}
+    assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"6"
