@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from model.batch import Batch
 from model.config import HPMFConfig
@@ -31,14 +30,6 @@ from streamer import evaluate_cli
 from streamer.events_file import write_events
 
 EXACT_METRICS = ["rmse", "mae", "nll", "coverage90", "rmse_new", "rmse_lt5", "rmse_lt20", "events_per_s"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Recorder:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from model.batch_fit import batch_config, fit
 from model.config import HPMFConfig
@@ -16,14 +14,6 @@ from model.online import OnlineHPMF
 from model.simulate import SimConfig, simulate
 from streamer import fit_cli
 from streamer.events_file import write_events
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

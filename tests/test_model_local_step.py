@@ -13,7 +13,6 @@ Two independent checks of :func:`model.local_step.user_local_step`:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pyro
@@ -24,15 +23,6 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from model.local_step import HistoryEntries, user_local_step
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors: one intra-op thread is much faster on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _problem(seed: int, d: int, n_videos: int, video_cov_scale: float = 0.3) -> dict[str, np.ndarray]:

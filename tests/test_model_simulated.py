@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -27,14 +25,6 @@ from model.posterior import UserState
 from model.simulate import SimConfig, simulate
 
 Z90 = 1.6449
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def video_factor_means(model: OnlineHPMF, video_ids: list[str], k: int) -> np.ndarray:
