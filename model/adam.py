@@ -9,7 +9,7 @@ for generality the few small tensors of the hyper-parameters do not need.
 >>> opt = Adam([x], lr=0.1)
 >>> for _ in range(200):
 ...     opt.zero_grad(); (x ** 2).sum().backward(); opt.step()
->>> abs(float(x)) < 0.05
+>>> abs(x.item()) < 0.05
 True
 """
 
