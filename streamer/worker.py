@@ -275,38 +275,28 @@ class Worker:
         self.metrics.redis_ok = True
         return update
 
+    def _partition_lags(self) -> list[int | None]:
+        """Per assigned partition, high watermark minus position; None where
+        either is not known yet (right after a rebalance)."""
+        lags: list[int | None] = []
+        for tp in self.tracker.assigned:
+            hw = self.consumer.highwater(tp)
+            try:
+                pos = self.consumer.position(tp, timeout_ms=100)
+            except Exception:  # position unknown right after a rebalance
+                pos = None
+            lags.append(None if hw is None or pos is None else max(0, hw - pos))
+        return lags
+
     def _caught_up(self) -> bool:
         """Partitions assigned and each read to its high watermark. Idle alone
         is not enough to stop: a rebalance can keep a worker idle for seconds
         while its new partitions still hold unread events."""
-        if not self.tracker.assigned:
-            return False
-        for tp in self.tracker.assigned:
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                return False
-            try:
-                pos = self.consumer.position(tp, timeout_ms=100)
-            except Exception:  # position unknown right after a rebalance
-                return False
-            if pos is None or pos < hw:
-                return False
-        return True
+        lags = self._partition_lags()
+        return bool(lags) and all(lag == 0 for lag in lags)
 
     def _update_lag(self) -> None:
-        lag = 0
-        for tp in self.tracker.assigned:
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                continue
-            try:
-                pos = self.consumer.position(tp, timeout_ms=100)
-            except Exception:  # position unknown right after a rebalance
-                continue
-            if pos is not None:
-                lag += max(0, hw - pos)
-        self.metrics.lag.set(lag)
-
+        self.metrics.lag.set(sum(lag for lag in self._partition_lags() if lag is not None))
 
 
 def _warm_up(cfg: HPMFConfig) -> None:
