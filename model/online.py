@@ -97,19 +97,11 @@ class OnlineHPMF:
     def __init__(self, config: HPMFConfig | None = None) -> None:
         self.config = config or HPMFConfig()
         self._rng = torch.Generator().manual_seed(self.config.seed)
-        d = self.config.dim
         self.version = 0
         self.n_seen = 0  # events learned: the stream clock of video forgetting
         self.hp: Hypers | None = None  # set from the first batch (data-dependent init)
         self._opt: Adam | None = None
-        self.video_index: dict[str, int] = {}
-        self.video_ids: list[str] = []
-        cap = 64
-        self._v_prec = torch.zeros(cap, d, d, dtype=DTYPE)  # data part of natural params
-        self._v_shift = torch.zeros(cap, d, dtype=DTYPE)
-        self._v_time = torch.zeros(cap, dtype=DTYPE)
-        self._v_mean = torch.zeros(cap, d, dtype=DTYPE)  # cached posterior
-        self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
+        self._reset_videos(64)
         self._svi_buffer: list[GlobalStats] = []
         self.learner = True  # False once globals were imported from a snapshot
         # b0 is the forgetting-weighted mean of the transformed values seen:
@@ -163,6 +155,17 @@ class OnlineHPMF:
         return float(self._b0())
 
     # ------------------------------------------------------------ videos
+    def _reset_videos(self, cap: int) -> None:
+        """Empty video tables with room for ``cap`` videos (they double as needed)."""
+        d = self.config.dim
+        self.video_index: dict[str, int] = {}
+        self.video_ids: list[str] = []
+        self._v_prec = torch.zeros(cap, d, d, dtype=DTYPE)  # data part of natural params
+        self._v_shift = torch.zeros(cap, d, dtype=DTYPE)
+        self._v_time = torch.zeros(cap, dtype=DTYPE)
+        self._v_mean = torch.zeros(cap, d, dtype=DTYPE)  # cached posterior
+        self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
+
     def _rows(self, video_ids: Sequence[str], register: bool) -> torch.Tensor:
         """Rows of videos; unknown ones are registered at their prior (or -1)."""
         index = self.video_index
@@ -320,9 +323,7 @@ class OnlineHPMF:
             s.mean = u_mean_np[k].copy()
             s.cov = u_cov_np[k].copy()
             s.model_version = self.version
-
-        for uid in users:
-            new_states[uid].seen_at = float(self.n_seen)
+            s.seen_at = float(self.n_seen)
 
         # Statistics for the global step.
         pairs: dict[tuple[str, str], float] = {}
@@ -575,18 +576,9 @@ def import_globals(model: OnlineHPMF, snap: GlobalsSnapshot) -> None:
     model.learner = False
     model.version = snap.version
     model.n_seen = int(snap.n_seen)
-    model.video_ids = []
-    model.video_index = {}
     v = len(snap.video_ids)
-    cap = max(64, v)
-    d = cfg.dim
-    model._v_prec = torch.zeros(cap, d, d, dtype=DTYPE)
-    model._v_shift = torch.zeros(cap, d, dtype=DTYPE)
-    model._v_time = torch.zeros(cap, dtype=DTYPE)
-    model._v_mean = torch.zeros(cap, d, dtype=DTYPE)
-    model._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
-    for k, vid in enumerate(snap.video_ids):
-        model.video_index[vid] = k
-        model.video_ids.append(vid)
+    model._reset_videos(max(64, v))
+    model.video_ids = list(snap.video_ids)
+    model.video_index = {vid: k for k, vid in enumerate(model.video_ids)}
     model._v_mean[:v] = torch.from_numpy(np.asarray(snap.video_mean, dtype=np.float64))
     model._v_cov[:v] = torch.from_numpy(np.asarray(snap.video_cov, dtype=np.float64))
