@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from model.moments import feature_moments, gaussian_posterior
+from model.weighted_sums import pair_weights
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ def user_local_step(
     prior_mean: torch.Tensor,
     prior_scale: torch.Tensor,
     biases: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Closed-form q(x_i) for ``n_users`` users; returns mean, cov, cholesky(cov).
+    tril: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Closed-form q(x_i) for ``n_users`` users; returns mean, cov, cholesky(cov)
+    (None unless ``tril``).
 
     ``video_mean``/``video_cov`` are indexed by ``entries.video``.
     """
@@ -58,20 +61,25 @@ def user_local_step(
     dtype = prior_mean.dtype
     if d == 0:  # the global-mean model has no user factor at all
         empty = torch.zeros(n_users, 0, 0, dtype=dtype)
-        return torch.zeros(n_users, 0, dtype=dtype), empty, empty
-    # Moments once per distinct video, then gathered per entry (a user's
-    # history shares videos with other users': far fewer videos than entries).
+        return torch.zeros(n_users, 0, dtype=dtype), empty, empty if tril else None
+    # Moments once per distinct video; the entries' weights are summed per
+    # (user, video) and multiplied in once (a user's history shares videos
+    # with other users': far fewer videos than entries).
     uniq, inv = torch.unique(entries.video, return_inverse=True)
     ey, eyy, eyc, _ = feature_moments(video_mean[uniq], video_cov[uniq], biases)
-    ey, eyy, eyc = ey[inv], eyy[inv], eyc[inv]
-    w = entries.weight.to(dtype).unsqueeze(-1)
-    data_prec = torch.zeros(n_users, d * d, dtype=dtype)
-    data_prec.index_add_(0, entries.user, (w * eyy.reshape(-1, d * d)))
-    resid = (entries.target.to(dtype) - b0).unsqueeze(-1)
-    data_shift = torch.zeros(n_users, d, dtype=dtype)
-    data_shift.index_add_(0, entries.user, w * (resid * ey - eyc))
+    w = entries.weight.to(dtype)
+    resid = entries.target.to(dtype) - b0
+    n_src = len(uniq)
+    weights = pair_weights(entries.user, inv, w, n_users, n_src)
+    weighted_resid = pair_weights(entries.user, inv, w * resid, n_users, n_src)
+    data_prec = weights @ eyy.reshape(-1, d * d)
+    data_shift = weighted_resid @ ey - weights @ eyc
     prior_prec = torch.diag_embed(prior_scale.pow(-2)).expand(n_users, d, d)
     prior_shift = (prior_scale.pow(-2) * prior_mean).expand(n_users, d)
     return gaussian_posterior(
-        prior_prec, prior_shift, data_prec.reshape(n_users, d, d) / noise_var, data_shift / noise_var
+        prior_prec,
+        prior_shift,
+        data_prec.reshape(n_users, d, d) / noise_var,
+        data_shift / noise_var,
+        tril=tril,
     )

@@ -37,16 +37,15 @@ def feature_moments(
         zeros = torch.zeros_like(mean)
         return mean, eyy, zeros, zeros[..., 0] if mean.shape[-1] else mean.new_zeros(mean.shape[:-1])
     k = mean.shape[-1] - 1
-    ey = mean.clone()
+    # y = [u, 1]: its covariance is cov with the bias row and column zeroed
+    # (a mask, not clone-and-assign: this runs on every batch's posteriors).
+    latent = torch.ones(k + 1, dtype=mean.dtype)
+    latent[k] = 0.0
+    ey = mean * latent
     ey[..., k] = 1.0
-    cov_y = cov.clone()
-    cov_y[..., k, :] = 0.0
-    cov_y[..., :, k] = 0.0
-    eyy = cov_y + ey.unsqueeze(-1) * ey.unsqueeze(-2)
+    eyy = cov * (latent.unsqueeze(-1) * latent) + ey.unsqueeze(-1) * ey.unsqueeze(-2)
     eb = mean[..., k]
-    cross = cov[..., :, k].clone()
-    cross[..., k] = 0.0
-    eyb = ey * eb.unsqueeze(-1) + cross
+    eyb = ey * eb.unsqueeze(-1) + cov[..., :, k] * latent
     return ey, eyy, eyb, eb
 
 
@@ -55,11 +54,13 @@ def gaussian_posterior(
     prior_shift: torch.Tensor,
     data_precision: torch.Tensor,
     data_shift: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tril: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """N(mean, cov) from natural parameters: precision P = P0 + Pd, shift h = h0 + hd.
 
     Returns mean (N, D), cov (N, D, D) and the Cholesky factor of cov (N, D, D),
-    all batched.
+    all batched; the factor is None unless ``tril`` (it costs a third
+    factorisation that the online steps do not need).
 
     >>> P0 = torch.eye(1)[None]; h0 = torch.zeros(1, 1)
     >>> m, c, _ = gaussian_posterior(P0, h0, 3 * torch.eye(1)[None], torch.tensor([[2.0]]))
@@ -71,7 +72,7 @@ def gaussian_posterior(
     d = precision.shape[-1]
     if d == 0:
         empty = precision.new_zeros(precision.shape)
-        return shift, empty, empty
+        return shift, empty, empty if tril else None
     precision = 0.5 * (precision + precision.transpose(-1, -2))
     chol_p, info = torch.linalg.cholesky_ex(precision)
     if bool((info != 0).any()):
@@ -83,8 +84,7 @@ def gaussian_posterior(
         precision = prior_precision + data_precision
         precision = 0.5 * (precision + precision.transpose(-1, -2))
         chol_p = torch.linalg.cholesky(precision)
-    eye = torch.eye(d, dtype=precision.dtype, device=precision.device).expand_as(precision)
-    cov = torch.cholesky_solve(eye, chol_p)
+    cov = torch.cholesky_inverse(chol_p)
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     mean = torch.cholesky_solve(shift.unsqueeze(-1), chol_p).squeeze(-1)
-    return mean, cov, torch.linalg.cholesky(cov)
+    return mean, cov, torch.linalg.cholesky(cov) if tril else None

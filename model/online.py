@@ -241,14 +241,12 @@ class OnlineHPMF:
             raise ValueError(f"{len(states)} users but {len(video_ids)} videos")
         n, d = len(states), self.config.dim
         prior = self.pooled_prior()
-        um = np.empty((n, d))
-        uc = np.empty((n, d, d))
-        for k, s in enumerate(states):
-            if s is None or s.mean is None or s.cov is None:
-                um[k], uc[k] = prior.mean, prior.cov
-            else:
-                um[k], uc[k] = s.mean, s.cov
-        xm, xc = torch.from_numpy(um), torch.from_numpy(uc)
+        if n == 0:
+            return np.empty(0), np.empty(0)
+        known = [s is not None and s.mean is not None and s.cov is not None for s in states]
+        um = np.stack([s.mean if ok else prior.mean for s, ok in zip(states, known, strict=True)])
+        uc = np.stack([s.cov if ok else prior.cov for s, ok in zip(states, known, strict=True)])
+        xm, xc = torch.from_numpy(um.reshape(n, d)), torch.from_numpy(uc.reshape(n, d, d))
         wm, wc = self._video_moments(self._rows([str(v) for v in video_ids], register=False))
         ey_x, eyy_x, _, eb_x = feature_moments(xm, xc, self.config.biases)
         ey_w = feature_moments(wm, wc, self.config.biases)[0]
@@ -315,7 +313,7 @@ class OnlineHPMF:
         b0, noise_var = self._b0(), self._noise_var()
         vm, vc = self._v_mean[: self.n_videos], self._v_cov[: self.n_videos]
         u_mean, u_cov, _ = user_local_step(
-            entries, len(users), vm, vc, b0, noise_var, prior_mean, prior_scale, cfg.biases
+            entries, len(users), vm, vc, b0, noise_var, prior_mean, prior_scale, cfg.biases, tril=False
         )
         u_mean_np, u_cov_np = u_mean.numpy(), u_cov.numpy()
         for k, uid in enumerate(users):
@@ -469,7 +467,9 @@ class OnlineHPMF:
         n = rows.shape[0]
         prior_prec = torch.diag_embed(ps.pow(-2)).expand(n, d, d)
         prior_shift = (ps.pow(-2) * pm).expand(n, d)
-        mean, cov, _ = gaussian_posterior(prior_prec, prior_shift, self._v_prec[rows], self._v_shift[rows])
+        mean, cov, _ = gaussian_posterior(
+            prior_prec, prior_shift, self._v_prec[rows], self._v_shift[rows], tril=False
+        )
         self._v_mean[rows] = mean
         self._v_cov[rows] = cov
 
@@ -520,7 +520,9 @@ class OnlineHPMF:
         # loads the driver library on every call); argument validation off:
         # the inputs are built here and checked once, not at every step.
         with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
+            # The CPU generator only: torch.manual_seed also seeds every
+            # accelerator backend, a cost paid on every step.
+            torch.default_generator.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
             for _ in range(cfg.svi_steps):
                 self._opt.zero_grad()
                 # Scale the loss per event so Adam's step size does not depend on N_eff.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from model.moments import feature_moments
+from model.weighted_sums import pair_weights
 
 
 def video_batch_statistics(
@@ -50,13 +51,14 @@ def video_batch_statistics(
     if d == 0:  # the global-mean model has no video factor at all
         return torch.zeros(n_videos, 0, 0, dtype=dtype), torch.zeros(n_videos, 0, dtype=dtype)
     ey, eyy, eyb, _ = feature_moments(user_mean, user_cov, biases)
-    if event_source is not None:
-        ey, eyy, eyb = ey[event_source], eyy[event_source], eyb[event_source]
     w = torch.ones_like(target, dtype=dtype) if weight is None else weight.to(dtype)
-    w = w.unsqueeze(-1)
-    prec = torch.zeros(n_videos, d * d, dtype=dtype)
-    prec.index_add_(0, event_video, w * eyy.reshape(-1, d * d))
-    resid = (target.to(dtype) - b0).unsqueeze(-1)
-    shift = torch.zeros(n_videos, d, dtype=dtype)
-    shift.index_add_(0, event_video, w * (resid * ey - eyb))
+    resid = target.to(dtype) - b0
+    if event_source is None:
+        event_source = torch.arange(len(target))
+    # Summed per (video, posterior) and multiplied once: no (E, D, D) gather.
+    n_src = user_mean.shape[0]
+    weights = pair_weights(event_video, event_source, w, n_videos, n_src)
+    weighted_resid = pair_weights(event_video, event_source, w * resid, n_videos, n_src)
+    prec = weights @ eyy.reshape(-1, d * d)
+    shift = weighted_resid @ ey - weights @ eyb
     return prec.reshape(n_videos, d, d) / noise_var, shift / noise_var

@@ -1,0 +1,55 @@
+"""Sums of per-source moments into per-target rows, as one matrix product.
+
+Both exact steps add up moments that belong to a *source* (a video in the local
+step, a user posterior in the video step) into *targets* (users, videos), one
+weighted term per history entry:
+
+    out[t] = sum_{e : target_e = t} weight_e * moments[source_e]
+
+Gathering ``moments[source]`` per entry first materialises an (E, D*D) array
+for D*D-wide moments; far fewer distinct sources than entries share those rows,
+so the entries' weights are summed into a (targets x sources) matrix instead and
+multiplied once. Dense while it is small, sparse (COO) beyond that.
+
+>>> t = torch.tensor([0, 0, 1]); s = torch.tensor([1, 1, 0]); w = torch.tensor([1.0, 2.0, 5.0])
+>>> m = torch.tensor([[10.0], [1.0]])
+>>> pair_weights(t, s, w, 2, 2) @ m
+tensor([[ 3.],
+        [50.]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+DENSE_LIMIT = 4_000_000
+"""Largest targets x sources matrix built dense (32 MB of float64)."""
+
+
+class PairWeights:
+    """A (targets x sources) weight matrix, dense or sparse; supports ``@``."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix
+
+    def __matmul__(self, moments: torch.Tensor) -> torch.Tensor:
+        if self.matrix.is_sparse:
+            return torch.sparse.mm(self.matrix, moments)
+        return self.matrix @ moments
+
+
+def pair_weights(
+    target: torch.Tensor, source: torch.Tensor, weight: torch.Tensor, n_targets: int, n_sources: int
+) -> PairWeights:
+    """The matrix W with W[t, s] = sum of ``weight`` over entries (t, s)."""
+    dtype = weight.dtype
+    if n_targets * n_sources <= DENSE_LIMIT:
+        flat = torch.zeros(n_targets * n_sources, dtype=dtype)
+        flat.index_add_(0, target * n_sources + source, weight)
+        return PairWeights(flat.view(n_targets, n_sources))
+    indices = torch.stack([target, source])
+    return PairWeights(
+        torch.sparse_coo_tensor(
+            indices, weight, (n_targets, n_sources), check_invariants=False
+        ).coalesce()
+    )
