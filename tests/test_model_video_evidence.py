@@ -13,6 +13,8 @@ from model.online import OnlineHPMF
 
 def _frozen(**kw: object) -> OnlineHPMF:
     # No SVI steps and no forgetting: sigma stays put, evidence never decays.
+    # The refresh path (off by default) is what most of these tests are about.
+    kw.setdefault("refresh_video_evidence", True)
     return OnlineHPMF(HPMFConfig(n_factors=2, svi_steps=0, effective_data_size=1e12, **kw))
 
 
