@@ -170,7 +170,9 @@ class OnlineHPMF:
         """Rows of videos; unknown ones are registered at their prior (or -1)."""
         index = self.video_index
         try:
-            return torch.tensor([index[v] for v in video_ids], dtype=torch.long)
+            # fromiter + from_numpy: torch.tensor on a long Python list is ~5x slower
+            rows = np.fromiter(map(index.__getitem__, video_ids), dtype=np.int64, count=len(video_ids))
+            return torch.from_numpy(rows)
         except KeyError:
             pass
         rows = []
@@ -283,8 +285,10 @@ class OnlineHPMF:
         for uid in users:
             old = states.get(uid)
             new_states[uid] = old.copy() if old is not None else UserState()
-        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values, strict=True):
-            new_states[uid].fold(vid, float(val), cfg.history_size)
+        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True):
+            new_states[uid].fold(vid, val, None)
+        for st in new_states.values():
+            st.trim(cfg.history_size)  # bounded to H videos at every minibatch's end
         self._rows(batch.video_ids, register=True)
 
         # Local step over all touched users' histories, flattened in one pass

@@ -7,6 +7,7 @@ in Redis). A user missing from the store is a new user: the pooled prior.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -39,14 +40,24 @@ class UserState:
     computed: the global step uses it to withdraw this posterior's old
     contribution to the video posteriors, decayed as the rest of the evidence."""
 
-    def fold(self, video_id: str, value: float, history_size: int) -> None:
-        """Add one event: minutes are summed per video, the entry becomes the newest."""
+    def fold(self, video_id: str, value: float, history_size: int | None) -> None:
+        """Add one event: minutes are summed per video, the entry becomes the newest.
+        With ``history_size`` the history is then trimmed to that many videos
+        (None: the caller trims once per minibatch with :meth:`trim`)."""
         self.n_events += 1
         old = self.history.pop(video_id, None)
         total = value + (old[0] if old is not None else 0.0)
         self.history[video_id] = [total, self.n_events]
-        while len(self.history) > history_size:
-            del self.history[next(iter(self.history))]
+        if history_size is not None:
+            self.trim(history_size)
+
+    def trim(self, history_size: int) -> None:
+        """Keep the ``history_size`` most recently watched videos."""
+        excess = len(self.history) - history_size
+        if excess > 0:
+            # One rebuild, not one delete per entry: deleting a dict's oldest
+            # keys one by one makes every later next(iter(...)) skip them.
+            self.history = dict(islice(self.history.items(), excess, None))
 
     def copy(self) -> UserState:
         return UserState(
