@@ -242,21 +242,38 @@ class OnlineHPMF:
         if len(states) != len(video_ids):
             raise ValueError(f"{len(states)} users but {len(video_ids)} videos")
         n, d = len(states), self.config.dim
-        prior = self.pooled_prior()
         if n == 0:
             return np.empty(0), np.empty(0)
-        known = [s is not None and s.mean is not None and s.cov is not None for s in states]
-        um = np.stack([s.mean if ok else prior.mean for s, ok in zip(states, known, strict=True)])
-        uc = np.stack([s.cov if ok else prior.cov for s, ok in zip(states, known, strict=True)])
-        xm, xc = torch.from_numpy(um.reshape(n, d)), torch.from_numpy(uc.reshape(n, d, d))
+        # Moments once per distinct posterior (slot 0: the pooled prior), then
+        # gathered per pair: a minibatch holds far fewer users than events.
+        prior = self.pooled_prior()
+        slot_of: dict[int, int] = {}
+        means, covs = [prior.mean], [prior.cov]
+        slots = np.zeros(n, dtype=np.int64)
+        for k, s in enumerate(states):
+            if s is None or s.mean is None or s.cov is None:
+                continue
+            slot = slot_of.get(id(s))
+            if slot is None:
+                slot = slot_of[id(s)] = len(means)
+                means.append(s.mean)
+                covs.append(s.cov)
+            slots[k] = slot
+        u = len(means)
+        xm = torch.from_numpy(np.stack(means).reshape(u, d))
+        xc = torch.from_numpy(np.stack(covs).reshape(u, d, d))
+        g = torch.from_numpy(slots)
         wm, wc = self._video_moments(self._rows([str(v) for v in video_ids], register=False))
         ey_x, eyy_x, _, eb_x = feature_moments(xm, xc, self.config.biases)
-        ey_w = feature_moments(wm, wc, self.config.biases)[0]
-        mean = self._b0() + eb_x + (ey_x * wm).sum(-1)
+        ey_w = wm.clone()
+        if self.config.biases and d:
+            ey_w[:, -1] = 1.0  # the feature [v, 1] the user's bias meets
+        mean = self._b0() + eb_x[g] + (ey_x[g] * wm).sum(-1)
+        outer_w = (ey_w.unsqueeze(-1) * ey_w.unsqueeze(-2)).reshape(n, d * d)
         var = (
             self._noise_var()
-            + (wc * eyy_x).sum((-1, -2))
-            + torch.einsum("nd,nde,ne->n", ey_w, xc, ey_w)
+            + (wc.reshape(n, d * d) * eyy_x.reshape(u, d * d)[g]).sum(-1)
+            + (outer_w * xc.reshape(u, d * d)[g]).sum(-1)
         )
         return mean.numpy(), var.sqrt().numpy()
 
