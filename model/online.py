@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import pyro
@@ -82,11 +83,24 @@ def video_jitter(video_id: str, dim: int, scale: float, biases: bool) -> np.ndar
     """A small deterministic offset for a new video's initial posterior mean.
 
     Factor models need their symmetry broken; seeding it from the id means
-    every worker starts a new video at the same point.
+    every worker starts a new video at the same point. Normal draws by
+    Box-Muller from the id's hash (a seeded numpy generator per video costs
+    more than the rest of registering it).
+
+    >>> a = video_jitter("v1", 4, 0.1, biases=True)
+    >>> a.shape, float(a[-1]), bool((a == video_jitter("v1", 4, 0.1, True)).all())
+    ((4,), 0.0, True)
     """
-    seed = int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little")
-    j = np.random.default_rng(seed).normal(0.0, scale, size=dim)
-    if biases and dim:
+    if dim == 0:
+        return np.zeros(0)
+    n = dim + dim % 2
+    digest = hashlib.shake_256(video_id.encode()).digest(8 * n)
+    u = (np.frombuffer(digest, dtype="<u8") >> np.uint64(11)).astype(np.float64) + 0.5
+    u *= 2.0**-53  # uniform in (0, 1)
+    u1, u2 = u[0::2], u[1::2]
+    radius = np.sqrt(-2.0 * np.log(u1))
+    j = scale * np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:dim]
+    if biases:
         j[-1] = 0.0
     return j
 
@@ -321,7 +335,7 @@ class OnlineHPMF:
             e_vs.extend(h.values())
             e_len.append(len(h))
             e_nev.append(st.n_events)
-        e_all = np.array(e_vs, dtype=np.float64).reshape(-1, 2)
+        e_all = np.fromiter(chain.from_iterable(e_vs), dtype=np.float64, count=2 * len(e_vs)).reshape(-1, 2)
         e_user = np.repeat(np.arange(len(users), dtype=np.int64), e_len)
         e_val = e_all[:, 0]
         e_age = np.array(e_nev, dtype=np.float64)[e_user] - e_all[:, 1]  # seq -> age in the user's events
@@ -345,16 +359,17 @@ class OnlineHPMF:
             s.seen_at = float(self.n_seen)
 
         # Statistics for the global step.
-        pairs: dict[tuple[str, str], float] = {}
-        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values, strict=True):
-            pairs[(uid, vid)] = pairs.get((uid, vid), 0.0) + float(val)
+        # One term per distinct (user, video) pair of the batch, valued at the
+        # user's aggregated total (the batch's own sum if a history shorter
+        # than the batch already dropped the video).
+        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
         uindex = {u: k for k, u in enumerate(users)}
-        ev_user = np.array([uindex[u] for u, _ in pairs], dtype=np.int64)
-        ev_target = forward(cfg.transform, np.array([
-            # the aggregated value, or the batch's own sum if the entry was
-            # already pushed out of a history shorter than the batch
-            new_states[u].history.get(v, (total,))[0] for (u, v), total in pairs.items()
-        ]))  # fmt: skip
+        ev_user = np.fromiter((uindex[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
+        totals = []
+        for u, v in pairs:
+            entry = new_states[u].history.get(v)
+            totals.append(entry[0] if entry is not None else self._batch_sum(batch, u, v))
+        ev_target = forward(cfg.transform, np.array(totals, dtype=np.float64))
         if cfg.refresh_video_evidence:
             # Every touched user's evidence about the videos in their history,
             # computed with their new posterior, replaces the evidence they gave
@@ -481,6 +496,11 @@ class OnlineHPMF:
             self._svi_step()
             self._svi_buffer.clear()
         self.version += 1
+
+    @staticmethod
+    def _batch_sum(batch: Batch, user: str, video: str) -> float:
+        rows = zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True)
+        return float(sum(val for u, v, val in rows if u == user and v == video))
 
     def _refresh_videos(self, rows: torch.Tensor) -> None:
         d = self.config.dim
