@@ -28,6 +28,9 @@ class HPMFConfig:
     """Add a user bias b_i and a video bias c_j (they ride in the Gaussian factors)."""
     transform: str = "identity"
     """How raw values (minutes, ratings) map to the Gaussian scale: identity or log1p."""
+    global_mean_prior: float = 0.0
+    """Prior mean of b0 (transformed scale): what is predicted before anything is
+    learned, e.g. the midpoint of a rating scale (3.0 for 1-5 stars)."""
     user_pooling: bool = True
     """Learn the population prior N(mu_u, diag(s_u)^2) of user factors from all users."""
     video_pooling: bool = True
@@ -54,12 +57,23 @@ class HPMFConfig:
     1.0864 vs 1.0773) and on the first-5 slice at minibatch 1 (1.0069 vs
     1.0025), 0.0016 better overall at minibatch 1, and it re-reads every
     touched user's whole history on every batch (a quarter slower)."""
-    svi_min_events: int = 256
-    """The Pyro SVI step on the hyper-parameters runs once this many events have gathered."""
+    svi_min_events: int = 512
+    """The Pyro SVI step on the hyper-parameters runs once this many events have
+    gathered, early in a stream; the interval then grows with the stream (see
+    ``svi_interval_growth``) up to ``svi_interval_max``."""
+    svi_interval_growth: float = 1 / 16
+    svi_interval_max: int = 2048
+    """Events between SVI steps: clamp(events learned x growth, svi_min_events,
+    svi_interval_max). A step costs ~5 ms of Pyro bookkeeping whatever its size,
+    and the hyper-parameters are few: they need many steps while they are far
+    from their optimum (a short simulated stream), few once they only track it.
+    On MovieLens 100K (svi_lr 0.06) one step per 2048 events scores as one per
+    256 did at 0.02 (minibatch 256: 1.0263 vs 1.0257, minibatch 1: 0.9466 vs
+    0.9463, minibatch 1024: 1.0958 vs 1.1016) in half the time at minibatch 256."""
     svi_max_events: int = 512
     """An SVI step looks at a random subset of at most this many buffered events."""
     svi_steps: int = 1
-    svi_lr: float = 0.02
+    svi_lr: float = 0.06
     max_value: float = 1e6
     """Raw values above this are rejected as absurd."""
     seed: int = 0
@@ -82,6 +96,8 @@ class HPMFConfig:
             raise ValueError("prior scales must be > 0")
         if self.svi_min_events < 1 or self.svi_steps < 0 or self.svi_lr <= 0:
             raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
+        if self.svi_interval_growth < 0 or self.svi_interval_max < 1:
+            raise ValueError("svi_interval_growth >= 0 and svi_interval_max >= 1 are required")
 
     @property
     def dim(self) -> int:

@@ -286,12 +286,14 @@ def evaluate(
     transform: str = "identity",
     seed: int = 0,
     progress: Callable[[str, int], None] | None = None,
+    **overrides: Any,
 ) -> dict[str, StreamResult]:
     """Run each named ladder rung on the same stream, each with a fresh model
-    and a fresh state store. ``progress(model_name, n_events_done)``."""
+    and a fresh state store. ``progress(model_name, n_events_done)``;
+    ``overrides`` are HPMFConfig settings given to every rung."""
     out: dict[str, StreamResult] = {}
     for name in models:
-        model = OnlineHPMF(ladder_config(name, transform=transform, seed=seed))
+        model = OnlineHPMF(ladder_config(name, transform=transform, seed=seed, **overrides))
         cb = None if progress is None else (lambda k, _n=name: progress(_n, k))
         out[name] = run_stream(
             model, user_ids, video_ids, values, batch_size=batch_size, protocol=protocol, progress=cb

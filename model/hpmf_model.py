@@ -5,7 +5,7 @@
     mu_u ~ N(0, I)                               the population mean, learned
     s_u  ~ LogNormal(log s_init, 1)              the population spread, weak hyperprior
     w_j = [v_j, c_j] ~ N(mu_v, diag(s_v)^2)      video factors and bias (pooled as an option)
-    b0 ~ N(0, 10^2),  sigma ~ LogNormal(0, 1.5)
+    b0 ~ N(global_mean_prior, 10^2),  sigma ~ LogNormal(0, 1.5)
 
 Plates: ``videos`` (the touched videos, out of all), ``users`` and ``events``
 (the minibatch, scaled up to the effective data size N_eff).
@@ -133,7 +133,7 @@ def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     fixed_scale = Hypers.initial_scales(cfg)
     zeros = torch.zeros(d, dtype=torch.float64)
     # Globals
-    b0 = pyro.sample("b0", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+    b0 = pyro.sample("b0", dist.Normal(torch.tensor(cfg.global_mean_prior, dtype=torch.float64), 10.0))
     sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.5))
     if cfg.user_pooling:
         mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)

@@ -133,7 +133,9 @@ class OnlineHPMF:
         return self.hp
 
     def _b0(self) -> torch.Tensor:
-        return self.hp.b0.detach() if self.hp is not None else torch.tensor(0.0, dtype=DTYPE)
+        if self.hp is None:  # nothing learned yet: b0's prior mean
+            return torch.tensor(self.config.global_mean_prior, dtype=DTYPE)
+        return self.hp.b0.detach()
 
     def _noise_var(self) -> torch.Tensor:
         if self.hp is None:
@@ -365,10 +367,15 @@ class OnlineHPMF:
         pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
         uindex = {u: k for k, u in enumerate(users)}
         ev_user = np.fromiter((uindex[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
-        totals = []
+        totals: list[float] = []
+        batch_sums: dict[tuple[str, str], float] | None = None
         for u, v in pairs:
             entry = new_states[u].history.get(v)
-            totals.append(entry[0] if entry is not None else self._batch_sum(batch, u, v))
+            if entry is None:
+                batch_sums = batch_sums if batch_sums is not None else _pair_sums(batch)
+                totals.append(batch_sums[(u, v)])
+            else:
+                totals.append(entry[0])
         ev_target = forward(cfg.transform, np.array(totals, dtype=np.float64))
         if cfg.refresh_video_evidence:
             # Every touched user's evidence about the videos in their history,
@@ -492,15 +499,16 @@ class OnlineHPMF:
         self._refresh_videos(rows)
         # 2. Hyper-parameters by Pyro SVI on a buffer of recent events.
         self._svi_buffer.append(stats)
-        if sum(len(s.target) for s in self._svi_buffer) >= cfg.svi_min_events:
+        if sum(len(s.target) for s in self._svi_buffer) >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
         self.version += 1
 
-    @staticmethod
-    def _batch_sum(batch: Batch, user: str, video: str) -> float:
-        rows = zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True)
-        return float(sum(val for u, v, val in rows if u == user and v == video))
+    def svi_interval(self) -> int:
+        """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""
+        cfg = self.config
+        grown = int(self.n_seen * cfg.svi_interval_growth)
+        return max(cfg.svi_min_events, min(grown, cfg.svi_interval_max))
 
     def _refresh_videos(self, rows: torch.Tensor) -> None:
         d = self.config.dim
@@ -570,6 +578,14 @@ class OnlineHPMF:
                 loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
                 (loss / cfg.effective_data_size).backward()
                 self._opt.step()
+
+
+def _pair_sums(batch: Batch) -> dict[tuple[str, str], float]:
+    """The batch's values summed per (user, video)."""
+    sums: dict[tuple[str, str], float] = {}
+    for u, v, val in zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True):
+        sums[(u, v)] = sums.get((u, v), 0.0) + val
+    return sums
 
 
 # ---------------------------------------------------------------- snapshots

@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-fraction", type=float, default=0.8,
                         help="holdout only: share of events (by time) learned (default: 0.8)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
+    parser.add_argument("--global-mean-prior", type=float, default=0.0, metavar="B0",
+                        help="prior mean of the global mean b0 on the transformed scale: what every "
+                             "rung predicts before it has learned anything, e.g. 3 (the midpoint) "
+                             "for 1-5 star ratings (default: 0)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the report here: {protocol, batch_size, n_events, models: "
                         "{name: {rmse, mae, nll, coverage90, rmse_new, rmse_lt5, rmse_lt20, "
@@ -218,4 +222,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _new_model(name: str, args: argparse.Namespace) -> OnlineHPMF:
-    return OnlineHPMF(ladder_config(name, transform=args.transform, seed=args.seed))
+    return OnlineHPMF(ladder_config(name, transform=args.transform, seed=args.seed,
+                                    global_mean_prior=args.global_mean_prior))  # fmt: skip
