@@ -534,9 +534,9 @@ class OnlineHPMF:
             users_c.append(s.user_cov)
             ev_u.append(s.event_user + u_off)
             u_off += len(s.user_mean)
-            ev_v.extend(s.video_ids[k] for k in s.event_video)
+            ev_v.append(self._rows(s.video_ids, register=True).numpy()[s.event_video])
             tgt.append(s.target)
-        vrows_all = self._rows(ev_v, register=True)
+        vrows_all = torch.from_numpy(np.concatenate(ev_v))
         vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
         vm, vc = self._v_mean[vrows], self._v_cov[vrows]
         event_user = torch.from_numpy(np.concatenate(ev_u))
