@@ -3,7 +3,9 @@ write their figures to benchmarks/results.json (a flat JSON object) and a table.
 
 Each suite is a module ``benchmarks.<name>_bench`` with ``run() -> dict[str, float]``
 whose keys are prefixed with the suite name (``model.``, ``stream.``, ``lookup.``).
-Run one suite alone with ``python -m benchmarks.run model``.
+Run one suite alone with ``python -m benchmarks.run model``: the other suites'
+figures stay in the file, so each suite also records ``<suite>.commit`` (the
+git commit it ran, ``-dirty`` with uncommitted changes) and ``<suite>.date``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,19 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+
+
+def commit() -> str:
+    """The checked-out commit, ``-dirty`` if the tree has changes; "unknown" outside git."""
+    root = RESULTS.parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +54,11 @@ def main(argv: list[str]) -> int:
             print(f"!! suite {name} failed: {exc!r}", file=sys.stderr)
             failed.append(name)
             continue
+        for key in [k for k in results if k.startswith(f"{name}.")]:
+            del results[key]  # a rerun replaces the suite's figures, none left stale
         results.update(figures)
+        results[f"{name}.commit"] = commit()
+        results[f"{name}.date"] = time.strftime("%Y-%m-%d")
         print(f"   ({time.time() - t0:.0f} s)")
     results["machine"] = machine()
     results["date"] = time.strftime("%Y-%m-%d")
