@@ -73,8 +73,7 @@ def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
     model = OnlineHPMF(HPMFConfig.from_dict(sd["config"]))
     model.version = int(sd["version"])
     model.n_seen = int(sd["n_seen"])
-    for vid in sd["video_ids"]:
-        model._register(vid)
+    model._register([str(v) for v in sd["video_ids"]])
     n = model.n_videos
     model._v_prec[:n] = sd["v_prec"]
     model._v_shift[:n] = sd["v_shift"]

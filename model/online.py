@@ -191,26 +191,29 @@ class OnlineHPMF:
             return torch.from_numpy(rows)
         except KeyError:
             pass
-        rows = []
-        for vid in video_ids:
-            row = self.video_index.get(vid)
-            if row is None:
-                row = self._register(vid) if register else -1
-            rows.append(row)
-        return torch.tensor(rows, dtype=torch.long)
+        if register:
+            self._register([v for v in dict.fromkeys(video_ids) if v not in index])
+            return self._rows(video_ids, register=False)
+        rows = np.fromiter((index.get(v, -1) for v in video_ids), dtype=np.int64, count=len(video_ids))
+        return torch.from_numpy(rows)
 
-    def _register(self, vid: str) -> int:
-        row = len(self.video_ids)
-        if row == self._v_mean.shape[0]:
+    def _register(self, new_ids: list[str]) -> None:
+        """Add videos at their prior (plus a deterministic jitter), all at once."""
+        if not new_ids:
+            return
+        first = len(self.video_ids)
+        while first + len(new_ids) > self._v_mean.shape[0]:
             self._grow()
-        self.video_index[vid] = row
-        self.video_ids.append(vid)
+        for k, vid in enumerate(new_ids):
+            self.video_index[vid] = first + k
+        self.video_ids.extend(new_ids)
+        cfg = self.config
         mean, scale = self._video_prior()
-        jitter = video_jitter(vid, self.config.dim, 0.1 * self.config.prior_scale, self.config.biases)
-        self._v_mean[row] = mean + torch.from_numpy(jitter)
-        self._v_cov[row] = torch.diag(scale.pow(2))
-        self._v_time[row] = self.n_seen
-        return row
+        jitter = np.stack([video_jitter(v, cfg.dim, 0.1 * cfg.prior_scale, cfg.biases) for v in new_ids])
+        rows = slice(first, first + len(new_ids))
+        self._v_mean[rows] = mean + torch.from_numpy(jitter.reshape(len(new_ids), cfg.dim))
+        self._v_cov[rows] = torch.diag(scale.pow(2))
+        self._v_time[rows] = self.n_seen
 
     def _grow(self) -> None:
         def double(t: torch.Tensor) -> torch.Tensor:
@@ -225,8 +228,8 @@ class OnlineHPMF:
         """Posterior of videos by row; row -1 (unknown) gets the video prior."""
         known = rows >= 0
         safe = rows.clamp(min=0)
-        mean = self._v_mean[safe].clone()
-        cov = self._v_cov[safe].clone()
+        mean = self._v_mean[safe]  # advanced indexing: already copies
+        cov = self._v_cov[safe]
         if not bool(known.all()):
             pm, ps = self._video_prior()
             mean[~known] = pm
