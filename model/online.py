@@ -330,7 +330,7 @@ class OnlineHPMF:
         # Local step over all touched users' histories, flattened in one pass
         # (per-user numpy calls dominate when a batch touches many users).
         e_vid: list[str] = []
-        e_vs: list[list[float]] = []
+        e_vs: list[tuple[float, int]] = []
         e_len: list[int] = []
         e_nev: list[int] = []
         for uid in users:

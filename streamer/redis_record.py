@@ -334,7 +334,7 @@ def user_state_from_record(rec: UserRecord) -> UserState:
     from model.posterior import UserState  # numpy-only; imported lazily for readers
 
     return UserState(
-        history={vid: [val, seq] for vid, val, seq in rec.history},
+        history={vid: (val, seq) for vid, val, seq in rec.history},
         n_events=rec.n_events,
         mean=rec.mean.copy(),
         cov=rec.cov.copy(),

@@ -238,7 +238,7 @@ def load_users(
             n, p, o, et, hist, eids, mean, cov, sa = _split(raw)
             if versions is not None:
                 versions[uid] = n
-            history = {str(v): [float(x), int(s)] for v, x, s in json.loads(hist)}
+            history = {str(v): (float(x), int(s)) for v, x, s in json.loads(hist)}
             state = UserState(history=history, n_events=int(n))
             _posterior_into(state, mean, cov, sa)
             ids = [str(e) for e in json.loads(eids)] if eids else []

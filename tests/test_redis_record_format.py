@@ -195,7 +195,7 @@ def test_single_empty_video_id_is_not_lost() -> None:
 def test_user_state_round_trip() -> None:
     from model.posterior import UserState
 
-    s = UserState(history={"a": [5.0, 1], "b": [2.0, 3]}, n_events=3,
+    s = UserState(history={"a": (5.0, 1), "b": (2.0, 3)}, n_events=3,
                   mean=np.array([0.1, 0.2]), cov=np.eye(2), model_version=4)  # fmt: skip
     rec = user_record_from_state(s, updated_ms=10, event_ms=9, partition=1, offset=8)
     assert rec.history == [("a", 5.0, 1), ("b", 2.0, 3)] and rec.global_version == 4
