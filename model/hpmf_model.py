@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -78,10 +79,8 @@ class Hypers:
 
     @staticmethod
     def initial_scales(cfg: HPMFConfig) -> torch.Tensor:
-        s = torch.full((cfg.dim,), cfg.prior_scale, dtype=torch.float64)
-        if cfg.biases:
-            s[-1] = cfg.bias_prior_scale
-        return s
+        """The priors' initial scales (shared: do not modify in place)."""
+        return _initial_scales(cfg.dim, cfg.biases, cfg.prior_scale, cfg.bias_prior_scale)
 
     @staticmethod
     def initial(cfg: HPMFConfig, b0: float, sigma: float) -> Hypers:
@@ -114,11 +113,26 @@ class Hypers:
 
 def mean_mask(cfg: HPMFConfig) -> torch.Tensor:
     """1 for latent dims, 0 for the bias slot: the mean user (and video) bias is
-    not identifiable apart from b0, so the pooled means act on tastes only."""
-    m = torch.ones(cfg.dim, dtype=torch.float64)
-    if cfg.biases:
+    not identifiable apart from b0, so the pooled means act on tastes only.
+    (Shared: do not modify in place.)"""
+    return _mean_mask(cfg.dim, cfg.biases)
+
+
+# Built once per shape: these run on every predict/learn and inside every SVI step.
+@functools.lru_cache(maxsize=32)
+def _mean_mask(dim: int, biases: bool) -> torch.Tensor:
+    m = torch.ones(dim, dtype=torch.float64)
+    if biases:
         m[-1] = 0.0
     return m
+
+
+@functools.lru_cache(maxsize=32)
+def _initial_scales(dim: int, biases: bool, prior_scale: float, bias_prior_scale: float) -> torch.Tensor:
+    s = torch.full((dim,), prior_scale, dtype=torch.float64)
+    if biases:
+        s[-1] = bias_prior_scale
+    return s
 
 
 def predicted_mean(x: torch.Tensor, w: torch.Tensor, biases: bool) -> torch.Tensor:

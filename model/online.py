@@ -145,13 +145,13 @@ class OnlineHPMF:
     def _user_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         if self.hp is None or not cfg.user_pooling:
-            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
         return self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
 
     def _video_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         if self.hp is None or not cfg.video_pooling:
-            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg)
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
         return self.hp.mu_v.detach() * mean_mask(cfg), self.hp.log_s_v.detach().exp()
 
     def pooled_prior(self) -> PooledPrior:
