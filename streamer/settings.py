@@ -65,6 +65,9 @@ class StreamSettings(BaseSettings):
     n_factors: int = Field(10, ge=0)
     transform: str = "log1p"
     history_size: int = Field(200, ge=1)
+    global_mean_prior: float = 0.0
+    """Prior mean of the global mean b0 on the model's scale (log1p minutes by
+    default): what is predicted before anything is learned, e.g. 3 for ~20 minutes."""
     torch_threads: int = Field(1, ge=1)
 
     # Operations
@@ -97,6 +100,7 @@ class StreamSettings(BaseSettings):
             "n_factors": self.n_factors,
             "transform": self.transform,
             "history_size": self.history_size,
+            "global_mean_prior": self.global_mean_prior,
             "max_value": self.max_minutes,
         }
 
