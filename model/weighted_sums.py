@@ -26,30 +26,16 @@ DENSE_LIMIT = 4_000_000
 """Largest targets x sources matrix built dense (32 MB of float64)."""
 
 
-class PairWeights:
-    """A (targets x sources) weight matrix, dense or sparse; supports ``@``."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix
-
-    def __matmul__(self, moments: torch.Tensor) -> torch.Tensor:
-        if self.matrix.is_sparse:
-            return torch.sparse.mm(self.matrix, moments)
-        return self.matrix @ moments
-
-
 def pair_weights(
     target: torch.Tensor, source: torch.Tensor, weight: torch.Tensor, n_targets: int, n_sources: int
-) -> PairWeights:
-    """The matrix W with W[t, s] = sum of ``weight`` over entries (t, s)."""
+) -> torch.Tensor:
+    """The matrix W with W[t, s] = sum of ``weight`` over entries (t, s), dense
+    or sparse COO (both multiply a dense matrix with ``@``)."""
     dtype = weight.dtype
     if n_targets * n_sources <= DENSE_LIMIT:
         flat = torch.zeros(n_targets * n_sources, dtype=dtype)
         flat.index_add_(0, target * n_sources + source, weight)
-        return PairWeights(flat.view(n_targets, n_sources))
+        return flat.view(n_targets, n_sources)
     indices = torch.stack([target, source])
-    return PairWeights(
-        torch.sparse_coo_tensor(
-            indices, weight, (n_targets, n_sources), check_invariants=False
-        ).coalesce()
-    )
+    sparse = torch.sparse_coo_tensor(indices, weight, (n_targets, n_sources), check_invariants=False)
+    return sparse.coalesce()
