@@ -322,7 +322,7 @@ class OnlineHPMF:
             old = states.get(uid)
             new_states[uid] = old.copy() if old is not None else UserState()
         for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True):
-            new_states[uid].fold(vid, val, None)
+            new_states[uid].fold(vid, val)
         for st in new_states.values():
             st.trim(cfg.history_size)  # bounded to H videos at every minibatch's end
         self._rows(batch.video_ids, register=True)

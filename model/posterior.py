@@ -26,10 +26,10 @@ class UserState:
     x_i = [u_i, b_i], computed against global model ``model_version``.
 
     >>> s = UserState()
-    >>> s.fold("v1", 3.0, history_size=2); s.fold("v2", 1.0, 2); s.fold("v1", 2.0, 2)
+    >>> s.fold("v1", 3.0); s.fold("v2", 1.0); s.fold("v1", 2.0)
     >>> s.history, s.n_events
     ({'v2': (1.0, 2), 'v1': (5.0, 3)}, 3)
-    >>> s.fold("v3", 1.0, 2); list(s.history)
+    >>> s.fold("v3", 1.0); s.trim(2); list(s.history)
     ['v1', 'v3']
     """
 
@@ -43,16 +43,13 @@ class UserState:
     computed: the global step uses it to withdraw this posterior's old
     contribution to the video posteriors, decayed as the rest of the evidence."""
 
-    def fold(self, video_id: str, value: float, history_size: int | None) -> None:
-        """Add one event: minutes are summed per video, the entry becomes the newest.
-        With ``history_size`` the history is then trimmed to that many videos
-        (None: the caller trims once per minibatch with :meth:`trim`)."""
+    def fold(self, video_id: str, value: float) -> None:
+        """Add one event: minutes are summed per video, the entry becomes the
+        newest. The history is bounded by :meth:`trim`, once per minibatch."""
         self.n_events += 1
         old = self.history.pop(video_id, None)
         total = value + (old[0] if old is not None else 0.0)
         self.history[video_id] = (total, self.n_events)
-        if history_size is not None:
-            self.trim(history_size)
 
     def trim(self, history_size: int) -> None:
         """Keep the ``history_size`` most recently watched videos."""
