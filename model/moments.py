@@ -14,6 +14,20 @@ from __future__ import annotations
 import torch
 
 
+def feature_mean(mean: torch.Tensor, biases: bool) -> torch.Tensor:
+    """E[y]: the factor's mean with the bias slot replaced by 1 (y = [u, 1]);
+    without biases the factor itself.
+
+    >>> feature_mean(torch.tensor([[0.5, 2.0]]), biases=True).tolist()
+    [[0.5, 1.0]]
+    """
+    if not biases or mean.shape[-1] == 0:
+        return mean
+    ey = mean.clone()
+    ey[..., -1] = 1.0
+    return ey
+
+
 def feature_moments(
     mean: torch.Tensor, cov: torch.Tensor, biases: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,8 +55,7 @@ def feature_moments(
     # (a mask, not clone-and-assign: this runs on every batch's posteriors).
     latent = torch.ones(k + 1, dtype=mean.dtype)
     latent[k] = 0.0
-    ey = mean * latent
-    ey[..., k] = 1.0
+    ey = feature_mean(mean, biases)
     eyy = cov * (latent.unsqueeze(-1) * latent) + ey.unsqueeze(-1) * ey.unsqueeze(-2)
     eb = mean[..., k]
     eyb = ey * eb.unsqueeze(-1) + cov[..., :, k] * latent

@@ -44,7 +44,7 @@ from model.config import HPMFConfig
 from model.globals_snapshot import GlobalsSnapshot
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
-from model.moments import feature_moments, gaussian_posterior
+from model.moments import feature_mean, feature_moments, gaussian_posterior
 from model.posterior import PooledPrior, UserState
 from model.transform import forward
 from model.video_step import video_batch_statistics
@@ -284,9 +284,7 @@ class OnlineHPMF:
         g = torch.from_numpy(slots)
         wm, wc = self._video_moments(self._rows([str(v) for v in video_ids], register=False))
         ey_x, eyy_x, _, eb_x = feature_moments(xm, xc, self.config.biases)
-        ey_w = wm.clone()
-        if self.config.biases and d:
-            ey_w[:, -1] = 1.0  # the feature [v, 1] the user's bias meets
+        ey_w = feature_mean(wm, self.config.biases)  # the feature [v, 1] the user's bias meets
         mean = self._b0() + eb_x[g] + (ey_x[g] * wm).sum(-1)
         outer_w = (ey_w.unsqueeze(-1) * ey_w.unsqueeze(-2)).reshape(n, d * d)
         var = (
