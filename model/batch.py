@@ -32,17 +32,7 @@ class Batch:
         values: Sequence[float] | np.ndarray,
         max_value: float = float("inf"),
     ) -> Batch:
-        vals = np.asarray(values, dtype=np.float64)
-        if vals.ndim != 1:
-            raise ValueError(f"batch values must be one-dimensional, got shape {vals.shape}")
-        if not len(user_ids) == len(video_ids) == len(vals):
-            raise ValueError(
-                f"batch columns differ in length: {len(user_ids)} users, "
-                f"{len(video_ids)} videos, {len(vals)} values"
-            )
-        bad = np.flatnonzero(~np.isfinite(vals))
-        if bad.size:
-            raise ValueError(f"batch values must be finite; event {bad[0]} has {vals[bad[0]]}")
+        vals = event_columns(user_ids, video_ids, values, "batch")
         bad = np.flatnonzero((vals < 0) | (vals > max_value))
         if bad.size:
             raise ValueError(
@@ -56,3 +46,22 @@ class Batch:
     def users(self) -> list[str]:
         """Distinct users in first-seen order."""
         return list(dict.fromkeys(self.user_ids))
+
+
+def event_columns(
+    user_ids: Sequence[object], video_ids: Sequence[object], values: Sequence[float] | np.ndarray, what: str
+) -> np.ndarray:
+    """The values as a float64 vector, after checking that the three columns
+    line up and every value is finite; ``what`` names them in the errors."""
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.ndim != 1:
+        raise ValueError(f"{what} values must be one-dimensional, got shape {vals.shape}")
+    if not len(user_ids) == len(video_ids) == len(vals):
+        raise ValueError(
+            f"{what} columns differ in length: {len(user_ids)} users, "
+            f"{len(video_ids)} videos, {len(vals)} values"
+        )
+    bad = np.flatnonzero(~np.isfinite(vals))
+    if bad.size:
+        raise ValueError(f"{what} values must be finite; event {bad[0]} has {vals[bad[0]]}")
+    return vals

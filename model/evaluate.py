@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from model.batch import Batch
+from model.batch import Batch, event_columns
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.posterior import UserState
@@ -105,20 +105,9 @@ class StreamResult:
 def _check_stream(
     user_ids: Sequence[str], video_ids: Sequence[str], values: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    vals = np.asarray(values, dtype=np.float64)
-    if vals.ndim != 1:
-        raise ValueError(f"values must be one-dimensional, got shape {vals.shape}")
-    if not len(user_ids) == len(video_ids) == len(vals):
-        raise ValueError(
-            f"stream columns differ in length: {len(user_ids)} users, "
-            f"{len(video_ids)} videos, {len(vals)} values"
-        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bad = np.flatnonzero(~np.isfinite(vals))
-    if bad.size:
-        raise ValueError(f"values must be finite; event {bad[0]} has {vals[bad[0]]}")
-    return vals
+    return event_columns(user_ids, video_ids, values, "stream")
 
 
 def earlier_events(user_ids: Sequence[str]) -> np.ndarray:
