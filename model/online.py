@@ -116,7 +116,8 @@ class OnlineHPMF:
         self.hp: Hypers | None = None  # set from the first batch (data-dependent init)
         self._opt: Adam | None = None
         self._reset_videos(64)
-        self._svi_buffer: list[GlobalStats] = []
+        # Buffered batch statistics with their videos' rows (mapped once, here).
+        self._svi_buffer: list[tuple[GlobalStats, np.ndarray]] = []
         self.learner = True  # False once globals were imported from a snapshot
         # b0 is the forgetting-weighted mean of the transformed values seen:
         # learned by SVI it drifts against the video biases it is confounded with.
@@ -499,8 +500,8 @@ class OnlineHPMF:
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
         # 2. Hyper-parameters by Pyro SVI on a buffer of recent events.
-        self._svi_buffer.append(stats)
-        if sum(len(s.target) for s in self._svi_buffer) >= self.svi_interval():
+        self._svi_buffer.append((stats, rows.numpy()))
+        if sum(len(s.target) for s, _ in self._svi_buffer) >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
         self.version += 1
@@ -530,12 +531,12 @@ class OnlineHPMF:
         buf = self._svi_buffer
         users_m, users_c, ev_u, ev_v, tgt = [], [], [], [], []
         u_off = 0
-        for s in buf:
+        for s, s_rows in buf:
             users_m.append(s.user_mean)
             users_c.append(s.user_cov)
             ev_u.append(s.event_user + u_off)
             u_off += len(s.user_mean)
-            ev_v.append(self._rows(s.video_ids, register=True).numpy()[s.event_video])
+            ev_v.append(s_rows[s.event_video])
             tgt.append(s.target)
         vrows_all = torch.from_numpy(np.concatenate(ev_v))
         vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
