@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class HPMFConfig:
             raise ValueError("prior scales must be > 0")
         if self.svi_min_events < 1 or self.svi_steps < 0 or self.svi_lr <= 0:
             raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
+        if not math.isfinite(self.global_mean_prior):
+            raise ValueError(f"global_mean_prior must be finite, got {self.global_mean_prior}")
         if self.svi_interval_growth < 0 or self.svi_interval_max < 1:
             raise ValueError("svi_interval_growth >= 0 and svi_interval_max >= 1 are required")
 

@@ -12,8 +12,10 @@ import re
 import socket
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.config import HPMFConfig
 
 
 class StreamSettings(BaseSettings):
@@ -89,6 +91,13 @@ class StreamSettings(BaseSettings):
         if v not in ("earliest", "latest"):
             raise ValueError("auto_offset_reset must be earliest or latest")
         return v
+
+    @model_validator(mode="after")
+    def _model_settings(self) -> StreamSettings:
+        # Checked at start, by the model's own rules, not after Kafka and
+        # Redis are reached (a NaN prior would otherwise surface much later).
+        HPMFConfig(**self.model_config_dict())
+        return self
 
     @property
     def dead_letter_topic(self) -> str:

@@ -14,6 +14,8 @@ import json
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from streamer.settings import StreamSettings
 
 
@@ -44,7 +46,11 @@ def settings_from_args(args: argparse.Namespace) -> StreamSettings:
 def run(args: argparse.Namespace) -> int:
     from streamer.stream_logging import setup_logging
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"hpmf stream: invalid settings: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
     log = logging.getLogger("streamer.stream")
     log.info("starting hpmf stream", extra={"settings": settings.describe()})

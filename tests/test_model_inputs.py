@@ -21,6 +21,19 @@ def test_unknown_transform() -> None:
         to_original_units("exp", np.ones(1), np.ones(1))
 
 
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"global_mean_prior": float("nan")}, "global_mean_prior must be finite, got nan"),
+        ({"svi_interval_growth": -1.0}, "svi_interval_growth >= 0"),
+        ({"svi_interval_max": 0}, "svi_interval_max >= 1"),
+    ],
+)
+def test_bad_schedule_and_prior_settings(setting: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HPMFConfig(**setting)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_values(bad: float) -> None:
     with pytest.raises(ValueError, match=r"finite; event 1 has"):

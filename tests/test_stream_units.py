@@ -112,6 +112,18 @@ def test_settings_from_env_and_masking(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in str(s.describe())
 
 
+def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    from pydantic import ValidationError
+
+    from streamer.stream_cli import main
+
+    with pytest.raises(ValidationError, match="global_mean_prior must be finite"):
+        StreamSettings(global_mean_prior=float("nan"))
+    # The command says so and exits 2 before reaching Kafka or Redis.
+    assert main(["--global-mean-prior", "nan", "--metrics-port", "0"]) == 2
+    assert "hpmf stream: invalid settings" in capsys.readouterr().err
+
+
 def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
     from streamer.user_store import _posterior_into, _split
 
