@@ -1,7 +1,7 @@
 """``make demo``: the main job, end to end, against the real local Kafka and Redis.
 
 1. Draw a synthetic ad-supported VOD watch stream from the model (``hpmf simulate``).
-2. Reset the demo's topic and Redis keys, so every run starts from nothing.
+2. Reset the demo's topic, its consumer group and its Redis keys, so every run starts from nothing.
 3. Start the streaming service (``hpmf stream``) as its own process.
 4. Replay the stream into Kafka, keyed by user (``hpmf replay``), with a progress bar.
 5. Follow the service's metrics endpoint until it has consumed every event.
@@ -65,18 +65,22 @@ def pick_users(events: Path) -> tuple[str, str]:
     return heavy, light
 
 
-def reset(topic: str, dlq: str, prefix: str, bootstrap: str, redis_url: str) -> None:
+def reset(topic: str, dlq: str, group: str, prefix: str, bootstrap: str, redis_url: str) -> None:
     import redis
 
-    from streamer.kafka_admin import delete_topics
+    from streamer.kafka_admin import delete_group, delete_topics
 
     delete_topics(bootstrap, [topic, dlq])
+    # Its committed offsets too: otherwise the recreated topic may be read from
+    # an earlier run's offsets and the service skips the first events.
+    had_group = delete_group(bootstrap, group)
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for k in range(0, len(keys), 1000):
         client.delete(*keys[k : k + 1000])
     client.close()
-    say(f"reset: deleted topics {topic!r}, {dlq!r} and {len(keys)} Redis keys under {prefix!r}:*")
+    group_note = f", consumer group {group!r}" if had_group else ""
+    say(f"reset: deleted topics {topic!r}, {dlq!r}{group_note} and {len(keys)} Redis keys under {prefix!r}:*")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     topic = os.environ.get("HPMF_TOPIC", "watch-events")
     dlq = os.environ.get("HPMF_DLQ_TOPIC", f"{topic}.dlq")
+    group = os.environ.get("HPMF_GROUP_ID", "hpmf-stream")
     prefix = os.environ.get("HPMF_REDIS_PREFIX", "hpmf")
     bootstrap = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
     redis_url = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
-    env = {**os.environ, "HPMF_TOPIC": topic, "HPMF_DLQ_TOPIC": dlq, "HPMF_REDIS_PREFIX": prefix,
+    env = {**os.environ, "HPMF_TOPIC": topic, "HPMF_DLQ_TOPIC": dlq, "HPMF_GROUP_ID": group, "HPMF_REDIS_PREFIX": prefix,
            "HPMF_KAFKA_BOOTSTRAP": bootstrap, "HPMF_REDIS_URL": redis_url}  # fmt: skip
     RUN.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     heavy, light = pick_users(events)
 
     say("2/7 resetting the demo's Kafka topic and Redis keys")
-    reset(topic, dlq, prefix, bootstrap, redis_url)
+    reset(topic, dlq, group, prefix, bootstrap, redis_url)
 
     log = RUN / "stream.log"
     say(f"3/7 starting the streaming service (log: {log}, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")

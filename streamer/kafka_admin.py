@@ -50,3 +50,21 @@ def delete_topics(bootstrap: str, names: list[str], timeout_ms: int = 15_000) ->
             admin.delete_topics(gone, timeout_ms=timeout_ms)
     finally:
         admin.close()
+
+
+def delete_group(bootstrap: str, group: str, timeout_ms: int = 15_000) -> bool:
+    """Delete a consumer group and its committed offsets; False if there was none.
+
+    Deleting a topic does not reliably drop a group's committed offsets for it:
+    a topic recreated under the same name can be read from those stale offsets,
+    silently skipping its first events."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        result = admin.delete_groups([group]).get(group)
+    finally:
+        admin.close()
+    if result == "GroupIdNotFoundError":
+        return False
+    if result != "OK":
+        raise RuntimeError(f"could not delete consumer group {group!r}: {result} (is a consumer still running?)")
+    return True
