@@ -8,7 +8,10 @@ one run, on its own topics, consumer groups and Redis prefix (deleted after).
    stream`` subprocess, default settings) reads the same topic under another
    group and does the whole job (validate, Redis read, model, Redis write,
    commit, global step). Rates are events / wall-clock from the first record
-   to the last. ``stream.throughput_ratio`` = worker / bare.
+   to the last. ``stream.throughput_ratio`` = worker / bare. Then the floor
+   stages of :mod:`benchmarks.stream_floor` read the same topic: the least
+   work the contract asks of any worker, without a model
+   (``stream.floor_*``).
 
 2. Freshness at a steady 2,000 events/s for ``FRESHNESS_S`` seconds into a
    running worker: the worker observes, per applied event, Redis-write-
@@ -45,6 +48,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.stream_floor import floor
 from streamer.event import encode_event
 from streamer.kafka_admin import delete_topics, ensure_topics
 from streamer.metrics import histogram_quantile, parse_histogram
@@ -187,10 +191,13 @@ def throughput(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         if done < n or t0 is None:
             raise RuntimeError(f"worker consumed {done} of {n}")
         rate = (n - first) / (time.monotonic() - t0)
+        stop(proc)
+        # What any worker could reach at most on this topic (see stream_floor.py).
+        floor_figures = floor(BOOTSTRAP, REDIS_URL, topic, n, tag)
     finally:
         stop(proc)
         delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
-    return {
+    return floor_figures | {
         "stream.events_per_s": round(rate, 1),
         "stream.bare_consumer_events_per_s": round(bare, 1),
         "stream.throughput_ratio": round(rate / bare, 3),
