@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 class RebalanceTracker(ConsumerRebalanceListener):
     def __init__(self, before_revoke: Any = None) -> None:
-        self.before_revoke = before_revoke  # commits what was written, synchronously
+        self.before_revoke = before_revoke  # sends the commit of what was written
         self.revoked: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
         self.generation = 0

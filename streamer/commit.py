@@ -6,9 +6,11 @@ In the steady loop the commit is *sent* after the write but not waited for
 Waiting adds no safety here, because the stored per-user offsets already make
 a re-read harmless: if the process dies before the broker acknowledged, the
 batch is re-read and skipped. What matters is that a commit is never sent
-before the write, and that is the loop's order. On shutdown and when
-partitions are revoked, the newest written offsets are committed
-synchronously, so a clean hand-over re-reads nothing.
+before the write, and that is the loop's order. On shutdown the newest
+written offsets are committed synchronously, so a clean restart re-reads
+nothing. When partitions are revoked they are sent from the rebalance
+listener (kafka-python 3 refuses a blocking commit there), ahead of the
+re-join.
 
 Why this order is safe:
 

@@ -17,7 +17,8 @@ see :mod:`streamer.commit` for why it is safe against crashes):
    (:mod:`streamer.user_store`, :mod:`streamer.global_store`).
    Then make the dead letters durable (flush).
 5. **Commit** the Kafka offsets of the whole batch (:mod:`streamer.commit`;
-   sent without waiting, synchronously on revoke and shutdown).
+   sent without waiting; on revoke sent from the rebalance listener before
+   the hand-over; synchronously on shutdown).
 6. **Global step** if this worker holds the learner role: apply the queued
    statistics in stream order, publish the globals when due.
 
@@ -58,6 +59,11 @@ from streamer.user_store import WriteConflict, load_users, write_batch
 
 log = logging.getLogger(__name__)
 
+# kafka-python backs reconnects off up to 30 s by default: after a broker
+# restart the worker sat idle up to that long with the broker already back.
+# Java's client caps it at 1 s; so do we.
+RECONNECT_BACKOFF_MAX_MS = 1000
+
 
 class Worker:
     def __init__(self, settings: StreamSettings, metrics: StreamMetrics | None = None) -> None:
@@ -96,7 +102,8 @@ class Worker:
             retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
                   "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq"
+            bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
         self.consumer = KafkaConsumer(
@@ -105,6 +112,7 @@ class Worker:
             max_poll_records=s.batch_max_events, session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=100,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )  # fmt: skip
         # Fetch the topic's metadata first: a group join before it is known
         # assigns nothing until the next metadata refresh (minutes).
@@ -236,7 +244,7 @@ class Worker:
         retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
 
     def _commit_written(self, only: set[TopicPartition] | None) -> None:
-        """Synchronously commit the newest written offsets (shutdown, revoke)."""
+        """Synchronously commit the newest written offsets (shutdown)."""
         offsets = {tp: o for tp, o in self.written_offsets.items() if only is None or tp in only}
         if offsets and not commit_offsets(self.consumer, offsets):
             self.metrics.commit_failures.inc()
@@ -244,7 +252,19 @@ class Worker:
             self.written_offsets.pop(tp, None)
 
     def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._commit_written(revoked)
+        """Commit what was written of the revoked partitions, before the group
+        hands them over. kafka-python 3 runs this listener on its I/O thread,
+        where a blocking commit is refused, so the commit is *sent*: it goes
+        out on the coordinator connection ahead of the re-join, in the
+        generation that still owns the partitions. Should it fail anyway, the
+        new owner re-reads those records and skips them by the stored offsets."""
+        offsets = {tp: o for tp, o in self.written_offsets.items() if tp in revoked}
+        for tp in offsets:
+            self.written_offsets.pop(tp, None)
+        commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: self.metrics.commit_failures.inc())
+        if offsets:
+            log.info("commit of revoked partitions sent",
+                     extra={"offsets": {f"{tp.topic}:{tp.partition}": o for tp, o in sorted(offsets.items())}})  # fmt: skip
 
     def _write_failed(self, exc: BaseException) -> None:
         if isinstance(exc, WriteConflict):
