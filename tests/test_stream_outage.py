@@ -3,8 +3,7 @@ nothing meanwhile, and recovers when Redis returns -- counts stay exact.
 
 Uses a private redis-server (its own port, append-only file fsynced on every
 write so a kill -9 loses nothing) started and killed by this test by PID; the
-shared Redis is not touched. Kafka outages are not simulated (the broker is
-shared by everyone on this machine)."""
+shared Redis is not touched. Kafka outages: tests/test_stream_kafka_outage.py."""
 
 from __future__ import annotations
 
