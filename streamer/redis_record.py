@@ -271,6 +271,39 @@ def encode_user_record(rec: UserRecord) -> dict[str, bytes]:
     }
 
 
+def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]]:
+    """:func:`encode_user_record` for many records: per record the field
+    values in :data:`USER_FIELDS` order, the same bytes. A worker's batch
+    writes hundreds of users; converting their arrays to float32 in one numpy
+    call instead of two per user saves most of the encoding time.
+
+    >>> recs = [UserRecord(np.full(2, k), np.eye(2), k, 5, 4, 3, 0, 9, [("v1", 2.5, 1)]) for k in range(3)]
+    >>> encode_user_records(recs) == [tuple(encode_user_record(r).values()) for r in recs]
+    True
+    """
+    if not records:
+        return []
+    means = [np.asarray(r.mean, dtype=np.float64) for r in records]
+    covs = [np.asarray(r.cov, dtype=np.float64) for r in records]
+    d = means[0].shape[0] if means[0].ndim == 1 else -1
+    if any(m.shape != (d,) for m in means) or any(c.shape != (d, d) for c in covs):
+        return [tuple(encode_user_record(r).values()) for r in records]  # mixed sizes: one by one
+    mean_bytes = np.stack(means).astype(F32).tobytes()
+    cov_bytes = np.stack(covs).astype(F32).tobytes()
+    mb, cb = 4 * d, 4 * d * d
+    d_text = b"%d" % d
+    out = []
+    for k, rec in enumerate(records):
+        hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
+        out.append((
+            _SCHEMA_TEXT, d_text, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb],
+            b"%d" % int(rec.n_events), b"%d" % int(rec.updated_ms), b"%d" % int(rec.event_ms),
+            b"%d" % int(rec.global_version), b"%d" % int(rec.partition), b"%d" % int(rec.offset),
+            _HIST_JSON.encode(hist).encode(),
+        ))  # fmt: skip
+    return out
+
+
 def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> UserRecord:
     """A user record from HGETALL output. Raises SchemaVersionError or CorruptRecordError."""
     r = _Reader(fields, key, USER_FIELDS)

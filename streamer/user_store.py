@@ -43,13 +43,14 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import redis
 
 from model.posterior import UserState
-from streamer.redis_record import UserRecord, encode_user_record, user_key
+from streamer.redis_record import USER_FIELDS, UserRecord, encode_user_records, user_key
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,9 @@ def _bulk(a: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(a), a)
 
 
-_FIELD_BULK: dict[str, bytes] = {}  # field name -> its framed bytes (the names repeat per user)
-
-
-def _field_bulk(name: str) -> bytes:
-    b = _FIELD_BULK.get(name)
-    if b is None:
-        b = _FIELD_BULK[name] = _bulk(name.encode())
-    return b
-
+# One user's HSET arguments: every field name framed once, each value's
+# length and bytes filled in (``%d`` then ``%b`` per value).
+_USER_FIELDS_FRAME = b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD))
 
 # json.dumps(ids, separators=(",", ":")) with one encoder instead of one per call.
 _EIDS_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -159,9 +154,10 @@ class _Script:
         head = [b"EVALSHA", self.sha, b"%d" % len(keys)]
         return self._send(client, _pack([*head, *keys, *args]))
 
-    def call_framed(self, client: redis.Redis, n_keys: int, framed: list[bytes]) -> Any:
-        """Like calling it with keys + args already framed by ``_bulk`` (the same bytes)."""
-        head = b"*%d\r\n" % (3 + len(framed)) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"%d" % n_keys)
+    def call_framed(self, client: redis.Redis, n_keys: int, framed: list[bytes], n_args: int) -> Any:
+        """Like calling it with keys + args already framed by ``_bulk`` (the same
+        bytes); ``framed`` holds ``n_args`` arguments (an element may hold several)."""
+        head = b"*%d\r\n" % (3 + n_args) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"%d" % n_keys)
         return self._send(client, head + b"".join(framed))
 
     def _send(self, client: redis.Redis, packed: bytes) -> Any:
@@ -264,26 +260,23 @@ def write_batch(
     raised. Users missing from ``expected`` are not checked."""
     # The arguments are framed as they are built (the same bytes as packing
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
-    # dozen fields, and the field names' framing is cached.
-    keys: list[bytes] = []
+    # dozen fields, so each user's fields go through one framing template.
+    keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
+    values = encode_user_records(list(records.values()))
     fields: list[bytes] = []
-    nf = 0
-    for uid, rec in records.items():
-        keys.append(_bulk(user_key(prefix, uid).encode()))
-        enc = encode_user_record(rec)
-        enc[EIDS_FIELD] = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
+    for uid, vals in zip(records, values, strict=True):
+        eids = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
         # Every user of a batch gets the same field set (the script takes one count).
-        enc[SEEN_AT_FIELD] = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
-        nf = len(enc)
-        for k, v in enc.items():
-            fields.append(_field_bulk(k))
-            fields.append(b"$%d\r\n%b\r\n" % (len(v), v))
+        sa = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
+        fields.append(_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in (*vals, eids, sa))))
+    nf = len(USER_FIELDS) + 2
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
     fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
     framed = [*keys, _bulk(_b(int(ttl_s))), _bulk(_b(nf)), *fence, *fields, *[_bulk(t) for t in tail]]
     try:
-        sid = _write_script.call_framed(client, len(keys), framed)
+        n_args = len(keys) + 2 + len(fence) + 2 * nf * len(records) + len(tail)
+        sid = _write_script.call_framed(client, len(keys), framed, n_args)
     except redis.exceptions.ResponseError as exc:
         if "HPMF_CONFLICT" in str(exc):
             raise WriteConflict(str(exc)) from None

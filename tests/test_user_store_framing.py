@@ -1,0 +1,63 @@
+"""The batch write's hand-framed command is byte for byte the plain packing
+of its arguments: EVALSHA sha n_keys, the users' keys and the stream key, ttl,
+the field count, the fences, each user's (field, value) pairs as
+``encode_user_record`` gives them plus ``eids`` and ``sa``, then the stats
+tail. The Redis round trip itself is covered by the integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer import user_store
+from streamer.redis_record import UserRecord, encode_user_record, encode_user_records, user_key
+
+
+def _records() -> dict[str, UserRecord]:
+    rng = np.random.default_rng(3)
+    out = {}
+    for k, uid in enumerate(["a", "b%c", "user-3"]):
+        a = rng.normal(size=(4, 4))
+        hist = [(f"v{j}", float(rng.exponential(20)), j + 1) for j in range(k + 1)]
+        out[uid] = UserRecord(rng.normal(size=4), a @ a.T, k + 1, 1_700_000_000_000 + k, 1_699_999_999_000, 7, k, 100 + k, hist)
+    return out
+
+
+def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[bytes] = []
+
+    def capture(self: Any, client: Any, packed: bytes) -> bytes:
+        sent.append(packed)
+        return b"1-0"
+
+    monkeypatch.setattr(user_store._Script, "_send", capture)
+    records = _records()
+    event_ids = {"a": ["e1"], "b%c": ["e2", "e3"]}  # "user-3" has none
+    seen_at = {"a": 12.0, "user-3": 40.5}  # "b%c" has none
+    expected = {"a": b"3", "user-3": b""}
+    sid = user_store.write_batch(None, "pre", records, event_ids, 600, "pre:g:stream", "w1", b"stats",  # type: ignore[arg-type]
+                                 seen_at, expected)  # fmt: skip
+    assert sid == b"1-0"
+
+    fields: list[bytes] = []
+    for uid, rec in records.items():
+        enc = encode_user_record(rec)
+        enc["eids"] = user_store._EIDS_JSON.encode(event_ids.get(uid, [])).encode()
+        enc["sa"] = repr(seen_at[uid]).encode() if uid in seen_at else b""
+        for name, value in enc.items():
+            fields += [name.encode(), value]
+    keys = [user_key("pre", u).encode() for u in records] + [b"pre:g:stream"]
+    fence = [expected.get(u, b"*") for u in records]
+    args = [b"EVALSHA", user_store._write_script.sha, b"%d" % len(keys), *keys, b"600", b"13", *fence, *fields, b"w1", b"stats"]
+    assert sent == [user_store._pack(args)]
+
+
+def test_encode_user_records_matches_one_by_one_also_for_mixed_sizes() -> None:
+    recs = list(_records().values())
+    recs.append(UserRecord(np.zeros(2), np.eye(2), 1, 5, 4, 3, 0, 9, [("v1", np.float64(2.5), np.int64(1))]))
+    assert encode_user_records(recs) == [tuple(encode_user_record(r).values()) for r in recs]
+    same = recs[:3]
+    assert encode_user_records(same) == [tuple(encode_user_record(r).values()) for r in same]
+    assert encode_user_records([]) == []
