@@ -167,7 +167,7 @@ class Worker:
 
     def _close(self) -> None:
         for what, fn in (
-            ("final commit", lambda: self._commit_written(None)),
+            ("final commit", self._commit_written),
             ("publish globals", lambda: self.globals.release()),
             ("close consumer", lambda: self.consumer.close(autocommit=False)),
             ("close producer", lambda: self.producer.close(timeout=10)),
@@ -245,13 +245,11 @@ class Worker:
         # 6. Global step (learner only).
         retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
 
-    def _commit_written(self, only: set[TopicPartition] | None) -> None:
+    def _commit_written(self) -> None:
         """Synchronously commit the newest written offsets (shutdown)."""
-        offsets = {tp: o for tp, o in self.written_offsets.items() if only is None or tp in only}
+        offsets, self.written_offsets = self.written_offsets, {}
         if offsets and not commit_offsets(self.consumer, offsets):
             self.metrics.commit_failures.inc()
-        for tp in offsets:
-            self.written_offsets.pop(tp, None)
 
     def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit what was written of the revoked partitions, before the group
