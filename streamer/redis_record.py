@@ -253,22 +253,22 @@ def encode_user_record(rec: UserRecord) -> dict[str, bytes]:
     cov = np.asarray(rec.cov, dtype=np.float64)
     if mean.shape != (d,) or cov.shape != (d, d):
         raise ValueError(f"user record mean {mean.shape} and cov {cov.shape} do not match")
+    values = _user_field_values(rec, d, mean.astype(F32).tobytes(), cov.astype(F32).tobytes())
+    return dict(zip(USER_FIELDS, values, strict=True))
+
+
+def _user_field_values(rec: UserRecord, d: int, mean_f32: bytes, cov_f32: bytes) -> tuple[bytes, ...]:
+    """A user record's field values in :data:`USER_FIELDS` order, its arrays
+    already as float32 bytes (the one place that writes the user layout)."""
     hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
     # b"%d" % int(x) is the bytes of str(int(x)) (_int_text), without the str round trip.
-    return {
-        "v": _SCHEMA_TEXT,
-        "d": b"%d" % d,
-        "mean": mean.astype(F32).tobytes(),
-        "cov": cov.astype(F32).tobytes(),
-        "n": b"%d" % int(rec.n_events),
-        "ts": b"%d" % int(rec.updated_ms),
-        "et": b"%d" % int(rec.event_ms),
-        "gv": b"%d" % int(rec.global_version),
-        "p": b"%d" % int(rec.partition),
-        "o": b"%d" % int(rec.offset),
+    return (
+        _SCHEMA_TEXT, b"%d" % d, mean_f32, cov_f32,
+        b"%d" % int(rec.n_events), b"%d" % int(rec.updated_ms), b"%d" % int(rec.event_ms),
+        b"%d" % int(rec.global_version), b"%d" % int(rec.partition), b"%d" % int(rec.offset),
         # compact JSON; allow_nan=False keeps it parseable by every JSON library
-        "hist": _HIST_JSON.encode(hist).encode(),
-    }
+        _HIST_JSON.encode(hist).encode(),
+    )  # fmt: skip
 
 
 def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]]:
@@ -291,17 +291,10 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     mean_bytes = np.stack(means).astype(F32).tobytes()
     cov_bytes = np.stack(covs).astype(F32).tobytes()
     mb, cb = 4 * d, 4 * d * d
-    d_text = b"%d" % d
-    out = []
-    for k, rec in enumerate(records):
-        hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
-        out.append((
-            _SCHEMA_TEXT, d_text, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb],
-            b"%d" % int(rec.n_events), b"%d" % int(rec.updated_ms), b"%d" % int(rec.event_ms),
-            b"%d" % int(rec.global_version), b"%d" % int(rec.partition), b"%d" % int(rec.offset),
-            _HIST_JSON.encode(hist).encode(),
-        ))  # fmt: skip
-    return out
+    return [
+        _user_field_values(rec, d, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb])
+        for k, rec in enumerate(records)
+    ]
 
 
 def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> UserRecord:
