@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 class RebalanceTracker(ConsumerRebalanceListener):
     def __init__(self, before_revoke: Any = None) -> None:
         self.before_revoke = before_revoke  # sends the commit of what was written
-        self.revoked: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
         self.generation = 0
 
@@ -43,14 +42,12 @@ class RebalanceTracker(ConsumerRebalanceListener):
                 self.before_revoke(set(revoked))
             except Exception as exc:  # the stored offsets make a re-read safe anyway
                 log.warning("commit on revoke failed", extra={"error": repr(exc)[:200]})
-        self.revoked |= set(revoked)
         self.assigned -= set(revoked)
         self.generation += 1
         log.info("partitions revoked", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in revoked)})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.assigned |= set(assigned)
-        self.revoked -= set(assigned)
         self.generation += 1
         log.info("partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)})
 
