@@ -45,6 +45,14 @@ class StreamSettings(BaseSettings):
     max_payload_bytes: int = Field(4096, ge=64)
     max_future_ms: int = Field(5 * 60_000, ge=0)
     max_id_chars: int = Field(256, ge=1)
+    min_ts_ms: int = Field(946_684_800_000)
+    """Earliest plausible event time, epoch ms (default 2000-01-01T00:00:00Z); earlier is bad_timestamp."""
+    require_key_match: bool = True
+    """The record key must equal the event's user_id (else key_mismatch); false accepts any key."""
+    dlq_max_record_bytes: int = Field(1_000_000, ge=4096)
+    """A dead letter larger than this (key + value + headers) is sent reduced: a prefix and the original's position."""
+    dlq_prefix_bytes: int = Field(1024, ge=0)
+    """How much of key and value a reduced dead letter keeps."""
 
     # Exactly-once effect and dedupe (step 3)
     dedupe_window: int = Field(64, ge=0)

@@ -49,7 +49,7 @@ from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import TRANSIENT, StopRequested, retry
-from streamer.event import EventLimits, InvalidEvent, decode_event
+from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
 from streamer.kafka_admin import ensure_topics
@@ -73,7 +73,7 @@ class Worker:
         self.stop = False
         self.limits = EventLimits(
             max_minutes=settings.max_minutes, max_payload_bytes=settings.max_payload_bytes,
-            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars,
+            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars, min_ts_ms=settings.min_ts_ms,
         )  # fmt: skip
         self.batches_done = 0
         self.last_event_at = time.monotonic()
@@ -119,7 +119,8 @@ class Worker:
         # assigns nothing until the next metadata refresh (minutes).
         retry(lambda: self._require_partitions(s.topic), "topic metadata", log, self._should_stop, s.retry_max_backoff_s)
         self.consumer.subscribe([s.topic], listener=self.tracker)
-        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics)
+        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics,
+                                  max_record_bytes=s.dlq_max_record_bytes, prefix_bytes=s.dlq_prefix_bytes)  # fmt: skip
         cfg = HPMFConfig(**s.model_config_dict())
         self.globals = GlobalStore(
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
@@ -209,8 +210,15 @@ class Worker:
         for r in records:
             try:
                 ev = decode_event(r.value, self.limits, now_ms)
+                if s.require_key_match:
+                    check_key(ev, r.key)
             except InvalidEvent as err:
                 self.dlq.send(r, err)
+                continue
+            except Exception as exc:  # a decoder bug must not stop the stream on one record
+                log.error("decoder failed on a record; dead-lettered", exc_info=True,
+                          extra={"topic": r.topic, "partition": r.partition, "offset": r.offset})  # fmt: skip
+                self.dlq.send(r, InvalidEvent(DECODER_ERROR, repr(exc)[:500]))
                 continue
             valid.append(SourcedEvent(ev, r.partition, r.offset, r.timestamp))
 
