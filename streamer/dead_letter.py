@@ -71,6 +71,14 @@ def reduced_headers(headers: list[tuple[str, bytes]], key: bytes | None, value: 
             ("original_value_bytes", str(len(value or b"")).encode())]  # fmt: skip
 
 
+class _Raw:
+    """What ``_send`` reads of a record, for a payload that is not one."""
+
+    def __init__(self, value: bytes) -> None:
+        self.key, self.value = None, value
+        self.topic, self.partition, self.offset = "", -1, -1
+
+
 class DeadLetterSink:
     """The error policy for invalid events: dead-letter, log, count, go on."""
 
@@ -101,6 +109,10 @@ class DeadLetterSink:
                 "reason": err.reason, "detail": err.detail[:200], "dlq_topic": self.topic,
             },
         )  # fmt: skip
+
+    def send_raw(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """A dead letter that is no Kafka record (the learner's quarantined statistics)."""
+        self._send(_Raw(value), headers, reduce=_size(None, value, headers) > self.max_record_bytes)
 
     def _send(self, record: Any, headers: list[tuple[str, bytes]], reduce: bool) -> None:
         key, value = record.key, record.value

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,18 @@ class StreamSettings(BaseSettings):
     """Stop once no event arrived for this long and every assigned partition is
     read to its end (0: never); for replays and tests."""
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        # The message never repeats the URL: it may hold a password.
+        from redis.connection import parse_url
+
+        try:
+            parse_url(v)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"redis_url is not a Redis URL (redis://, rediss:// or unix://): {type(exc).__name__}") from None
+        return v
+
     @field_validator("auto_offset_reset")
     @classmethod
     def _reset(cls, v: str) -> str:
@@ -129,10 +142,34 @@ class StreamSettings(BaseSettings):
         return out
 
 
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|key|cred", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``.
+    """A URL fit for a log line: the password of the userinfo (or a lone
+    userinfo, which may be one), and every query parameter whose name looks
+    like a secret (``password``, ``token``, ...) become ``***``; a URL that
+    cannot be parsed is not shown at all.
 
     >>> mask_url("redis://:pw@h:6379/0"), mask_url("redis://h:6379/0")
     ('redis://:***@h:6379/0', 'redis://h:6379/0')
+    >>> mask_url("rediss://app:p@ss:w@h/0?password=x&ssl_cert_reqs=none")
+    'rediss://app:***@h/0?password=***&ssl_cert_reqs=none'
+    >>> mask_url("unix:///run/redis.sock?db=0&password=x")
+    'unix:///run/redis.sock?db=0&password=***'
     """
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+            netloc = f"{user}@{host}"
+        query = parts.query
+        if query:
+            pairs = [p.partition("=") for p in query.split("&")]
+            query = "&".join(k + (sep and "=") + ("***" if sep and _SECRET_PARAM.search(unquote(k)) else v) for k, sep, v in pairs)
+        head = f"{parts.scheme}://{netloc}" if "://" in url else urlunsplit((parts.scheme, netloc, "", "", ""))
+        return head + parts.path + (f"?{query}" if query else "") + ("#***" if parts.fragment else "")
+    except ValueError:
+        return "<a URL that cannot be parsed; not shown>"

@@ -37,6 +37,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -48,7 +49,7 @@ from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
-from streamer.errors import TRANSIENT, StopRequested, retry
+from streamer.errors import TRANSIENT, ConfigurationError, StopRequested, fatal_setting, retry
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
@@ -125,13 +126,24 @@ class Worker:
         self.globals = GlobalStore(
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
-            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint,
+            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
         retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
         if not self.globals.is_learner:
             retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
+
+    def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
+        """The learner's dead letter: a global statistics entry it cannot apply,
+        made durable in the dead-letter topic (synchronously; rare) before the
+        learner moves past it."""
+        self.dlq.send_raw(payload, [
+            ("error", reason.encode()), ("error_detail", detail.encode("utf-8", "replace")[:1000]),
+            ("source_topic", f"{self.s.redis_prefix}:gstats".encode()), ("source_offset", stream_id.encode()),
+            ("failed_at", str(int(time.time() * 1000)).encode()),
+        ])  # fmt: skip
+        self.dlq.flush()
 
     def _require_partitions(self, topic: str) -> None:
         from kafka.errors import KafkaError
@@ -162,9 +174,21 @@ class Worker:
                     break
         except StopRequested:
             log.info("stopped while waiting for a dependency; the batch in hand was not committed")
+        except Exception as exc:
+            fatal = fatal_setting(exc)
+            if fatal is None:
+                raise
+            return self._fail_configuration(fatal)
         finally:
             self._close()
         return 0
+
+    def _fail_configuration(self, err: ConfigurationError) -> int:
+        """Exit code 3 and one line naming the setting: retrying cannot fix
+        a refused password or a missing permission."""
+        log.critical("configuration error; stopping", extra={"error": str(err), "setting": err.setting})
+        print(f"hpmf stream: configuration error: {err}", file=sys.stderr, flush=True)
+        return 3
 
     def _close(self) -> None:
         for what, fn in (
