@@ -27,6 +27,8 @@ class StreamSettings(BaseSettings):
     topic: str = "watch-events"
     dlq_topic: str = ""
     """Dead-letter topic; empty means ``<topic>.dlq``."""
+    forget_topic: str = ""
+    """Compacted topic of forget requests (hpmf forget); empty means ``<topic>.forget``."""
     group_id: str = "hpmf-stream"
     partitions: int = Field(4, ge=1)
     """Partitions used when this service creates its topics."""
@@ -124,6 +126,10 @@ class StreamSettings(BaseSettings):
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
 
+    @property
+    def forget_topic_name(self) -> str:
+        return self.forget_topic or f"{self.topic}.forget"
+
     def model_config_dict(self) -> dict[str, Any]:
         """The model's hyper-parameters (``model.config.HPMFConfig`` fields)."""
         return {
@@ -139,6 +145,7 @@ class StreamSettings(BaseSettings):
         out = self.model_dump()
         out["redis_url"] = mask_url(self.redis_url)
         out["dlq_topic"] = self.dead_letter_topic
+        out["forget_topic"] = self.forget_topic_name
         return out
 
 

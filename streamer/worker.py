@@ -51,6 +51,7 @@ from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import TRANSIENT, ConfigurationError, StopRequested, fatal_setting, retry
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
+from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
 from streamer.kafka_admin import ensure_topics
@@ -103,6 +104,11 @@ class Worker:
         if s.create_topics:
             retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
                   "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+        # Forget markers (hpmf forget) from Kafka into Redis before any event
+        # is applied: a Redis that lost them must not let a replay bring a
+        # forgotten user back (streamer/forget.py).
+        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix),
+              "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
@@ -261,6 +267,8 @@ class Worker:
         m.global_version.set(self.globals.model.version)
         m.skipped.inc(update.skipped_replay, "replay")
         m.skipped.inc(update.skipped_duplicate, "duplicate")
+        if update.skipped_forgotten:
+            m.skipped.inc(update.skipped_forgotten, "forgotten")
         retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
 
         # 5. Commit the offsets, only now that the effects are durable (sent
@@ -312,9 +320,10 @@ class Worker:
         s, g = self.s, self.globals
         users = list(dict.fromkeys(se.event.user_id for se in valid))
         versions: dict[str, bytes] = {}
-        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions)
+        forgotten: dict[str, dict[int, int]] = {}
+        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions, forgotten)
         g.refresh(current)
-        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000))
+        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten)
         if update.records:
             assert update.stats is not None
             sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
