@@ -55,6 +55,7 @@ from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
 from streamer.kafka_admin import ensure_topics
+from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
 from streamer.settings import StreamSettings
@@ -98,6 +99,7 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.s
+        lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/kafka_compat.py)
         self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True

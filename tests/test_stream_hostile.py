@@ -8,7 +8,8 @@ OverflowError, on every restart), the near-maximum-size record made the
 dead-letter produce fail (MessageSizeTooLargeError, exit 1 on every restart),
 the newline video id was applied and then froze the global model (the
 learner's publish raised ValueError), the key mismatch and the implausible
-timestamps were applied."""
+timestamps were applied, and a record whose header key is not UTF-8 made
+every poll raise CorruptRecordError (its partition never moved again)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ from test_stream_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 NEAR_MAX = 1_048_400  # the broker's default message.max.bytes is 1,048,588: fits, with headers added it does not
+
+
+class _NotUtf8(str):
+    """A header key that kafka-python's producer writes as non-UTF-8 bytes
+    (the protocol calls it a string; the broker does not check)."""
+
+    def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        return b"\xff\xfe"
 
 
 def ev(user: object, video: object = "v1", minutes: object = 3.0, ts: object = None, eid: str = "h") -> dict[str, object]:
@@ -95,6 +104,12 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
         producer.send(topic_name, key=key, value=value, headers=headers or None, partition=0)
     for key, value in extra:
         producer.send(topic_name, key=key, value=value, headers=garbage)
+    # A valid event whose header key is not UTF-8 (kafka-python's parser used
+    # to raise on it from every poll: the partition never moved again).
+    more, c4 = make_events(3, 40, seed=8, id_prefix="d")
+    counts += c4
+    for key, value in more:
+        producer.send(topic_name, key=key, value=value, headers=[(_NotUtf8("x"), b"v")])
     producer.flush()
     producer.close()
     produce(kafka_bootstrap, topic_name, after)
