@@ -64,6 +64,7 @@ _READ = """
 local F = {'n', 'p', 'o', 'et', 'hist', 'eids', 'mean', 'cov', 'sa'}
 local nu = tonumber(ARGV[1])
 local out = {}
+local forgotten = {}
 for i = 1, nu do
   local v = redis.call('HMGET', KEYS[i], unpack(F))
   if v[1] then
@@ -76,9 +77,14 @@ for i = 1, nu do
   else
     out[i] = ''
   end
-  out[nu + i] = redis.call('GET', KEYS[nu + i]) or ''  -- forget marker (streamer.forget)
+  -- forget marker (streamer.forget): only the few users that have one are
+  -- listed, '<index>=<marker>' one a line, so the reply grows by one element
+  -- and not by one per user (each element costs redis-py's parser ~20 us)
+  local m = redis.call('GET', KEYS[nu + i])
+  if m then forgotten[#forgotten + 1] = i .. '=' .. m end
 end
-out[2 * nu + 1] = redis.call('GET', KEYS[#KEYS]) or ''
+out[nu + 1] = table.concat(forgotten, '\\n')
+out[nu + 2] = redis.call('GET', KEYS[#KEYS]) or ''
 return out
 """
 
@@ -233,8 +239,13 @@ def load_users(
     keys = [user_key(prefix, u).encode() for u in user_ids]
     keys += [forget_key(prefix, u).encode() for u in user_ids] + [pointer_key.encode()]
     replies = _read_script(client, keys, [b"%d" % nu])
+    markers = [b""] * nu
+    if replies[nu]:
+        for line in replies[nu].split(b"\n"):
+            i, _, m = line.partition(b"=")
+            markers[int(i) - 1] = m
     out: dict[str, StoredUser] = {}
-    for uid, raw, marker in zip(user_ids, replies[:nu], replies[nu : 2 * nu], strict=True):
+    for uid, raw, marker in zip(user_ids, replies[:nu], markers, strict=True):
         if marker and forgotten is not None:
             try:
                 forgotten[uid] = parse_marker(marker)
