@@ -45,6 +45,19 @@ def ensure_topics(
         admin.close()
 
 
+def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> bool:
+    """True if the broker refuses to describe ``topic`` to this client
+    (TOPIC_AUTHORIZATION_FAILED, asked by name)."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return any(t.get("error_code") == TopicAuthorizationFailedError.errno for t in described)
+
+
 def delete_topics(bootstrap: str, names: list[str], timeout_ms: int = 15_000) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
     try:

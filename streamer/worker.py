@@ -54,7 +54,7 @@ from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, 
 from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
-from streamer.kafka_admin import ensure_topics
+from streamer.kafka_admin import ensure_topics, topic_refused
 from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
@@ -154,9 +154,14 @@ class Worker:
         self.dlq.flush()
 
     def _require_partitions(self, topic: str) -> None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
         if not self.consumer.partitions_for_topic(topic):
+            # A topic we may not describe looks like one with no partitions
+            # to the consumer (it asks for all topics' metadata); asked by
+            # name, the broker says which (a refusal: not retried).
+            if topic_refused(self.s.kafka_bootstrap, topic):
+                raise TopicAuthorizationFailedError(f"not authorized to describe topic {topic}")
             raise KafkaError(f"topic {topic} has no partitions (yet)")
 
     # ---------------------------------------------------------------- loop

@@ -234,3 +234,42 @@ def test_a_working_password_url_is_never_logged_or_exported(secured_redis, kafka
     assert "hpmf_stream_applied_events_total 300" in scraped[0]
     for secret in SECRETS:
         assert secret not in text and all(secret not in s for s in scraped)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_kafka_authorization_errors_fail_fast(redis_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A private broker (deploy/local/kafka.sh on its own ports) with the
+    standard authorizer; ACLs deny this client a topic, and a consumer group."""
+    import os
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
+
+    port, controller = free_port(), free_port()
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller), "HPMF_RUN": str(tmp_path / "run"),
+           "KAFKA_DATA": str(tmp_path / "kafka-data"),
+           "KAFKA_EXTRA_PROPERTIES": "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+                                     "allow.everyone.if.no.acl.found=true"}  # fmt: skip
+    kafka_sh = ["bash", str(ROOT / "deploy/local/kafka.sh")]
+    started = subprocess.run([*kafka_sh, "start"], env=env, capture_output=True, text=True, timeout=150)
+    assert started.returncode == 0, started.stderr
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        denied_topic, open_topic = "acl-denied-topic", "acl-open-topic"
+        for t in (denied_topic, open_topic):
+            create_topic(bootstrap, t)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_acls([
+            ACL("User:ANONYMOUS", "*", ACLOperation.READ, ACLPermissionType.DENY, ResourcePattern(ResourceType.TOPIC, denied_topic)),
+            ACL("User:ANONYMOUS", "*", ACLOperation.READ, ACLPermissionType.DENY, ResourcePattern(ResourceType.GROUP, f"g-{open_topic}")),
+        ])  # fmt: skip
+        admin.close()
+        for topic, setting in ((denied_topic, "HPMF_TOPIC"), (open_topic, "HPMF_GROUP_ID")):
+            cmd = worker_cmd(bootstrap, redis_url, topic, f"acl-{topic}", "--create-topics", "false")
+            code, out, took = _run_worker(cmd, timeout=90)
+            lines = [line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")]
+            assert code == 3 and len(lines) == 1 and setting in lines[0], f"{topic}: exit {code} after {took:.0f} s\n{out[-2000:]}"
+            assert took < 60
+    finally:
+        subprocess.run([*kafka_sh, "stop"], env=env, capture_output=True, timeout=60)
