@@ -10,6 +10,13 @@ Two kinds of trouble, two answers:
   line; nothing is committed meanwhile, so a crash during the outage loses
   nothing (the batch is replayed, and the per-user stored offsets make the
   replay a no-op for what was already written).
+* **A refusal that waiting cannot fix** -- a wrong Redis password (``WRONGPASS``,
+  ``NOAUTH``), a Redis ACL that lacks a command (``NOPERM``), a Kafka
+  authorization or SASL authentication failure: :func:`fatal_setting` names
+  the setting to fix, :func:`retry` raises :class:`ConfigurationError` at
+  once instead of retrying, and ``hpmf stream`` exits 3 with one line that
+  names the setting. (redis-py makes an authentication error a kind of
+  ConnectionError, which is why it used to be retried forever.)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
 
 T = TypeVar("T")
@@ -39,6 +47,45 @@ class StreamError(RuntimeError):
     """A fault of the service itself (not of an event or a dependency)."""
 
 
+class ConfigurationError(StreamError):
+    """A dependency refused us for a reason only a configuration change can fix."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{message} -- check the setting {setting} (env HPMF_{setting.upper()}, flag --{setting.replace('_', '-')}); not retried")
+        self.setting = setting
+
+
+# (exception class, setting to fix, what it means); the first match wins.
+_FATAL: tuple[tuple[type[BaseException], str, str], ...] = (
+    (redis.exceptions.AuthenticationError, "redis_url", "Redis refused the credentials"),
+    (redis.exceptions.NoPermissionError, "redis_url", "the Redis user lacks a permission (ACL)"),
+    (kafka_errors.TopicAuthorizationFailedError, "topic", "Kafka refused access to the topic"),
+    (kafka_errors.GroupAuthorizationFailedError, "group_id", "Kafka refused access to the consumer group"),
+    (kafka_errors.TransactionalIdAuthorizationFailedError, "kafka_bootstrap", "Kafka refused the transactional id"),
+    (kafka_errors.ClusterAuthorizationFailedError, "kafka_bootstrap", "Kafka refused a cluster operation (ACL)"),
+    (kafka_errors.AuthorizationError, "kafka_bootstrap", "Kafka authorization failed"),
+    (kafka_errors.SaslAuthenticationFailedError, "kafka_bootstrap", "Kafka refused the SASL credentials"),
+    (kafka_errors.UnsupportedSaslMechanismError, "kafka_bootstrap", "Kafka does not support the SASL mechanism"),
+)
+
+
+def fatal_setting(exc: BaseException) -> ConfigurationError | None:
+    """The configuration error that ``exc`` means, or None if it may pass by itself.
+
+    >>> fatal_setting(redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair")).setting
+    'redis_url'
+    >>> fatal_setting(redis.exceptions.ConnectionError("Connection refused")) is None
+    True
+    """
+    if isinstance(exc, ConfigurationError):
+        return exc
+    for cls, setting, what in _FATAL:
+        if isinstance(exc, cls):
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return ConfigurationError(setting, f"{what} ({type(exc).__name__}: {detail})")
+    return None
+
+
 class StopRequested(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside a retry loop when shutdown was requested."""
 
@@ -54,7 +101,10 @@ def retry(
 ) -> T:
     """Call ``fn`` until it succeeds, sleeping 50 ms, 100 ms, ... up to
     ``max_backoff_s`` (with jitter, so N workers do not reconnect in lockstep)
-    between attempts that fail with a transient error. Other errors propagate.
+    between attempts that fail with a transient error. Other errors propagate;
+    an authentication or authorization refusal (:func:`fatal_setting`) is
+    raised at once as :class:`ConfigurationError`, even where its class is a
+    transient one (redis-py's AuthenticationError is a ConnectionError).
     Raises :class:`StopRequested` if shutdown is requested while waiting: the
     caller then must not treat the step as done."""
     delay = 0.05
@@ -62,7 +112,12 @@ def retry(
     while True:
         try:
             return fn()
-        except transient as exc:
+        except Exception as exc:
+            fatal = fatal_setting(exc)
+            if fatal is not None:
+                raise fatal from exc
+            if not isinstance(exc, transient):
+                raise
             attempt += 1
             if on_failure is not None:
                 on_failure(exc)

@@ -53,10 +53,19 @@ ABSURD_MINUTES = "absurd_minutes"
 BAD_TIMESTAMP = "bad_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 BAD_ID = "bad_id"
+KEY_MISMATCH = "key_mismatch"
+DECODER_ERROR = "decoder_error"
 REASONS = (
     PAYLOAD_TOO_LARGE, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
     NOT_FINITE, NEGATIVE_MINUTES, ABSURD_MINUTES, BAD_TIMESTAMP, FUTURE_TIMESTAMP, BAD_ID,
+    KEY_MISMATCH, DECODER_ERROR,
 )  # fmt: skip
+"""``key_mismatch``: the Kafka key is not the ``user_id`` (see :func:`check_key`).
+``decoder_error``: the decoder itself failed on the record (a bug, never a
+contract rule); the worker dead-letters the record rather than stop on it."""
+
+#: Earliest plausible event time by default: 2000-01-01T00:00:00Z.
+MIN_TS_MS_DEFAULT = 946_684_800_000
 
 
 class InvalidEvent(ValueError):
@@ -106,6 +115,7 @@ class EventLimits:
     max_payload_bytes: int = 4096
     max_future_ms: int = 5 * 60_000
     max_id_chars: int = 256
+    min_ts_ms: int = MIN_TS_MS_DEFAULT
 
 
 def _pydantic_reason(exc: ValidationError) -> InvalidEvent:
@@ -124,25 +134,62 @@ def _pydantic_reason(exc: ValidationError) -> InvalidEvent:
     return InvalidEvent(WRONG_TYPE, f"field {loc!r}: {err['msg']} (got {err.get('input')!r:.60})")
 
 
+def valid_id(text: str, max_chars: int = 256) -> bool:
+    """The identifier alphabet: 1..``max_chars`` characters, each *printable*
+    in Python's sense (``str.isprintable``): no character of the Unicode
+    categories Other (Cc control characters such as newline, tab, NUL; Cf
+    format; Cs surrogates; Co private use; Cn unassigned) or Separator (Zl,
+    Zp, Zs), except the ASCII space. Letters, digits, marks, punctuation and
+    symbols of any script are fine.
+
+    Why: ids become Redis keys and are newline-joined in the published global
+    record; a control character in one froze the global model.
+
+    >>> valid_id("user-42"), valid_id("vidéo 7"), valid_id("a\\nb"), valid_id(""), valid_id("x" * 257)
+    (True, True, False, False, False)
+    """
+    return 0 < len(text) <= max_chars and text.isprintable()
+
+
 def _check_id(name: str, value: str | int, limits: EventLimits) -> str:
-    text = str(value)
-    if not text or len(text) > limits.max_id_chars:
-        raise InvalidEvent(BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters, got {len(text)}")
-    return text
+    if isinstance(value, int):
+        # An integer id is its decimal text; one too long for the limit is
+        # refused before it is converted (Python refuses str() of an integer
+        # over 4,300 digits with a ValueError of its own).
+        if value.bit_length() > 4 * limits.max_id_chars:
+            raise InvalidEvent(BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters (an integer of over {limits.max_id_chars} digits)")
+        value = str(value)
+    if not 0 < len(value) <= limits.max_id_chars:
+        raise InvalidEvent(BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters, got {len(value)}")
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise InvalidEvent(BAD_ID, f"{name} holds a non-printable character U+{ord(bad):04X} (control, format or separator)")
+    return value
 
 
 def _ts_ms(ts: str | float | int) -> int:
     if isinstance(ts, str):
         try:
             dt = datetime.fromisoformat(ts)
-        except ValueError as exc:
+            if dt.tzinfo is None:  # a naive time is taken as UTC, the only sane default
+                dt = dt.replace(tzinfo=UTC)
+            return int(dt.timestamp() * 1000)
+        except (ValueError, OverflowError) as exc:
             raise InvalidEvent(BAD_TIMESTAMP, f"ts {ts[:40]!r} is not ISO-8601") from exc
-        if dt.tzinfo is None:  # a naive time is taken as UTC, the only sane default
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
-    if not math.isfinite(ts) or ts < 0:
-        raise InvalidEvent(BAD_TIMESTAMP, f"ts must be epoch milliseconds >= 0, got {ts}")
+    if isinstance(ts, int):
+        return ts  # any size: the plausible window below rejects what is absurd
+    if not math.isfinite(ts):
+        raise InvalidEvent(BAD_TIMESTAMP, f"ts must be finite epoch milliseconds, got {ts}")
     return int(ts)
+
+
+def _as_float(name: str, value: float | int) -> float:
+    """A JSON number as a float; an integer too large for a float (JSON allows
+    any number of digits) is not finite, not a crash."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidEvent(NOT_FINITE, f"{name} does not fit a float (an integer of {value.bit_length()} bits)") from None
 
 
 def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEvent:
@@ -159,7 +206,7 @@ def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEv
         wire = _validate_wire_json(raw)
     except ValidationError as exc:
         raise _pydantic_reason(exc) from None
-    minutes = float(wire["minutes"])
+    minutes = _as_float("minutes", wire["minutes"])
     if not math.isfinite(minutes):
         raise InvalidEvent(NOT_FINITE, f"minutes must be finite, got {minutes}")
     if minutes < 0:
@@ -167,9 +214,12 @@ def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEv
     if minutes > limits.max_minutes:
         raise InvalidEvent(ABSURD_MINUTES, f"minutes {minutes} > cap {limits.max_minutes}")
     ts_ms = _ts_ms(wire["ts"])
+    if ts_ms < limits.min_ts_ms:
+        raise InvalidEvent(BAD_TIMESTAMP, f"ts {_short(ts_ms)} ms is before the plausible window (min_ts_ms {limits.min_ts_ms})")
     if ts_ms > now_ms + limits.max_future_ms:
         raise InvalidEvent(
-            FUTURE_TIMESTAMP, f"ts is {(ts_ms - now_ms) / 1000:.0f} s in the future (limit {limits.max_future_ms / 1000:.0f} s)"
+            FUTURE_TIMESTAMP,
+            f"ts {_short(ts_ms)} ms is more than {limits.max_future_ms / 1000:.0f} s in the future (now {now_ms})",
         )
     return WatchEvent(
         event_id=_check_id("event_id", wire["event_id"], limits),
@@ -178,6 +228,30 @@ def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEv
         minutes=minutes,
         ts_ms=ts_ms,
     )
+
+
+def _short(n: int) -> str:
+    """An integer for a message: a few-hundred-digit one is cut, not printed."""
+    text = str(n) if n.bit_length() < 200 else f"~2^{n.bit_length()}"
+    return text
+
+
+def check_key(event: WatchEvent, key: bytes | None) -> None:
+    """The record's key must be the event's ``user_id`` (UTF-8): partitioning
+    by user is what keeps a user's events in order on one partition, and the
+    per-user stored offset skips replays only then. Raises ``key_mismatch``.
+
+    >>> e = WatchEvent("e", "u1", "v", 1.0, 0)
+    >>> check_key(e, b"u1")
+    >>> check_key(e, None)
+    Traceback (most recent call last):
+    ...
+    streamer.event.InvalidEvent: key_mismatch: record has no key; it must be the user_id 'u1'
+    """
+    if key is None:
+        raise InvalidEvent(KEY_MISMATCH, f"record has no key; it must be the user_id {event.user_id!r}")
+    if key != event.user_id.encode():
+        raise InvalidEvent(KEY_MISMATCH, f"record key {key[:64]!r} is not the user_id {event.user_id!r}")
 
 
 def encode_event(event_id: str, user_id: str | int, video_id: str | int, minutes: float, ts_ms: int) -> bytes:

@@ -32,22 +32,29 @@ globals version each local step used can differ by the publish interval).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import redis
 
 from model.checkpoint import from_bytes, load_checkpoint, to_bytes
 from model.config import HPMFConfig
 from model.online import GlobalStats, OnlineHPMF
+from streamer.event import valid_id
 from streamer.global_stats_record import (
+    BlobError,
     decode_snapshot,
     decode_stats,
     encode_snapshot,
+    encode_stats,
 )
 from streamer.metrics import StreamMetrics
 from streamer.redis_record import (
+    GlobalRecord,
     global_current_key,
     global_record_from_snapshot,
     write_global_record,
@@ -57,6 +64,12 @@ log = logging.getLogger(__name__)
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class _Unusable(Exception):  # noqa: N818 - internal control flow
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
 def _next_id(stream_id: str) -> str:
@@ -70,6 +83,7 @@ class GlobalStore:
         self, client: redis.Redis, prefix: str, worker_id: str, config: HPMFConfig, metrics: StreamMetrics,
         lease_ms: int = 10_000, publish_every_batches: int = 20, publish_every_ms: int = 1000,
         global_ttl_s: int = 3600, warm_start: str = "",
+        quarantine: Callable[[str, bytes, str, str], None] | None = None,
     ) -> None:  # fmt: skip
         self.r = client
         self.prefix = prefix
@@ -81,6 +95,11 @@ class GlobalStore:
         self.publish_every_ms = publish_every_ms
         self.global_ttl_s = global_ttl_s
         self.warm_start = warm_start
+        # quarantine(stream_id, payload, reason, detail): makes a statistics
+        # entry the learner cannot apply durable elsewhere (the worker: the
+        # dead-letter topic) before it is skipped; see _quarantine.
+        self.quarantine = quarantine
+        self.unpublishable: set[str] = set()  # video ids left out of the published record
         self.stream_key = f"{prefix}:gstats"
         self.learner_key = f"{prefix}:learner"
         self.lease_key = f"{prefix}:learner:lease"
@@ -189,9 +208,17 @@ class GlobalStore:
         for sid_raw, fields in entries:
             sid = sid_raw.decode()
             stats = self.own.pop(sid, None)
-            if stats is None:
-                stats = decode_stats(fields[b"b"])
-            self.model.apply_global(stats)
+            try:
+                if stats is None:
+                    stats = decode_stats(fields.get(b"b", b""))
+                bad = [v for v in stats.video_ids if not valid_id(str(v), 1 << 20)]
+                if bad:
+                    raise _Unusable("unpublishable_video_id", f"{len(bad)} video ids outside the id alphabet, e.g. {str(bad[0])[:80]!r}")
+                self.model.apply_global(stats)
+            except BlobError as exc:
+                self._quarantine(sid, fields.get(b"b", b""), "unreadable_stats", str(exc))
+            except _Unusable as exc:
+                self._quarantine(sid, fields.get(b"b") or encode_stats(stats), exc.reason, exc.detail)  # type: ignore[arg-type]
             self.last_id = sid
             self.unpublished += 1
         if self.unpublished and (
@@ -202,12 +229,45 @@ class GlobalStore:
         self.metrics.global_version.set(self.model.version)
         return len(entries)
 
+    def _quarantine(self, sid: str, payload: bytes, reason: str, detail: str) -> None:
+        """Skip a statistics entry the learner cannot use (it would otherwise
+        stop the global step on every restart: the entry stays in the stream
+        until a checkpoint covers it). The users' records of that batch are
+        written already; only its contribution to the globals is lost, and
+        it is kept, with the reason, in the dead-letter topic. Raises (the
+        caller retries) if it cannot be made durable there."""
+        if self.quarantine is not None:
+            self.quarantine(sid, payload, reason, detail)
+        self.metrics.quarantined.inc(label=reason)
+        log.error("global statistics entry quarantined (not applied)",
+                  extra={"stream_id": sid, "reason": reason, "detail": detail[:300]})  # fmt: skip
+
+    def _publishable(self, record: GlobalRecord) -> GlobalRecord:
+        """The record without videos whose id cannot be published (a model
+        restored from a checkpoint written before ids were checked): they are
+        left out, logged once each, instead of failing every publish."""
+        keep = [i for i, v in enumerate(record.video_ids) if valid_id(v, 1 << 20)]
+        if len(keep) == len(record.video_ids):
+            return record
+        for i in sorted(set(range(len(record.video_ids))) - set(keep)):
+            vid = record.video_ids[i]
+            if vid not in self.unpublishable:
+                self.unpublishable.add(vid)
+                self.metrics.quarantined.inc(label="unpublishable_video_id")
+                log.error("video left out of the published global record: id outside the alphabet",
+                          extra={"video_id": vid[:80]})  # fmt: skip
+        idx = np.asarray(keep, dtype=np.int64)
+        return dataclasses.replace(
+            record, video_ids=[record.video_ids[i] for i in keep], video_mean=record.video_mean[idx],
+            video_cov=record.video_cov[idx], video_scale=record.video_scale[idx],
+        )  # fmt: skip
+
     def publish(self) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI
         fenced by the lease (a learner that lost its lease cannot overwrite)."""
         snap = self.model.export_globals()
         now_ms = int(time.time() * 1000)
-        record = global_record_from_snapshot(snap, now_ms)
+        record = self._publishable(global_record_from_snapshot(snap, now_ms))
         ckpt = to_bytes(self.model)
         snap_blob = encode_snapshot(snap)
         with self.r.pipeline(transaction=True) as pipe:

@@ -14,9 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def ensure_topics(
-    bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_ms: int = 15_000
+    bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_ms: int = 15_000,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
-    """Create every topic in ``topics`` (name -> partitions) that does not exist yet.
+    """Create every topic in ``topics`` (name -> partitions) that does not exist yet,
+    with the topic configs in ``configs`` (name -> {key: value}) if given.
 
     Returns the names created. Idempotent: existing topics are left as they are
     (their partition count is not changed; repartitioning a keyed topic would
@@ -26,7 +28,8 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(name=name, num_partitions=n, replication_factor=replication)
+            NewTopic(name=name, num_partitions=n, replication_factor=replication,
+                     topic_configs=(configs or {}).get(name, {}))
             for name, n in topics.items()
             if name not in existing
         ]
@@ -40,6 +43,19 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> bool:
+    """True if the broker refuses to describe ``topic`` to this client
+    (TOPIC_AUTHORIZATION_FAILED, asked by name)."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return any(t.get("error_code") == TopicAuthorizationFailedError.errno for t in described)
 
 
 def delete_topics(bootstrap: str, names: list[str], timeout_ms: int = 15_000) -> None:

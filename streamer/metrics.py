@@ -95,7 +95,9 @@ class StreamMetrics:
         p = "hpmf_stream_"
         self.events = Counter(p + "events_consumed_total", "Kafka records consumed (valid or not).")
         self.invalid = Counter(p + "invalid_events_total", "Events sent to the dead-letter topic.", "reason")
-        self.skipped = Counter(p + "skipped_events_total", "Valid events not applied (already applied).", "why")
+        self.dead_letters_reduced = Counter(p + "dead_letters_reduced_total", "Dead letters too large to produce whole, sent reduced (a prefix).")
+        self.quarantined = Counter(p + "quarantined_stats_total", "Global statistics entries the learner could not apply or publish, dead-lettered.", "reason")
+        self.skipped = Counter(p + "skipped_events_total", "Valid events not applied (replay: already applied; duplicate: event id seen; forgotten: produced before the user was forgotten).", "why")
         self.applied = Counter(p + "applied_events_total", "Events folded into user posteriors.")
         self.batches = Counter(p + "batches_total", "Minibatches processed (non-empty).")
         self.users_written = Counter(p + "users_written_total", "User records written to Redis.")

@@ -7,7 +7,9 @@ Exactly-once effect: an event is skipped when
   partition (``replay``: a batch written to Redis whose offsets were not
   committed before a crash or rebalance is read again), or
 * its ``event_id`` is among the user's last ``dedupe_window`` event ids, or
-  earlier in this batch (``duplicate``: a producer retry or a replayed file).
+  earlier in this batch (``duplicate``: a producer retry or a replayed file), or
+* its user was forgotten (``hpmf forget``) after it was produced
+  (``forgotten``: its offset is below the forget's cutoff for its partition).
 
 A user all of whose events are skipped is not rewritten.
 """
@@ -20,6 +22,7 @@ from typing import Any
 from model.batch import Batch
 from model.online import GlobalStats, OnlineHPMF
 from streamer.event import WatchEvent
+from streamer.forget import is_forgotten
 from streamer.redis_record import UserRecord, user_record_from_state
 from streamer.user_store import StoredUser
 
@@ -43,6 +46,7 @@ class ModelUpdate:
     produce_ts_ms: list[int] = field(default_factory=list)  # of applied events (freshness)
     skipped_replay: int = 0
     skipped_duplicate: int = 0
+    skipped_forgotten: int = 0
 
     @property
     def applied(self) -> int:
@@ -73,12 +77,24 @@ def select_new_events(
     return keep, replay, dup
 
 
+def drop_forgotten(events: list[SourcedEvent], forgotten: dict[str, dict[int, int]]) -> list[SourcedEvent]:
+    """The events that are not of a forgotten user from before the forget
+    (:mod:`streamer.forget`: below the cutoff of their partition)."""
+    if not forgotten:
+        return events
+    return [se for se in events
+            if se.event.user_id not in forgotten
+            or not is_forgotten(forgotten[se.event.user_id], se.partition, se.offset)]  # fmt: skip
+
+
 def update_users(
     model: OnlineHPMF, events: list[SourcedEvent], stored: dict[str, StoredUser],
-    dedupe_window: int, now_ms: int,
+    dedupe_window: int, now_ms: int, forgotten: dict[str, dict[int, int]] | None = None,
 ) -> ModelUpdate:  # fmt: skip
+    n_all = len(events)
+    events = drop_forgotten(events, forgotten or {})
     keep, replay, dup = select_new_events(events, stored)
-    out = ModelUpdate(skipped_replay=replay, skipped_duplicate=dup)
+    out = ModelUpdate(skipped_replay=replay, skipped_duplicate=dup, skipped_forgotten=n_all - len(events))
     if not keep:
         return out
     batch = Batch.of(

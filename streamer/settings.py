@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,8 @@ class StreamSettings(BaseSettings):
     topic: str = "watch-events"
     dlq_topic: str = ""
     """Dead-letter topic; empty means ``<topic>.dlq``."""
+    forget_topic: str = ""
+    """Compacted topic of forget requests (hpmf forget); empty means ``<topic>.forget``."""
     group_id: str = "hpmf-stream"
     partitions: int = Field(4, ge=1)
     """Partitions used when this service creates its topics."""
@@ -45,6 +48,14 @@ class StreamSettings(BaseSettings):
     max_payload_bytes: int = Field(4096, ge=64)
     max_future_ms: int = Field(5 * 60_000, ge=0)
     max_id_chars: int = Field(256, ge=1)
+    min_ts_ms: int = Field(946_684_800_000)
+    """Earliest plausible event time, epoch ms (default 2000-01-01T00:00:00Z); earlier is bad_timestamp."""
+    require_key_match: bool = True
+    """The record key must equal the event's user_id (else key_mismatch); false accepts any key."""
+    dlq_max_record_bytes: int = Field(1_000_000, ge=4096)
+    """A dead letter larger than this (key + value + headers) is sent reduced: a prefix and the original's position."""
+    dlq_prefix_bytes: int = Field(1024, ge=0)
+    """How much of key and value a reduced dead letter keeps."""
 
     # Exactly-once effect and dedupe (step 3)
     dedupe_window: int = Field(64, ge=0)
@@ -85,6 +96,18 @@ class StreamSettings(BaseSettings):
     """Stop once no event arrived for this long and every assigned partition is
     read to its end (0: never); for replays and tests."""
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        # The message never repeats the URL: it may hold a password.
+        from redis.connection import parse_url
+
+        try:
+            parse_url(v)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"redis_url is not a Redis URL (redis://, rediss:// or unix://): {type(exc).__name__}") from None
+        return v
+
     @field_validator("auto_offset_reset")
     @classmethod
     def _reset(cls, v: str) -> str:
@@ -103,6 +126,10 @@ class StreamSettings(BaseSettings):
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
 
+    @property
+    def forget_topic_name(self) -> str:
+        return self.forget_topic or f"{self.topic}.forget"
+
     def model_config_dict(self) -> dict[str, Any]:
         """The model's hyper-parameters (``model.config.HPMFConfig`` fields)."""
         return {
@@ -118,13 +145,38 @@ class StreamSettings(BaseSettings):
         out = self.model_dump()
         out["redis_url"] = mask_url(self.redis_url)
         out["dlq_topic"] = self.dead_letter_topic
+        out["forget_topic"] = self.forget_topic_name
         return out
 
 
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|key|cred", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``.
+    """A URL fit for a log line: the password of the userinfo (or a lone
+    userinfo, which may be one), and every query parameter whose name looks
+    like a secret (``password``, ``token``, ...) become ``***``; a URL that
+    cannot be parsed is not shown at all.
 
     >>> mask_url("redis://:pw@h:6379/0"), mask_url("redis://h:6379/0")
     ('redis://:***@h:6379/0', 'redis://h:6379/0')
+    >>> mask_url("rediss://app:p@ss:w@h/0?password=x&ssl_cert_reqs=none")
+    'rediss://app:***@h/0?password=***&ssl_cert_reqs=none'
+    >>> mask_url("unix:///run/redis.sock?db=0&password=x")
+    'unix:///run/redis.sock?db=0&password=***'
     """
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+            netloc = f"{user}@{host}"
+        query = parts.query
+        if query:
+            pairs = [p.partition("=") for p in query.split("&")]
+            query = "&".join(k + (sep and "=") + ("***" if sep and _SECRET_PARAM.search(unquote(k)) else v) for k, sep, v in pairs)
+        head = f"{parts.scheme}://{netloc}" if "://" in url else urlunsplit((parts.scheme, netloc, "", "", ""))
+        return head + parts.path + (f"?{query}" if query else "") + ("#***" if parts.fragment else "")
+    except ValueError:
+        return "<a URL that cannot be parsed; not shown>"

@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        print(f"hpmf stream: invalid settings: {exc}", file=sys.stderr)
+        # Each error's location and message, never its input: a URL may hold a password.
+        errors = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False))
+        print(f"hpmf stream: invalid settings: {errors}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     log = logging.getLogger("streamer.stream")

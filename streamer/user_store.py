@@ -50,6 +50,7 @@ import numpy as np
 import redis
 
 from model.posterior import UserState
+from streamer.forget import forget_key, parse_marker
 from streamer.redis_record import USER_FIELDS, UserRecord, encode_user_records, user_key
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ _F32 = np.dtype("<f4")
 
 _READ = """
 local F = {'n', 'p', 'o', 'et', 'hist', 'eids', 'mean', 'cov', 'sa'}
+local nu = tonumber(ARGV[1])
 local out = {}
-for i = 1, #KEYS - 1 do
+local forgotten = {}
+for i = 1, nu do
   local v = redis.call('HMGET', KEYS[i], unpack(F))
   if v[1] then
     local parts = {}
@@ -74,24 +77,32 @@ for i = 1, #KEYS - 1 do
   else
     out[i] = ''
   end
+  -- forget marker (streamer.forget): only the few users that have one are
+  -- listed, '<index>=<marker>' one a line, so the reply grows by one element
+  -- and not by one per user (each element costs redis-py's parser ~20 us)
+  local m = redis.call('GET', KEYS[nu + i])
+  if m then forgotten[#forgotten + 1] = i .. '=' .. m end
 end
-out[#KEYS] = redis.call('GET', KEYS[#KEYS]) or ''
+out[nu + 1] = table.concat(forgotten, '\\n')
+out[nu + 2] = redis.call('GET', KEYS[#KEYS]) or ''
 return out
 """
 
 _WRITE = """
 local ttl = ARGV[1]
 local nf = tonumber(ARGV[2])
-local nu = #KEYS - 1
+local nu = (#KEYS - 1) / 2
 -- Fence: every user must still be as this worker read them (same event
--- count 'n', '' for absent). Another worker may own the partition now -- a
--- rebalance can complete while this batch is in flight -- and may have
--- written newer events; overwriting them would lose them. Checked for all
--- users before anything is written, so a conflict writes nothing.
+-- count 'n', '' for absent, and the same forget marker). Another worker may
+-- own the partition now -- a rebalance can complete while this batch is in
+-- flight -- and may have written newer events; overwriting them would lose
+-- them. And `hpmf forget` may have deleted the user meanwhile; writing would
+-- bring them back. Checked for all users before anything is written, so a
+-- conflict writes nothing.
 for k = 1, nu do
   local want = ARGV[2 + k]
   if want ~= '*' then
-    local cur = redis.call('HGET', KEYS[k], 'n') or ''
+    local cur = (redis.call('HGET', KEYS[k], 'n') or '') .. '|' .. (redis.call('GET', KEYS[nu + k]) or '')
     if cur ~= want then
       return redis.error_reply('HPMF_CONFLICT ' .. KEYS[k])
     end
@@ -214,26 +225,41 @@ class WriteConflict(Exception):
 
 def load_users(
     client: redis.Redis, prefix: str, user_ids: list[str], pointer_key: str,
-    versions: dict[str, bytes] | None = None,
+    versions: dict[str, bytes] | None = None, forgotten: dict[str, dict[int, int]] | None = None,
 ) -> tuple[dict[str, StoredUser], bytes | None]:  # fmt: skip
     """Read every user in one round trip, plus the value of ``pointer_key``
     (the globals version pointer). Missing users are absent from the result;
     a corrupt record is logged and treated as missing (the user restarts from
     the prior rather than stopping the stream). ``versions``, if given, gets
-    each user's stored event count as read (b"" when absent, b"*" when
-    unreadable): the write's fence."""
-    keys = [user_key(prefix, u).encode() for u in user_ids] + [pointer_key.encode()]
-    replies = _read_script(client, keys, [])
+    each user's stored event count and forget marker as read (``n|marker``,
+    b"|" when absent, b"*" when unreadable): the write's fence.
+    ``forgotten``, if given, gets the forget cutoffs of the users that were
+    forgotten (:mod:`streamer.forget`)."""
+    nu = len(user_ids)
+    keys = [user_key(prefix, u).encode() for u in user_ids]
+    keys += [forget_key(prefix, u).encode() for u in user_ids] + [pointer_key.encode()]
+    replies = _read_script(client, keys, [b"%d" % nu])
+    markers = [b""] * nu
+    if replies[nu]:
+        for line in replies[nu].split(b"\n"):
+            i, _, m = line.partition(b"=")
+            markers[int(i) - 1] = m
     out: dict[str, StoredUser] = {}
-    for uid, raw in zip(user_ids, replies, strict=False):
+    for uid, raw, marker in zip(user_ids, replies[:nu], markers, strict=True):
+        if marker and forgotten is not None:
+            try:
+                forgotten[uid] = parse_marker(marker)
+            except ValueError:
+                log.error("unreadable forget marker; the user's events are skipped", extra={"user": uid[:80]})
+                forgotten[uid] = {}
         if versions is not None:
-            versions[uid] = b""
+            versions[uid] = b"|" + marker
         if not raw:
             continue
         try:
             n, p, o, et, hist, eids, mean, cov, sa = _split(raw)
             if versions is not None:
-                versions[uid] = n
+                versions[uid] = n + b"|" + marker
             history = {str(v): (float(x), int(s)) for v, x, s in json.loads(hist)}
             state = UserState(history=history, n_events=int(n))
             _posterior_into(state, mean, cov, sa)
@@ -262,6 +288,7 @@ def write_batch(
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
     # dozen fields, so each user's fields go through one framing template.
     keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
+    keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
     values = encode_user_records(list(records.values()))
     fields: list[bytes] = []
     for uid, vals in zip(records, values, strict=True):

@@ -37,6 +37,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -48,11 +49,13 @@ from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.dead_letter import DeadLetterSink
-from streamer.errors import TRANSIENT, StopRequested, retry
-from streamer.event import EventLimits, InvalidEvent, decode_event
+from streamer.errors import TRANSIENT, ConfigurationError, StopRequested, fatal_setting, retry
+from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
+from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
-from streamer.kafka_admin import ensure_topics
+from streamer.kafka_admin import ensure_topics, topic_refused
+from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
 from streamer.settings import StreamSettings
@@ -73,7 +76,7 @@ class Worker:
         self.stop = False
         self.limits = EventLimits(
             max_minutes=settings.max_minutes, max_payload_bytes=settings.max_payload_bytes,
-            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars,
+            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars, min_ts_ms=settings.min_ts_ms,
         )  # fmt: skip
         self.batches_done = 0
         self.last_event_at = time.monotonic()
@@ -96,12 +99,18 @@ class Worker:
 
     def _connect(self) -> None:
         s = self.s
+        lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/kafka_compat.py)
         self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
             retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
                   "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+        # Forget markers (hpmf forget) from Kafka into Redis before any event
+        # is applied: a Redis that lost them must not let a replay bring a
+        # forgotten user back (streamer/forget.py).
+        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix),
+              "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
@@ -119,12 +128,13 @@ class Worker:
         # assigns nothing until the next metadata refresh (minutes).
         retry(lambda: self._require_partitions(s.topic), "topic metadata", log, self._should_stop, s.retry_max_backoff_s)
         self.consumer.subscribe([s.topic], listener=self.tracker)
-        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics)
+        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics,
+                                  max_record_bytes=s.dlq_max_record_bytes, prefix_bytes=s.dlq_prefix_bytes)  # fmt: skip
         cfg = HPMFConfig(**s.model_config_dict())
         self.globals = GlobalStore(
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
-            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint,
+            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
@@ -132,10 +142,26 @@ class Worker:
         if not self.globals.is_learner:
             retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
 
+    def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
+        """The learner's dead letter: a global statistics entry it cannot apply,
+        made durable in the dead-letter topic (synchronously; rare) before the
+        learner moves past it."""
+        self.dlq.send_raw(payload, [
+            ("error", reason.encode()), ("error_detail", detail.encode("utf-8", "replace")[:1000]),
+            ("source_topic", f"{self.s.redis_prefix}:gstats".encode()), ("source_offset", stream_id.encode()),
+            ("failed_at", str(int(time.time() * 1000)).encode()),
+        ])  # fmt: skip
+        self.dlq.flush()
+
     def _require_partitions(self, topic: str) -> None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
         if not self.consumer.partitions_for_topic(topic):
+            # A topic we may not describe looks like one with no partitions
+            # to the consumer (it asks for all topics' metadata); asked by
+            # name, the broker says which (a refusal: not retried).
+            if topic_refused(self.s.kafka_bootstrap, topic):
+                raise TopicAuthorizationFailedError(f"not authorized to describe topic {topic}")
             raise KafkaError(f"topic {topic} has no partitions (yet)")
 
     # ---------------------------------------------------------------- loop
@@ -161,9 +187,21 @@ class Worker:
                     break
         except StopRequested:
             log.info("stopped while waiting for a dependency; the batch in hand was not committed")
+        except Exception as exc:
+            fatal = fatal_setting(exc)
+            if fatal is None:
+                raise
+            return self._fail_configuration(fatal)
         finally:
             self._close()
         return 0
+
+    def _fail_configuration(self, err: ConfigurationError) -> int:
+        """Exit code 3 and one line naming the setting: retrying cannot fix
+        a refused password or a missing permission."""
+        log.critical("configuration error; stopping", extra={"error": str(err), "setting": err.setting})
+        print(f"hpmf stream: configuration error: {err}", file=sys.stderr, flush=True)
+        return 3
 
     def _close(self) -> None:
         for what, fn in (
@@ -209,8 +247,15 @@ class Worker:
         for r in records:
             try:
                 ev = decode_event(r.value, self.limits, now_ms)
+                if s.require_key_match:
+                    check_key(ev, r.key)
             except InvalidEvent as err:
                 self.dlq.send(r, err)
+                continue
+            except Exception as exc:  # a decoder bug must not stop the stream on one record
+                log.error("decoder failed on a record; dead-lettered", exc_info=True,
+                          extra={"topic": r.topic, "partition": r.partition, "offset": r.offset})  # fmt: skip
+                self.dlq.send(r, InvalidEvent(DECODER_ERROR, repr(exc)[:500]))
                 continue
             valid.append(SourcedEvent(ev, r.partition, r.offset, r.timestamp))
 
@@ -229,6 +274,8 @@ class Worker:
         m.global_version.set(self.globals.model.version)
         m.skipped.inc(update.skipped_replay, "replay")
         m.skipped.inc(update.skipped_duplicate, "duplicate")
+        if update.skipped_forgotten:
+            m.skipped.inc(update.skipped_forgotten, "forgotten")
         retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
 
         # 5. Commit the offsets, only now that the effects are durable (sent
@@ -280,9 +327,10 @@ class Worker:
         s, g = self.s, self.globals
         users = list(dict.fromkeys(se.event.user_id for se in valid))
         versions: dict[str, bytes] = {}
-        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions)
+        forgotten: dict[str, dict[int, int]] = {}
+        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions, forgotten)
         g.refresh(current)
-        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000))
+        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten)
         if update.records:
             assert update.stats is not None
             sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,

@@ -48,7 +48,7 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytes
         enc["sa"] = repr(seen_at[uid]).encode() if uid in seen_at else b""
         for name, value in enc.items():
             fields += [name.encode(), value]
-    keys = [user_key("pre", u).encode() for u in records] + [b"pre:g:stream"]
+    keys = [user_key("pre", u).encode() for u in records] + [f"pre:f:{{{u}}}".encode() for u in records] + [b"pre:g:stream"]
     fence = [expected.get(u, b"*") for u in records]
     args = [b"EVALSHA", user_store._write_script.sha, b"%d" % len(keys), *keys, b"600", b"13", *fence, *fields, b"w1", b"stats"]
     assert sent == [user_store._pack(args)]

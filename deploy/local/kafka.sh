@@ -8,7 +8,8 @@
 #
 # Environment: KAFKA_VERSION (4.1.1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093),
 # HPMF_CACHE (~/.cache/hpmf: jars), HPMF_RUN (./.run: pid, log), KAFKA_DATA (tmp dir),
-# KAFKA_MVN_OPTS (extra Maven flags, e.g. a settings file: "-s my-settings.xml").
+# KAFKA_MVN_OPTS (extra Maven flags, e.g. a settings file: "-s my-settings.xml"),
+# KAFKA_EXTRA_PROPERTIES (broker properties appended, one a line; tests use it for an authorizer).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -111,6 +112,8 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=24
 PROPS
+    # Extra broker properties, one a line (a test's private broker with an authorizer).
+    [ -z "${KAFKA_EXTRA_PROPERTIES:-}" ] || printf '%s\n' "$KAFKA_EXTRA_PROPERTIES" >> "$props"
     local t0
     t0=$(date +%s.%N)
     if [ ! -f "$DATA/meta.properties" ]; then
