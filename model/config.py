@@ -58,6 +58,19 @@ class HPMFConfig:
     1.0864 vs 1.0773) and on the first-5 slice at minibatch 1 (1.0069 vs
     1.0025), 0.0016 better overall at minibatch 1, and it re-reads every
     touched user's whole history on every batch (a quarter slower)."""
+    replay_window_events: int = 200_000
+    """The learner keeps this many recent (user, video) pairs and revisits them
+    in replay sweeps (:mod:`model.replay_sweep`): without them the video factors
+    learn no taste (see docs/evaluation.md). 0 turns replay off."""
+    replay_warmup_events: int = 10_000
+    """The first replay sweep runs once this many events were learned (fewer
+    events cannot carry taste; sweeps on them only shrink the factors)."""
+    replay_interval_min: int = 1000
+    replay_interval_growth: float = 0.0
+    replay_interval_max: int = 20_000
+    """Events between replay sweeps: clamp(events learned x growth, min, max)."""
+    replay_iterations: int = 3
+    """Coordinate-ascent passes (users, then videos) per replay sweep."""
     svi_min_events: int = 512
     """The Pyro SVI step on the hyper-parameters runs once this many events have
     gathered, early in a stream; the interval then grows with the stream (see
@@ -99,6 +112,8 @@ class HPMFConfig:
             raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
         if not math.isfinite(self.global_mean_prior):
             raise ValueError(f"global_mean_prior must be finite, got {self.global_mean_prior}")
+        if self.replay_window_events < 0 or self.replay_iterations < 1 or self.replay_interval_min < 1:
+            raise ValueError("replay_window_events >= 0, replay_iterations >= 1 and replay_interval_min >= 1 are required")
         if self.svi_interval_growth < 0 or self.svi_interval_max < 1:
             raise ValueError("svi_interval_growth >= 0 and svi_interval_max >= 1 are required")
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
@@ -46,6 +46,8 @@ from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_mean, feature_moments, gaussian_posterior
 from model.posterior import PooledPrior, UserState
+from model.replay_sweep import replay_sweep
+from model.replay_window import ReplayWindow
 from model.transform import forward
 from model.video_step import video_batch_statistics
 
@@ -71,6 +73,10 @@ class GlobalStats:
     event_video: np.ndarray
     target: np.ndarray
     n_events: int
+    user_ids: list[str] = field(default_factory=list)
+    """The batch's users (``event_user`` indexes them): the learner's replay
+    window needs to know whose events these are. Empty in statistics written by
+    an older worker: those still update the videos, but are not replayed."""
 
 
 @dataclass
@@ -119,6 +125,9 @@ class OnlineHPMF:
         # Buffered batch statistics with their videos' rows (mapped once, here).
         self._svi_buffer: list[tuple[GlobalStats, np.ndarray]] = []
         self.learner = True  # False once globals were imported from a snapshot
+        # The learner's window of recent events, revisited by replay sweeps.
+        self.replay = ReplayWindow(self.config.replay_window_events)
+        self._next_replay = self.config.replay_warmup_events
         # b0 is the forgetting-weighted mean of the transformed values seen:
         # learned by SVI it drifts against the video biases it is confounded with.
         self._r_sum = 0.0
@@ -473,6 +482,7 @@ class OnlineHPMF:
             video_ids=vids, video_prec=prec.numpy(), video_shift=shift.numpy(),
             user_mean=u_mean.numpy(), user_cov=u_cov.numpy(),
             event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
+            user_ids=list(users),
         )  # fmt: skip
         return LocalUpdate(new_states, stats)
 
@@ -499,12 +509,46 @@ class OnlineHPMF:
         self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + torch.from_numpy(stats.video_shift)
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
-        # 2. Hyper-parameters by Pyro SVI on a buffer of recent events.
+        # 2. The replay window: revisit recent events so the videos learn taste.
+        if stats.user_ids and self.replay.capacity:
+            users = [stats.user_ids[k] for k in stats.event_user.tolist()]
+            self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
+            if self.n_seen >= self._next_replay:
+                self._replay_sweep()
+        # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
         self._svi_buffer.append((stats, rows.numpy()))
         if sum(len(s.target) for s, _ in self._svi_buffer) >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
         self.version += 1
+
+    def replay_interval(self) -> int:
+        """Events between replay sweeps: clamp(events learned x growth,
+        replay_interval_min, replay_interval_max). A sweep costs about the
+        window's size, so a growing interval keeps the learner's work per event
+        bounded while the window fills, and frequent early, when the videos
+        know least."""
+        cfg = self.config
+        grown = int(self.n_seen * cfg.replay_interval_growth)
+        return max(cfg.replay_interval_min, min(grown, cfg.replay_interval_max))
+
+    def _replay_sweep(self) -> None:
+        """Coordinate ascent over the replay window (:mod:`model.replay_sweep`):
+        the window videos' evidence is rebuilt with every window user refitted."""
+        cfg = self.config
+        self._next_replay = self.n_seen + self.replay_interval()
+        n = self.n_videos
+        rows, prec, shift = replay_sweep(
+            self.replay.arrays(), self._v_mean[:n], self._v_cov[:n], self._b0(), self._noise_var(),
+            self._user_prior(), self._video_prior(), cfg.biases, float(self.n_seen),
+            cfg.effective_data_size, cfg.replay_iterations,
+        )  # fmt: skip
+        if len(rows) == 0:
+            return
+        self._v_prec[rows] = prec
+        self._v_shift[rows] = shift
+        self._v_time[rows] = float(self.n_seen)
+        self._refresh_videos(rows)
 
     def svi_interval(self) -> int:
         """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""
