@@ -34,7 +34,8 @@ from model.evaluate import (
     warm_up,
 )
 from model.online import OnlineHPMF
-from model.transform import TRANSFORMS
+from model.oracle import oracle_stream
+from model.transform import TRANSFORMS, forward
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prior mean of the global mean b0 on the transformed scale: what every "
                              "rung predicts before it has learned anything, e.g. 3 (the midpoint) "
                              "for 1-5 star ratings (default: 0)")  # fmt: skip
+    parser.add_argument("--truth", type=Path, default=None, metavar="SIM.truth.npz",
+                        help="a simulated stream's truth (written by `hpmf simulate`): adds the "
+                             "'oracle' rung, which knows the true video factors, prior and noise and "
+                             "learns only the users; needs --transform log1p")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the report here: {protocol, batch_size, n_events, models: "
                         "{name: {rmse, mae, nll, coverage90, rmse_new, rmse_lt5, rmse_lt20, "
@@ -173,6 +178,21 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print("hpmf evaluate: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    truth = None
+    if args.truth is not None:
+        if args.protocol != "prequential":
+            print("hpmf evaluate: --truth (the oracle rung) is prequential only", file=sys.stderr)
+            return 2
+        if args.transform != "log1p":
+            print("hpmf evaluate: --truth needs --transform log1p (the simulator draws log1p(minutes))",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            with np.load(args.truth, allow_pickle=False) as f:
+                truth = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as exc:
+            print(f"hpmf evaluate: {args.truth}: not a truth file: {exc}", file=sys.stderr)
+            return 2
     torch.set_num_threads(max(1, args.threads))
     warm_up()
     users, videos = events.user_ids.tolist(), events.video_ids.tolist()
@@ -204,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.close()
         scores[name] = metrics(res)
         streams[name] = res
+    if truth is not None:
+        res = oracle_stream(users, videos, forward(args.transform, events.values), truth,
+                            batch_size=args.batch_size)  # fmt: skip
+        scores["oracle"] = metrics(res)
+        streams["oracle"] = res
     print(f"{args.protocol}, batch size {args.batch_size}, {len(events)} events from {args.events}"
           f" (transform {args.transform})")  # fmt: skip
     print(format_table(scores))
