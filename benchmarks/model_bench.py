@@ -14,7 +14,13 @@ Figures (all prequential: every event predicted before it is learned):
                                 events/s (model.events_per_s and model.river_events_per_s are
                                 the medians of each; model.speed_ratio_min/_max the spread)
     model.rmse_at_256, model.rmse_lt5_at_256, model.coverage90_at_256   hpmf, minibatch 256
-    model.rmse_at_1, model.rmse_lt5_at_1   hpmf, minibatch 1 (learns after every event; minutes)
+    model.rmse_at_1, model.rmse_lt5_at_1, model.coverage90_at_1   hpmf, minibatch 1 (learns
+                                after every event; the accuracy the service is judged on)
+    model.biases_rmse_at_1, model.pmf_rmse_at_1   the simpler rungs, same stream, minibatch 1
+    model.sim_rmse, model.sim_biases_rmse, model.sim_oracle_rmse   the churn60 simulated
+                                stream at minibatch 1 (log1p scale): hpmf, biases, Bayes oracle
+    model.sim_gap_closed        share of the biases-to-oracle gap hpmf closes
+    model.sim_taste_share, model.sim_taste_cosine_mean   taste diagnostics of hpmf's videos
     model.sim_coverage90        hpmf predictive 90% coverage on the simulated AVOD stream
     model.sim_user_factor_coverage90   90% credible intervals of the user factors (videos
                                        at the truth) covering the true factors
@@ -38,7 +44,9 @@ from benchmarks.movielens import movielens_100k
 from model.evaluate import ladder_config, metrics, run_stream, warm_up
 from model.local_step import HistoryEntries, user_local_step
 from model.online import OnlineHPMF
-from model.simulate import SimConfig, simulate
+from model.oracle import oracle_stream
+from model.simulate import PRESETS, SimConfig, simulate
+from model.taste_diagnostics import subspace_cosines, taste_share
 from streamer.events_file import read_events
 
 RIVER_SEED = 73
@@ -71,11 +79,12 @@ def river_prequential(users: list[str], videos: list[str], values: np.ndarray) -
     return len(ys) / secs, float(np.sqrt(sq / len(ys)))
 
 
-def hpmf_prequential(users: list[str], videos: list[str], values: np.ndarray, batch_size: int) -> dict[str, float]:
-    bar = tqdm(total=len(values), desc=f"hpmf minibatch {batch_size}", unit="ev", file=sys.stderr,
+def hpmf_prequential(users: list[str], videos: list[str], values: np.ndarray, batch_size: int,
+                     rung: str = "hpmf") -> dict[str, float]:
+    bar = tqdm(total=len(values), desc=f"{rung} minibatch {batch_size}", unit="ev", file=sys.stderr,
                mininterval=5.0)  # fmt: skip
     try:
-        res = run_stream(OnlineHPMF(ladder_config("hpmf", global_mean_prior=STAR_MIDPOINT)), users, videos, values,
+        res = run_stream(OnlineHPMF(ladder_config(rung, global_mean_prior=STAR_MIDPOINT)), users, videos, values,
                          batch_size=batch_size, progress=bar.update)  # fmt: skip
     finally:
         bar.close()
@@ -104,9 +113,40 @@ def simulator_figures(seed: int = 0) -> dict[str, float]:
     inside = np.abs(truth.user_factors() - mean.numpy()) <= 1.6449 * sd
     return {
         "model.sim_coverage90": metrics(res)["coverage90"],
-        "model.sim_rmse": metrics(res)["rmse"],
         "model.sim_user_factor_coverage90": float(inside.mean()),
     }
+
+
+def taste_figures() -> dict[str, float]:
+    """The churn60 regime (``hpmf simulate --preset churn60``) at minibatch 1:
+    hpmf and biases against the Bayes oracle (true videos, prior and noise;
+    users learned online), the share of the biases-to-oracle gap hpmf closes,
+    and how much taste its videos carry (:mod:`model.taste_diagnostics`)."""
+    cfg = SimConfig(**PRESETS["churn60"])  # type: ignore[arg-type]
+    sim = simulate(cfg)
+    users, videos = sim.user_ids.tolist(), sim.video_ids.tolist()
+    out: dict[str, float] = {}
+    models: dict[str, OnlineHPMF] = {}
+    for rung, key in (("hpmf", "model.sim_rmse"), ("biases", "model.sim_biases_rmse")):
+        bar = tqdm(total=len(sim), desc=f"churn60 {rung} minibatch 1", unit="ev", file=sys.stderr, mininterval=5.0)
+        try:
+            models[rung] = OnlineHPMF(ladder_config(rung, transform="log1p"))
+            res = run_stream(models[rung], users, videos, sim.values, batch_size=1, progress=bar.update)
+        finally:
+            bar.close()
+        out[key] = metrics(res)["rmse"]
+    truth = sim.truth.to_arrays()
+    out["model.sim_oracle_rmse"] = metrics(oracle_stream(users, videos, np.log1p(sim.values), truth))["rmse"]
+    gap = out["model.sim_biases_rmse"] - out["model.sim_oracle_rmse"]
+    out["model.sim_gap_closed"] = (out["model.sim_biases_rmse"] - out["model.sim_rmse"]) / gap if gap > 0 else 0.0
+    m = models["hpmf"]
+    snap = m.export_globals()
+    out["model.sim_taste_share"] = taste_share(snap.video_mean, snap.user_prior_mean, snap.user_prior_cov)
+    rows = [m.video_index[str(v)] for v in sim.truth.video_ids if str(v) in m.video_index]
+    known = [k for k, v in enumerate(sim.truth.video_ids) if str(v) in m.video_index]
+    cos = subspace_cosines(snap.video_mean[rows, :-1], sim.truth.V[known])
+    out["model.sim_taste_cosine_mean"] = float(np.mean(cos))
+    return out
 
 
 def run() -> dict[str, float]:
@@ -154,6 +194,15 @@ def _run() -> dict[str, float]:
     print(f"   hpmf @1: RMSE {m1['rmse']:.4f}, {m1['events_per_s']:.0f} events/s", flush=True)
     out["model.rmse_at_1"] = m1["rmse"]
     out["model.rmse_lt5_at_1"] = m1["rmse_lt5"]
+    out["model.coverage90_at_1"] = m1["coverage90"]
+    for rung in ("biases", "pmf"):
+        r1 = hpmf_prequential(users, videos, values, 1, rung=rung)
+        print(f"   {rung} @1: RMSE {r1['rmse']:.4f}", flush=True)
+        out[f"model.{rung}_rmse_at_1"] = r1["rmse"]
+    out.update(taste_figures())
+    print(f"   churn60 @1: hpmf {out['model.sim_rmse']:.4f}, biases {out['model.sim_biases_rmse']:.4f}, "
+          f"oracle {out['model.sim_oracle_rmse']:.4f}: gap closed {out['model.sim_gap_closed']:.2f}, "
+          f"taste share {out['model.sim_taste_share']:.2f}", flush=True)  # fmt: skip
     return out
 
 

@@ -17,19 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.simulate import SimConfig, simulate
+from model.simulate import PRESETS, SimConfig, simulate
 from streamer.events_file import write_events
 
 _D = SimConfig()
 
-PRESETS: dict[str, dict[str, float]] = {
-    "churn60": {"days": 60, "users_per_day": 1000, "n_factors": 6, "sigma": 0.8},
-}
-"""Documented regimes. ``churn60``: the regime the taste targets are judged on
-(docs/evaluation.md): 565 videos with Zipf popularity, 1,000 new users a day for
-60 days who mostly churn after a session, 6 true taste dimensions, noise sd 0.8
-on the log1p scale; ~145k events, ~0.43% dense. A flag given explicitly wins
-over the preset."""
 
 
 def truth_path(out: Path) -> Path:
