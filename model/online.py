@@ -191,6 +191,11 @@ class OnlineHPMF:
         self._v_time = torch.zeros(cap, dtype=DTYPE)
         self._v_mean = torch.zeros(cap, d, dtype=DTYPE)  # cached posterior
         self._v_cov = torch.zeros(cap, d, d, dtype=DTYPE)
+        # The replay window's share of _v_prec/_v_shift (decayed with them): what
+        # a replay sweep replaces. The rest (evidence of events that left the
+        # window, or were learned before a restart emptied it) is kept as is.
+        self._w_prec = torch.zeros(cap, d, d, dtype=DTYPE)
+        self._w_shift = torch.zeros(cap, d, dtype=DTYPE)
 
     def _rows(self, video_ids: Sequence[str], register: bool) -> torch.Tensor:
         """Rows of videos; unknown ones are registered at their prior (or -1)."""
@@ -230,6 +235,7 @@ class OnlineHPMF:
             return torch.cat([t, torch.zeros_like(t)], 0)
 
         self._v_prec, self._v_shift = double(self._v_prec), double(self._v_shift)
+        self._w_prec, self._w_shift = double(self._w_prec), double(self._w_shift)
         self._v_time, self._v_mean, self._v_cov = (
             double(self._v_time), double(self._v_mean), double(self._v_cov),
         )  # fmt: skip
@@ -505,12 +511,16 @@ class OnlineHPMF:
             self.hp.b0.fill_(self._r_sum / self._r_weight)
         # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
-        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + torch.from_numpy(stats.video_prec)
-        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + torch.from_numpy(stats.video_shift)
+        batch_prec, batch_shift = torch.from_numpy(stats.video_prec), torch.from_numpy(stats.video_shift)
+        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + batch_prec
+        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + batch_shift
+        replayed = bool(stats.user_ids) and self.replay.capacity > 0
+        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] + (batch_prec if replayed else 0.0)
+        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] + (batch_shift if replayed else 0.0)
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
         # 2. The replay window: revisit recent events so the videos learn taste.
-        if stats.user_ids and self.replay.capacity:
+        if replayed:
             users = [stats.user_ids[k] for k in stats.event_user.tolist()]
             self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
             if self.n_seen >= self._next_replay:
@@ -537,18 +547,28 @@ class OnlineHPMF:
         the window videos' evidence is rebuilt with every window user refitted."""
         cfg = self.config
         self._next_replay = self.n_seen + self.replay_interval()
-        n = self.n_videos
-        rows, prec, shift = replay_sweep(
-            self.replay.arrays(), self._v_mean[:n], self._v_cov[:n], self._b0(), self._noise_var(),
-            self._user_prior(), self._video_prior(), cfg.biases, float(self.n_seen),
-            cfg.effective_data_size, cfg.replay_iterations,
-        )  # fmt: skip
-        if len(rows) == 0:
+        window = self.replay.arrays()
+        if len(window[0]) == 0:
             return
-        self._v_prec[rows] = prec
-        self._v_shift[rows] = shift
+        rows = torch.from_numpy(np.unique(window[1]))
+        # Evidence outside the window (decayed to now) stays; the window's share is replaced.
+        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
+        base_prec = decay[:, None, None] * (self._v_prec[rows] - self._w_prec[rows])
+        base_shift = decay[:, None] * (self._v_shift[rows] - self._w_shift[rows])
+        n_drop = max(0, len(window[0]) - self.replay.capacity)
+        sweep = replay_sweep(
+            window, rows, self._v_mean[rows], self._v_cov[rows], base_prec, base_shift, self._b0(), self._noise_var(),
+            self._user_prior(), self._video_prior(), cfg.biases, float(self.n_seen),
+            cfg.effective_data_size, cfg.replay_iterations, n_drop,
+        )  # fmt: skip
+        # Pairs leaving the window hand their last evidence to the kept part.
+        self._v_prec[rows] = base_prec + sweep.dropped_prec + sweep.kept_prec
+        self._v_shift[rows] = base_shift + sweep.dropped_shift + sweep.kept_shift
+        self._w_prec[rows] = sweep.kept_prec
+        self._w_shift[rows] = sweep.kept_shift
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
+        self.replay.drop_oldest(n_drop)
 
     def svi_interval(self) -> int:
         """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""

@@ -28,19 +28,20 @@ the event: near the prior for a new user, and never revisited).
 >>> from model.replay_window import ReplayWindow
 >>> w = ReplayWindow(100)
 >>> w.add(["a", "a", "b"], np.array([0, 1, 0]), np.array([1.0, -1.0, 1.0]), clock=3.0)
->>> d = 3
->>> rows, prec, shift = replay_sweep(
-...     w.arrays(), torch.zeros(2, d, dtype=torch.float64),
-...     0.1 * torch.eye(d, dtype=torch.float64).expand(2, d, d), b0=torch.tensor(0.0, dtype=torch.float64),
-...     noise_var=torch.tensor(1.0, dtype=torch.float64), user_prior=(torch.zeros(d, dtype=torch.float64),
-...     torch.full((d,), 0.5, dtype=torch.float64)), video_prior=(torch.zeros(d, dtype=torch.float64),
-...     torch.full((d,), 0.5, dtype=torch.float64)), biases=True, clock=3.0, effective_data_size=100.0,
-...     iterations=2)
->>> rows.tolist(), tuple(prec.shape), tuple(shift.shape)
-([0, 1], (2, 3, 3), (2, 3))
+>>> d, f64 = 3, torch.float64
+>>> prior = (torch.zeros(d, dtype=f64), torch.full((d,), 0.5, dtype=f64))
+>>> zeros = torch.zeros(2, d, d, dtype=f64), torch.zeros(2, d, dtype=f64)
+>>> out = replay_sweep(
+...     w.arrays(), torch.tensor([0, 1]), zeros[1], 0.25 * torch.eye(d, dtype=f64).expand(2, d, d), *zeros,
+...     b0=torch.tensor(0.0, dtype=f64), noise_var=torch.tensor(1.0, dtype=f64), user_prior=prior,
+...     video_prior=prior, biases=True, clock=3.0, effective_data_size=100.0, iterations=2, n_drop=1)
+>>> tuple(out.kept_prec.shape), float(out.dropped_prec[1].abs().sum())  # video 1's only pair is dropped
+((2, 3, 3), 0.0)
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,10 +53,24 @@ from model.video_step import video_batch_statistics
 DTYPE = torch.float64
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    """The window videos' new evidence (rows as passed in), split into the
+    pairs that stay in the window and the ``n_drop`` oldest that leave it."""
+
+    kept_prec: torch.Tensor  # (J, D, D)
+    kept_shift: torch.Tensor  # (J, D)
+    dropped_prec: torch.Tensor
+    dropped_shift: torch.Tensor
+
+
 def replay_sweep(
     window: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
+    rows: torch.Tensor,
     video_mean: torch.Tensor,
     video_cov: torch.Tensor,
+    base_prec: torch.Tensor,
+    base_shift: torch.Tensor,
     b0: torch.Tensor,
     noise_var: torch.Tensor,
     user_prior: tuple[torch.Tensor, torch.Tensor],
@@ -64,33 +79,34 @@ def replay_sweep(
     clock: float,
     effective_data_size: float,
     iterations: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n_drop: int = 0,
+) -> SweepResult:
     """``iterations`` coordinate-ascent passes over ``window`` (from
-    :meth:`ReplayWindow.arrays`), starting from the video posteriors
-    ``video_mean``/``video_cov`` (all rows of the model).
+    :meth:`ReplayWindow.arrays`, oldest first).
 
-    Returns the window's video rows and the new data part of their natural
-    parameters (precision (J, D, D), shift (J, D)), decayed to ``clock``.
+    ``rows`` (J,) are the distinct video rows of the window, sorted, and
+    ``video_mean``/``video_cov`` their posteriors now (where the passes start);
+    ``base_prec``/``base_shift`` their evidence from outside the window (decayed
+    to ``clock``), which the sweep's video posteriors include but do not
+    return. The returned evidence is decayed to ``clock``; the first ``n_drop``
+    pairs' share comes back apart, so the caller can keep it when they leave.
     """
     user_np, video_np, target_np, clock_np, _ = window
-    d = video_mean.shape[-1]
-    if len(user_np) == 0 or d == 0:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, torch.zeros(0, d, d, dtype=DTYPE), torch.zeros(0, d, dtype=DTYPE)
-    rows, event_video = np.unique(video_np, return_inverse=True)
-    live, event_user = np.unique(user_np, return_inverse=True)
-    n_u, n_v = len(live), len(rows)
+    d = base_shift.shape[-1]
+    n_v = len(rows)
+    event_video = torch.from_numpy(np.searchsorted(rows.numpy(), video_np))
+    _, event_user_np = np.unique(user_np, return_inverse=True)
+    event_user = torch.from_numpy(event_user_np)
+    n_u = int(event_user_np.max()) + 1 if len(event_user_np) else 0
     decay = torch.from_numpy(np.exp(-(clock - clock_np) / effective_data_size))
     target = torch.from_numpy(target_np)
-    ev_user = torch.from_numpy(event_user)
-    ev_video = torch.from_numpy(event_video)
-    vm = video_mean[torch.from_numpy(rows)].clone()
-    vc = video_cov[torch.from_numpy(rows)].clone()
     pm, ps = video_prior
-    prior_prec = torch.diag_embed(ps.pow(-2)).expand(n_v, d, d)
-    prior_shift = (ps.pow(-2) * pm).expand(n_v, d)
-    entries = HistoryEntries(ev_user, ev_video, target, decay)
-    prec = shift = torch.zeros(0)
+    prior_prec = torch.diag_embed(ps.pow(-2)).expand(n_v, d, d) + base_prec
+    prior_shift = (ps.pow(-2) * pm).expand(n_v, d) + base_shift
+    entries = HistoryEntries(event_user, event_video, target, decay)
+    weight = decay
+    um = uc = prec = shift = torch.zeros(0)
+    vm, vc = video_mean, video_cov
     for _ in range(max(iterations, 1)):
         # 1. Every window user against the current videos, from all their window events.
         um, uc, _ = user_local_step(
@@ -98,7 +114,15 @@ def replay_sweep(
         )
         # 2. Every window video's evidence, rebuilt from those users.
         prec, shift = video_batch_statistics(
-            ev_video, n_v, um, uc, target, b0, noise_var, biases, weight=decay, event_source=ev_user
+            event_video, n_v, um, uc, target, b0, noise_var, biases, weight=weight, event_source=event_user
         )
         vm, vc, _ = gaussian_posterior(prior_prec, prior_shift, prec, shift, tril=False)
-    return torch.from_numpy(rows), prec, shift
+    if n_drop <= 0:
+        zero = torch.zeros_like(prec), torch.zeros_like(shift)
+        return SweepResult(prec, shift, *zero)
+    old = torch.zeros(len(target), dtype=DTYPE)
+    old[:n_drop] = 1.0
+    dropped_prec, dropped_shift = video_batch_statistics(
+        event_video, n_v, um, uc, target, b0, noise_var, biases, weight=weight * old, event_source=event_user
+    )
+    return SweepResult(prec - dropped_prec, shift - dropped_shift, dropped_prec, dropped_shift)

@@ -8,8 +8,9 @@ the way stochastic variational inference was designed to run: by going over
 the data again and again, alternating the user and the video updates
 (:mod:`model.replay_sweep`). The learner therefore keeps the recent events
 here: one row per distinct (user, video) pair, its latest aggregated value and
-the stream clock when it was learned. The window is bounded (oldest rows go
-first) and lives in the learner only: workers never see it.
+the stream clock when it was learned. Each replay sweep drops what is beyond
+the capacity (oldest first); the window lives in the learner only: workers
+never see it.
 
 >>> w = ReplayWindow(capacity=3)
 >>> w.add(["ann", "bob"], np.array([0, 1]), np.array([4.0, 2.0]), clock=2.0)
@@ -17,8 +18,10 @@ first) and lives in the learner only: workers never see it.
 >>> user, video, target, clock, n_users = w.arrays()
 >>> user.tolist(), video.tolist(), target.tolist(), clock.tolist(), n_users
 ([1, 0, 2], [1, 0, 2], [2.0, 5.0, 1.0], [2.0, 4.0, 4.0], 3)
->>> len(w)  # rows held: a superseded value stays until the next compaction
+>>> len(w)  # rows held: a superseded value stays until the next sweep drops
 4
+>>> w.drop_oldest(1); w.arrays()[0].tolist(), len(w)
+([0, 1], 2)
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ class ReplayWindow:
         return self._rows
 
     def add(self, user_ids: Sequence[str], video_rows: np.ndarray, targets: np.ndarray, clock: float) -> None:
-        """Append one batch's (user, video row, transformed value) triples."""
+        """Append one batch's (user, video row, transformed value) triples. The
+        window grows until the next replay sweep, which drops what is beyond
+        ``capacity`` (:meth:`drop_oldest`)."""
         if self.capacity == 0 or len(user_ids) == 0:
             return
         index = self._user_index
@@ -56,16 +61,13 @@ class ReplayWindow:
         self._targets.append(np.asarray(targets, dtype=np.float64))
         self._clocks.append(np.full(len(users), clock, dtype=np.float64))
         self._rows += len(users)
-        if self._rows > 2 * self.capacity:
-            # Compacting costs a pass over the window: do it once per
-            # ``capacity`` appended rows, not per batch.
-            self._compact()
 
-    def _compact(self) -> None:
-        user, video, target, clock, _ = self._latest()
-        keep = slice(max(0, len(user) - self.capacity), None)
+    def drop_oldest(self, n: int) -> None:
+        """Keep all but the ``n`` oldest pairs (of :meth:`arrays`), one row per
+        pair, and renumber the users left so the index stays bounded."""
+        user, video, target, clock, _ = self.arrays()
+        keep = slice(max(0, n), None)
         user, video, target, clock = user[keep], video[keep], target[keep], clock[keep]
-        # Re-number the users still in the window so the index stays bounded.
         names = np.empty(len(self._user_index), dtype=object)
         for name, k in self._user_index.items():
             names[k] = name
@@ -74,8 +76,20 @@ class ReplayWindow:
         self._users, self._videos, self._targets, self._clocks = [user], [video], [target], [clock]
         self._rows = len(user)
 
-    def _latest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """All rows, one per (user, video) pair (its latest value), oldest first."""
+    def remap_videos(self, new_row: np.ndarray) -> None:
+        """Video rows were renumbered (``new_row[old]``, -1: the video is gone):
+        follow, and forget the pairs of videos that are gone."""
+        user, video, target, clock, _ = self.arrays()
+        mapped = np.asarray(new_row, dtype=np.int64)[video]
+        keep = mapped >= 0
+        self._users, self._videos = [user[keep]], [mapped[keep]]
+        self._targets, self._clocks = [target[keep]], [clock[keep]]
+        self._rows = int(keep.sum())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(user, video row, target, clock, n_users): one row per (user, video)
+        pair, its latest value, oldest first; users numbered 0..n_users-1 (some
+        numbers may have no row left)."""
         if not self._users:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, np.zeros(0), np.zeros(0), 0
@@ -83,6 +97,8 @@ class ReplayWindow:
         video = np.concatenate(self._videos)
         target = np.concatenate(self._targets)
         clock = np.concatenate(self._clocks)
+        if len(user) == 0:
+            return user, video, target, clock, len(self._user_index)
         # A pair learned again carries the user's new total for that video
         # (minutes are summed per video): keep its last row only, so nothing
         # is counted twice.
@@ -90,11 +106,3 @@ class ReplayWindow:
         _, last_from_end = np.unique(key[::-1], return_index=True)
         last = np.sort(len(key) - 1 - last_from_end)
         return user[last], video[last], target[last], clock[last], len(self._user_index)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """(user, video row, target, clock, n_users) of the window's latest
-        ``capacity`` pairs, oldest first; users numbered 0..n_users-1 (some
-        numbers may have no row left)."""
-        user, video, target, clock, n_users = self._latest()
-        keep = slice(max(0, len(user) - self.capacity), None)
-        return user[keep], video[keep], target[keep], clock[keep], n_users
