@@ -69,6 +69,9 @@ class StreamSettings(BaseSettings):
 
     # Globals: the learner role
     learner_lease_ms: int = Field(10_000, ge=500)
+    learner_eligible: bool = True
+    """Whether this process may take the learner role; false for workers when
+    a dedicated learner runs (deploy/k8s/learner.yaml)."""
     publish_every_batches: int = Field(20, ge=1)
     publish_every_ms: int = Field(1000, ge=1)
     checkpoint: str = ""

@@ -135,6 +135,7 @@ class Worker:
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
             global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
+            eligible=s.learner_eligible,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()

