@@ -210,7 +210,7 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
     ensure_topics(BOOTSTRAP, {topic: 4, f"{topic}.dlq": 4})
     port = free_port()
     proc = start_worker(topic, prefix + "fr", port, logdir / "freshness.log")
-    name = "hpmf_stream_freshness_ms"
+    name = "hpmf_stream_freshness_seconds"
     try:
         wait_ready(port, proc)
         n = int(FRESHNESS_RATE * FRESHNESS_S)
@@ -229,8 +229,8 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
     delta = [b - a for a, b in zip(c0, c1, strict=True)]
     return {
-        "stream.freshness_p50_ms": round(histogram_quantile(0.5, b1, delta), 1),
-        "stream.freshness_p99_ms": round(histogram_quantile(0.99, b1, delta), 1),
+        "stream.freshness_p50_ms": round(histogram_quantile(0.5, b1, delta) * 1000, 1),
+        "stream.freshness_p99_ms": round(histogram_quantile(0.99, b1, delta) * 1000, 1),
         "stream.freshness_rate_events_per_s": round(achieved, 1),
         "stream.freshness_events": float(delta[-1]),
     }

@@ -263,6 +263,24 @@ class GlobalStore:
             video_cov=record.video_cov[idx], video_scale=record.video_scale[idx],
         )  # fmt: skip
 
+    def backlog(self) -> tuple[int, float]:
+        """(entries, age in seconds of the oldest) of the statistics written
+        but not yet applied; (0, 0.0) on a non-learner, which does not know
+        the learner's position. The stream holds exactly the entries after
+        the last publish (it is trimmed there), of which ``unpublished`` are
+        applied already."""
+        if not self.is_learner:
+            return 0, 0.0
+        entries = max(0, int(self.r.xlen(self.stream_key)) - self.unpublished)
+        if not entries:
+            return 0, 0.0
+        first = self.r.xrange(self.stream_key, min=f"({self.last_id}", count=1)
+        if not first:
+            return 0, 0.0
+        sid = first[0][0].decode() if isinstance(first[0][0], bytes) else str(first[0][0])
+        # The id's first part is the Redis server's clock (ms) when it was written.
+        return entries, max(0.0, time.time() - int(sid.split("-")[0]) / 1000)
+
     def publish(self) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI
         fenced by the lease (a learner that lost its lease cannot overwrite)."""

@@ -90,6 +90,12 @@ class StreamSettings(BaseSettings):
     metrics_port: int = Field(9108, ge=0)
     """0 disables the HTTP endpoint."""
     metrics_host: str = "127.0.0.1"
+    """Address the metrics and health endpoint binds to: 0.0.0.0 (or ::) to be
+    scraped and probed from outside the pod or host."""
+    live_after_s: float = Field(30.0, gt=0)
+    """/healthz fails once the loop has not turned for this long (a hung process)."""
+    lag_refresh_s: float = Field(5.0, gt=0)
+    """How often the loop refreshes the per-partition lag and the learner's backlog."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     retry_max_backoff_s: float = Field(5.0, gt=0)
     log_level: str = "INFO"

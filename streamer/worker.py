@@ -39,7 +39,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 import torch
@@ -62,6 +63,7 @@ from streamer.settings import StreamSettings
 from streamer.user_store import WriteConflict, load_users, write_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # kafka-python backs reconnects off up to 30 s by default: after a broker
 # restart the worker sat idle up to that long with the broker already back.
@@ -87,9 +89,15 @@ class Worker:
         self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
         self._writes = 0
         self.written_offsets: dict[TopicPartition, int] = {}  # newest offsets whose effects are in Redis
+        self.metrics.live_after_s = settings.live_after_s
+        self._lag_due = 0.0  # monotonic time of the next lag refresh
 
     # ---------------------------------------------------------------- set-up
     def _should_stop(self) -> bool:
+        # retry() asks this about every 50 ms while a step waits for Redis or
+        # Kafka: the loop is alive then (liveness must not fail in an outage;
+        # a restart would not bring the dependency back).
+        self.metrics.tick()
         return self.stop
 
     def request_stop(self, signum: int = 0, frame: object = None) -> None:
@@ -139,9 +147,10 @@ class Worker:
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
-        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.maintain, "learner lease")
         if not self.globals.is_learner:
-            retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
+            self._redis_step(lambda: self.globals.refresh(None, force=True), "load globals")
+        self.metrics.started = True
 
     def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
         """The learner's dead letter: a global statistics entry it cannot apply,
@@ -229,14 +238,15 @@ class Worker:
     def iteration(self) -> None:
         s, m = self.s, self.metrics
         m.tick()
-        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.maintain, "learner lease")
 
         # 1. Poll a minibatch (closes on size or age).
         records = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
         m.assigned.set(len(self.tracker.assigned))
         if not records:
             # Idle: the learner catches up with other workers' statistics.
-            retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+            self._redis_step(self.globals.learn, "global step")
+            self._refresh_lag_when_due()
             return
         t0 = time.monotonic()
         self.last_event_at = t0
@@ -269,7 +279,7 @@ class Worker:
                        s.retry_max_backoff_s, on_failure=self._write_failed,
                        transient=(*TRANSIENT, WriteConflict))  # fmt: skip
         written_ms = time.time() * 1000
-        m.freshness.observe_many([written_ms - ts for ts in update.produce_ts_ms])
+        m.freshness.observe_many([(written_ms - ts) / 1000 for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
         m.users_written.inc(len(update.records))
         m.global_version.set(self.globals.model.version)
@@ -284,14 +294,20 @@ class Worker:
         offsets = next_offsets(records)
         self.written_offsets.update(offsets)
         commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: m.commit_failures.inc())
-        m.batch_latency.observe((time.monotonic() - t0) * 1000)
+        m.batch_latency.observe(time.monotonic() - t0)
         m.batches.inc()
         self.batches_done += 1
         self.last_event_at = time.monotonic()
-        self._update_lag()
 
         # 6. Global step (learner only).
-        retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.learn, "global step")
+        self._refresh_lag_when_due()
+
+    def _redis_step(self, fn: Callable[[], T], what: str) -> T:
+        """A Redis step of the loop, retried through an outage; keeps redis_up true to what happened."""
+        out = retry(fn, what, log, self._should_stop, self.s.retry_max_backoff_s, on_failure=self._redis_failed)
+        self.metrics.redis_ok = True
+        return out
 
     def _commit_written(self) -> None:
         """Synchronously commit the newest written offsets (shutdown)."""
@@ -344,17 +360,17 @@ class Worker:
         self.metrics.redis_ok = True
         return update
 
-    def _partition_lags(self) -> list[int | None]:
+    def _partition_lags(self) -> dict[TopicPartition, int | None]:
         """Per assigned partition, high watermark minus position; None where
         either is not known yet (right after a rebalance)."""
-        lags: list[int | None] = []
+        lags: dict[TopicPartition, int | None] = {}
         for tp in self.tracker.assigned:
             hw = self.consumer.highwater(tp)
             try:
                 pos = self.consumer.position(tp, timeout_ms=100)
             except Exception:  # position unknown right after a rebalance
                 pos = None
-            lags.append(None if hw is None or pos is None else max(0, hw - pos))
+            lags[tp] = None if hw is None or pos is None else max(0, hw - pos)
         return lags
 
     def _caught_up(self) -> bool:
@@ -362,10 +378,30 @@ class Worker:
         is not enough to stop: a rebalance can keep a worker idle for seconds
         while its new partitions still hold unread events."""
         lags = self._partition_lags()
-        return bool(lags) and all(lag == 0 for lag in lags)
+        return bool(lags) and all(lag == 0 for lag in lags.values())
 
-    def _update_lag(self) -> None:
-        self.metrics.lag.set(sum(lag for lag in self._partition_lags() if lag is not None))
+    def _refresh_lag_when_due(self) -> None:
+        """Every ``lag_refresh_s``, busy or idle: the lag per assigned partition
+        (revoked ones drop out; one whose position is not known yet is left
+        out) and, on the learner, its backlog. The high watermark comes with
+        each fetch response, so no request is made for it. While the loop
+        waits out an outage nothing is refreshed; the retries counter and
+        redis_up tell that story then."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + self.s.lag_refresh_s
+        m = self.metrics
+        lags = self._partition_lags()
+        m.lag.replace({(tp.topic, str(tp.partition)): lag for tp, lag in lags.items() if lag is not None})
+        m.lag_refreshed.set(time.time())
+        try:
+            entries, age_s = self.globals.backlog()
+        except TRANSIENT as exc:  # a metric is not worth a retry loop; the next refresh tries again
+            self._redis_failed(exc)
+            return
+        m.learner_backlog.set(entries)
+        m.learner_backlog_age.set(age_s)
 
 
 def _settle_garbage_collector() -> None:

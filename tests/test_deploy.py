@@ -194,3 +194,48 @@ def test_compose_file_parses_and_sets_only_real_settings() -> None:
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+
+
+# ---------------------------------------------------------------- Prometheus
+
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the service can export, histogram series included."""
+    from streamer.metrics import Histogram, StreamMetrics
+
+    names: set[str] = set()
+    for m in StreamMetrics().all():
+        if isinstance(m, Histogram):
+            names |= {m.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(m.name)
+    return names
+
+
+def test_alert_rules_reference_only_exported_metrics() -> None:
+    doc = yaml.safe_load(ALERTS.read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    # The four situations the issue names, at least.
+    assert {"HpmfConsumerLagGrowing", "HpmfDeadLettersRising", "HpmfLearnerBehind", "HpmfRedisErrors"} <= names
+    exported = exported_metric_names()
+    for r in rules:
+        used = set(re.findall(r"\bhpmf_[a-z0-9_]+", r["expr"]))
+        assert used, f"{r['alert']} references no hpmf metric"
+        assert used <= exported, f"{r['alert']} uses metrics the service does not export: {sorted(used - exported)}"
+        assert r["annotations"]["summary"] and r["annotations"]["description"] and r["for"]
+        assert r["labels"]["severity"] in ("warning", "critical")
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    for n in names:
+        assert n in ops, f"docs/operations.md does not say what {n} means"
+
+
+def test_alert_rules_pass_promtool() -> None:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus); the parse test above still ran")
+    for args in (["check", "rules", ALERTS.name], ["test", "rules", "alerts_test.yml"]):
+        out = subprocess.run([exe, *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
