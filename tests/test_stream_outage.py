@@ -50,6 +50,8 @@ def probe(port: int, path: str) -> int:
         return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status)
     except urllib.error.HTTPError as err:
         return int(err.code)
+    except OSError:  # not listening (yet)
+        return 0
 
 
 def probe_for(port: int, seconds: float) -> list[tuple[int, int]]:
@@ -113,6 +115,45 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
         assert summary["events"] >= 3000
     finally:
         producer.join(timeout=60)
+        if srv.poll() is None:
+            srv.send_signal(signal.SIGKILL)
+            srv.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
+def test_a_full_redis_is_waited_for_not_crashed_on(kafka_bootstrap, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """maxmemory with noeviction (what docs/operations.md recommends): once
+    Redis is full the worker's writes are refused; it waits (live, not
+    ready), and when memory is raised it goes on, counts exact."""
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    srv = start_redis(port, str(data))
+    client = redis.Redis(port=port)
+    mport = free_port()
+    create_topic(kafka_bootstrap, topic_name)
+    events, counts = make_events(3000, 1500, seed=8)
+    users = sorted(counts)
+    log = tmp_path / "worker.log"
+    cmd = worker_cmd(kafka_bootstrap, f"redis://127.0.0.1:{port}/0", topic_name, "full", "--stop-when-idle-s", "3",
+                     "--retry-max-backoff-s", "0.3", "--metrics-port", str(mport))  # fmt: skip
+    try:
+        with running(cmd, log) as proc:
+            wait_for(lambda: probe(mport, "/readyz") == 200, 60, "worker ready")
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", str(used + 200_000))  # room for a few hundred users
+            produce(kafka_bootstrap, topic_name, events)
+            wait_for(lambda: b"OutOfMemoryError" in log.read_bytes(), 60, "writes refused")
+            probes = probe_for(mport, 1.0)
+            assert proc.poll() is None and all(h == 200 for h, _ in probes), probes
+            assert probes[-1][1] == 503  # not ready while Redis refuses writes
+            client.config_set("maxmemory", "0")  # memory added
+            assert wait_exit(proc, 90, log) == 0
+        assert user_counts(client, "full", users) == dict(counts)
+        summary = stopped_summaries(log)[-1]
+        assert summary["applied"] + summary["skipped_replay"] == 3000
+    finally:
         if srv.poll() is None:
             srv.send_signal(signal.SIGKILL)
             srv.wait(timeout=10)
