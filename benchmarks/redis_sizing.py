@@ -30,6 +30,7 @@ from statistics import mean
 
 import redis
 
+from streamer.connections import redis_client
 from streamer.event import encode_event
 from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
 from streamer.redis_record import global_current_key, global_key, user_key
@@ -65,7 +66,7 @@ def usage(r: redis.Redis, key: str) -> int:
 
 def measure(n_videos: int, n_factors: int, tag: str) -> dict[str, float]:
     topic, prefix, group = f"sizing-{tag}-{n_videos}", f"sizing-{tag}-{n_videos}", f"sizing-{tag}-{n_videos}"
-    r = redis.Redis.from_url(REDIS_URL)
+    r = redis_client(url=REDIS_URL)
     ensure_topics(BOOTSTRAP, {topic: 4, f"{topic}.dlq": 4})
     evs = events(n_videos, seed=n_videos)
     produce(BOOTSTRAP, topic, evs, progress=False)

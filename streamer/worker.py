@@ -42,20 +42,20 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import redis
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
+from streamer.connections import group_membership, kafka_security, redis_client
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import TRANSIENT, ConfigurationError, StopRequested, fatal_setting, retry
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
 from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
-from streamer.kafka_admin import ensure_topics, topic_refused
+from streamer.kafka_admin import service_topics, topic_refused
 from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
@@ -108,12 +108,11 @@ class Worker:
     def _connect(self) -> None:
         s = self.s
         lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/kafka_compat.py)
-        self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = redis_client(s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
-            retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
-                  "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+            retry(lambda: service_topics(s), "create topics", log, self._should_stop, s.retry_max_backoff_s)
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/forget.py).
@@ -121,7 +120,7 @@ class Worker:
               "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s),
         )
         self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
         self.consumer = KafkaConsumer(
@@ -130,7 +129,7 @@ class Worker:
             max_poll_records=s.batch_max_events, session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=100,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s), **group_membership(s),
         )  # fmt: skip
         # Fetch the topic's metadata first: a group join before it is known
         # assigns nothing until the next metadata refresh (minutes).
@@ -170,7 +169,7 @@ class Worker:
             # A topic we may not describe looks like one with no partitions
             # to the consumer (it asks for all topics' metadata); asked by
             # name, the broker says which (a refusal: not retried).
-            if topic_refused(self.s.kafka_bootstrap, topic):
+            if topic_refused(self.s.kafka_bootstrap, topic, config=kafka_security(self.s)):
                 raise TopicAuthorizationFailedError(f"not authorized to describe topic {topic}")
             raise KafkaError(f"topic {topic} has no partitions (yet)")
 

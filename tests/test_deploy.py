@@ -93,7 +93,7 @@ def test_manifests_are_valid_kubernetes_objects() -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
     docs = manifests()
     assert {d["kind"] for _, d in docs} >= {
-        "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler",
+        "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler",
     }  # fmt: skip
     for name, doc in docs:
         try:
@@ -121,9 +121,17 @@ def test_every_hpmf_variable_in_the_manifests_is_a_setting() -> None:
     check_setting_names(set(cm["data"]), "configmap.yaml")
     for name, c in containers():
         check_setting_names({e["name"] for e in c.get("env", [])}, name)
-    # The values parse: the settings object accepts the ConfigMap as it is.
+    # The Secret's files: each hpmf_* one is a setting, each other one a file the ConfigMap points at.
+    (secret,) = by_kind("Secret")
+    files = set(secret["stringData"])
+    check_setting_names({f.upper() for f in files if f.startswith("hpmf_")}, "secret.yaml")
+    mounted = {v for v in cm["data"].values() if v.startswith("/run/secrets/hpmf/")}
+    assert {m.rsplit("/", 1)[1] for m in mounted} <= files
+    # The values parse: the settings object accepts the ConfigMap and the Secret as a pod sees them.
     env = {k[len("HPMF_"):].lower(): v for k, v in cm["data"].items()}
-    StreamSettings(**env)
+    env |= {f[len("hpmf_"):]: v for f, v in secret["stringData"].items() if f.startswith("hpmf_")}
+    s = StreamSettings(**env)
+    assert s.kafka_security_protocol == "SASL_SSL" and s.redis_url.startswith("rediss://")
 
 
 def test_workers_and_learner_are_probed_limited_and_non_root() -> None:
