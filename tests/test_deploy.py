@@ -86,6 +86,21 @@ def test_dockerfile_is_multi_stage_non_root_and_installs_the_lock() -> None:
         assert f"!{copied}" in ignore
 
 
+def test_the_fresh_venv_check_runs_the_dockerfile_install_steps() -> None:
+    """deploy/image/check-steps.sh repeats the Dockerfile's install commands
+    outside Docker; this keeps the two from drifting apart."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    docker = {
+        " ".join(part.strip().removeprefix("RUN ").split()).replace("/opt/hpmf", "$VENV")
+        for ln in text.splitlines() if ln.startswith("RUN ") and "/opt/hpmf/bin/" in ln
+        for part in ln.split("&&") if "/opt/hpmf/bin/" in part
+    }  # fmt: skip
+    script = (ROOT / "deploy" / "image" / "check-steps.sh").read_text()
+    steps = {" ".join(ln.replace('"$VENV', "$VENV").replace('/bin/pip"', "/bin/pip").replace('/bin/python"', "/bin/python").split())
+             for ln in script.splitlines() if ln.startswith('"$VENV/bin/')}  # fmt: skip
+    assert len(docker) == 3 and docker <= steps, (docker, steps)
+
+
 # ---------------------------------------------------------------- Kubernetes
 
 
