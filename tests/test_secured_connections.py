@@ -98,6 +98,9 @@ def test_stream_cli_refuses_sasl_without_a_password() -> None:
     env.pop("HPMF_SECRETS_DIR", None)
     out = subprocess.run([PYTHON, "-m", "streamer.cli", "stream"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "invalid settings" in out.stderr and "kafka_sasl_password" in out.stderr
+    env = {**os.environ, "HPMF_SECRETS_DIR": "/nonexistent/secrets"}
+    out = subprocess.run([PYTHON, "-m", "streamer.cli", "stream"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "HPMF_SECRETS_DIR" in out.stderr and "Traceback" not in out.stderr
 
 
 # ---------------------------------------------------------------- real servers
