@@ -276,3 +276,22 @@ def test_alert_rules_pass_promtool() -> None:
     for args in (["check", "rules", ALERTS.name], ["test", "rules", "alerts_test.yml"]):
         out = subprocess.run([exe, *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_grafana_dashboard_queries_only_exported_metrics(tmp_path: Path) -> None:
+    import json
+
+    dash = json.loads((ROOT / "deploy" / "grafana" / "hpmf-dashboard.json").read_text())
+    exported = exported_metric_names()
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert exprs
+    for e in exprs:
+        used = set(re.findall(r"\bhpmf_[a-z0-9_]+", e))
+        assert used and used <= exported, f"{e}: not exported: {sorted(used - exported)}"
+    promtool = shutil.which("promtool")
+    if promtool:  # every query parses as PromQL: as recording rules, which promtool checks
+        rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+        path = tmp_path / "dashboard-rules.yml"
+        path.write_text(yaml.safe_dump(rules))
+        out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
