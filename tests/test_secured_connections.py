@@ -1,11 +1,13 @@
-"""Secured connections: Kafka with SASL (SCRAM-SHA-256 over loopback) and
-Redis with an ACL user over TLS, the passwords read from files in the
-secrets directory, through the same settings in every client.
+"""Secured connections: Kafka with SASL (SCRAM-SHA-256 over loopback, both
+SASL_PLAINTEXT and SASL_SSL) and Redis with an ACL user over TLS, the
+passwords read from files in the secrets directory, through the same
+settings in every client.
 
 The broker is a private one started by the project's ``deploy/local/kafka.sh``
-with ``KAFKA_SASL_MECHANISM`` (its own ports and data); the Redis server is a
-private ``redis-server`` with a TLS port only, the default user disabled, and
-a certificate made by this test with openssl. Both are stopped by PID."""
+with ``KAFKA_SASL_MECHANISM`` and ``KAFKA_TLS_KEYSTORE_PEM`` (its own ports
+and data); the Redis server is a private ``redis-server`` with a TLS port
+only and the default user disabled. One CA made by this test with openssl
+signs both servers' certificate. Both servers are stopped by PID."""
 
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ def kafka_sh(action: str, env: dict[str, str]) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("openssl") is None,
                     reason="needs redis-server (with TLS) and openssl on PATH")  # fmt: skip
-def test_stream_over_sasl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, topic_name: str) -> None:
+def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, topic_name: str) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError
@@ -152,8 +154,10 @@ def test_stream_over_sasl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, t
     secrets.mkdir()
     (secrets / "hpmf_kafka_sasl_password").write_text(SASL_PASSWORD)
     (secrets / "hpmf_redis_password").write_text(REDIS_PASSWORD)
-    kport, cport, sport, rport = free_port(), free_port(), free_port(), free_port()
+    (certs / "keystore.pem").write_text((certs / "server.key").read_text() + (certs / "server.crt").read_text())
+    kport, cport, sport, tport, rport = free_port(), free_port(), free_port(), free_port(), free_port()
     broker_env = {"KAFKA_PORT": str(kport), "KAFKA_CONTROLLER_PORT": str(cport), "KAFKA_SASL_PORT": str(sport),
+                  "KAFKA_SASL_SSL_PORT": str(tport), "KAFKA_TLS_KEYSTORE_PEM": str(certs / "keystore.pem"),
                   "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_SASL_USER": SASL_USER,
                   "KAFKA_SASL_PASSWORD": SASL_PASSWORD, "HPMF_RUN": str(tmp_path / "run"),
                   "KAFKA_DATA": str(tmp_path / "kafka-data")}  # fmt: skip
@@ -194,15 +198,17 @@ def test_stream_over_sasl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, t
         finally:
             admin.close()
 
-        # The stream: produced by the project's producer, consumed by `hpmf stream`.
+        # The stream: produced by the project's producer over SASL_PLAINTEXT,
+        # consumed by `hpmf stream` over SASL_SSL (TLS, the test's CA, host name checked).
         events, counts = make_events(2000, 120, seed=21)
         from streamer.replay import produce
 
         produce(bootstrap, topic_name, events, progress=False)  # security from the environment
         users = sorted(counts)
         log = tmp_path / "worker.log"
-        cmd = worker_cmd(bootstrap, client_env["HPMF_REDIS_URL"], topic_name, "sec", "--stop-when-idle-s", "3")
-        with running(cmd, log) as proc:
+        tls = {"HPMF_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "HPMF_KAFKA_SSL_CAFILE": str(certs / "ca.crt")}
+        cmd = worker_cmd(f"127.0.0.1:{tport}", client_env["HPMF_REDIS_URL"], topic_name, "sec", "--stop-when-idle-s", "3")
+        with running(cmd, log, env=tls) as proc:
             wait_for(lambda: _alive(proc, log) and user_counts(r, "sec", users) == dict(counts), 120, "every event in TLS Redis")
             proc.send_signal(signal.SIGTERM)
             assert wait_exit(proc, 60, log) == 0
@@ -211,7 +217,7 @@ def test_stream_over_sasl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, t
         assert summary["applied"] == 2000 and summary["invalid"] == 0
         text = log.read_text()
         assert SASL_PASSWORD not in text and REDIS_PASSWORD not in text  # masked in the settings log line
-        assert '"kafka_sasl_password": "***"' in text
+        assert '"kafka_sasl_password": "***"' in text and '"kafka_security_protocol": "SASL_SSL"' in text
     finally:
         os.environ.clear()
         os.environ.update(old_env)

@@ -18,6 +18,9 @@
 # so use a fresh KAFKA_DATA for a SCRAM broker. Clients: HPMF_KAFKA_SECURITY_PROTOCOL=
 # SASL_PLAINTEXT HPMF_KAFKA_SASL_MECHANISM=... HPMF_KAFKA_SASL_USERNAME=... and
 # the password (docs/operations.md, "Secured connections").
+# With KAFKA_TLS_KEYSTORE_PEM (one PEM file: the server's unencrypted PKCS#8
+# key and its certificate chain) a SASL_SSL listener on KAFKA_SASL_SSL_PORT
+# (KAFKA_PORT + 3) is added too, same mechanism and user.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,6 +36,8 @@ SASL_MECHANISM=${KAFKA_SASL_MECHANISM:-}
 SASL_PORT=${KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
 SASL_USER=${KAFKA_SASL_USER:-hpmf}
 SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-hpmf-secret}
+TLS_KEYSTORE=${KAFKA_TLS_KEYSTORE_PEM:-}
+SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-$((KAFKA_PORT + 3))}
 PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/kafka.log"
 
@@ -100,6 +105,7 @@ start() {
     fetch
     local ports=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
     [ -n "$SASL_MECHANISM" ] && ports+=("$SASL_PORT")
+    [ -n "$SASL_MECHANISM" ] && [ -n "$TLS_KEYSTORE" ] && ports+=("$SASL_SSL_PORT")
     for p in "${ports[@]}"; do
         if port_busy "$p"; then die "port 127.0.0.1:$p is already in use by another process. Stop it, or choose other ports: KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 make up"; fi
     done
@@ -121,6 +127,15 @@ start() {
         protomap="$protomap,SASL_PLAINTEXT:SASL_PLAINTEXT"
         sasl_props="sasl.enabled.mechanisms=$SASL_MECHANISM
 listener.name.sasl_plaintext.$lname.sasl.jaas.config=$module required$users;"
+        if [ -n "$TLS_KEYSTORE" ]; then
+            [ -r "$TLS_KEYSTORE" ] || die "KAFKA_TLS_KEYSTORE_PEM=$TLS_KEYSTORE is not a readable file"
+            listeners="$listeners,SASL_SSL://127.0.0.1:$SASL_SSL_PORT"
+            protomap="$protomap,SASL_SSL:SASL_SSL"
+            sasl_props="$sasl_props
+listener.name.sasl_ssl.$lname.sasl.jaas.config=$module required$users;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_KEYSTORE"
+        fi
     fi
     cat > "$props" <<PROPS
 process.roles=broker,controller
@@ -168,6 +183,7 @@ PROPS
         fi
         if grep -q "Kafka Server started" "$LOG" && port_busy "$KAFKA_PORT"; then
             [ -n "$SASL_MECHANISM" ] && say "SASL_PLAINTEXT ($SASL_MECHANISM, user $SASL_USER) on 127.0.0.1:$SASL_PORT"
+            [ -n "$SASL_MECHANISM" ] && [ -n "$TLS_KEYSTORE" ] && say "SASL_SSL ($SASL_MECHANISM, user $SASL_USER) on 127.0.0.1:$SASL_SSL_PORT"
             say "started (pid $pid) on 127.0.0.1:$KAFKA_PORT in $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)") s; data $DATA; log $LOG"
             return 0
         fi
