@@ -116,7 +116,8 @@ class Worker:
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/forget.py).
-        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix),
+        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix,
+                                      config=kafka_security(s)),
               "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
