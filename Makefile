@@ -31,6 +31,7 @@ demo: venv  ## the main job: stream a simulated AVOD watch stream through Kafka 
 
 test: venv  ## run lint and the whole test suite against the real local Kafka and Redis
 	@$(PY) -m ruff check model streamer tests
+	@bash deploy/local/promtool.sh
 	@bash $(SERVICES) $(PY) -m pytest --doctest-modules model streamer tests $(PYTEST_ARGS)
 
 lint:  ## ruff

@@ -29,6 +29,7 @@ import uuid
 import numpy as np
 import redis
 
+from streamer.connections import redis_client
 from streamer.lookup_reader import Lookup
 from streamer.redis_record import (
     GlobalRecord,
@@ -66,7 +67,7 @@ def synthetic_globals(n_videos: int, k: int, rng: np.random.Generator) -> Global
 
 
 def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict[str, float]:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_client(url=REDIS_URL)
     prefix = f"bench-lookup-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(0)
     try:
@@ -143,7 +144,7 @@ def replay(
     first = [rng.choice(n_videos, 2, replace=False) for _ in range(n_users)]  # seed watches
     noise = rng.normal(0, sigma, (rounds + 1, n_users, n_videos))  # shared by all strategies
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_client(url=REDIS_URL)
     out: dict[str, float] = {}
     try:
         for strategy in ("popularity", "mean", "ucb", "thompson"):

@@ -46,9 +46,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 from benchmarks.stream_floor import floor
+from streamer.connections import kafka_security, redis_client
 from streamer.event import encode_event
 from streamer.kafka_admin import delete_topics, ensure_topics
 from streamer.metrics import histogram_quantile, parse_histogram
@@ -87,7 +86,7 @@ def bare_consumer_rate(topic: str, n: int) -> float:
     c = KafkaConsumer(
         topic, bootstrap_servers=BOOTSTRAP, group_id=f"bare-{topic}", enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=512, max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=100, **kafka_security(),
     )  # fmt: skip
     got, t0 = 0, None
     deadline = time.monotonic() + 300
@@ -210,7 +209,7 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
     ensure_topics(BOOTSTRAP, {topic: 4, f"{topic}.dlq": 4})
     port = free_port()
     proc = start_worker(topic, prefix + "fr", port, logdir / "freshness.log")
-    name = "hpmf_stream_freshness_ms"
+    name = "hpmf_stream_freshness_seconds"
     try:
         wait_ready(port, proc)
         n = int(FRESHNESS_RATE * FRESHNESS_S)
@@ -229,8 +228,8 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
     delta = [b - a for a, b in zip(c0, c1, strict=True)]
     return {
-        "stream.freshness_p50_ms": round(histogram_quantile(0.5, b1, delta), 1),
-        "stream.freshness_p99_ms": round(histogram_quantile(0.99, b1, delta), 1),
+        "stream.freshness_p50_ms": round(histogram_quantile(0.5, b1, delta) * 1000, 1),
+        "stream.freshness_p99_ms": round(histogram_quantile(0.99, b1, delta) * 1000, 1),
         "stream.freshness_rate_events_per_s": round(achieved, 1),
         "stream.freshness_events": float(delta[-1]),
     }
@@ -277,7 +276,7 @@ def memory(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
 
 
 def _cleanup(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_client(url=REDIS_URL)
     keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
     for i in range(0, len(keys), 1000):
         client.delete(*keys[i : i + 1000])

@@ -48,6 +48,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pydantic import TypeAdapter
 
+from streamer.connections import kafka_security, redis_client
 from streamer.event import _WireEvent
 from streamer.redis_record import UserRecord, encode_user_record
 
@@ -82,7 +83,7 @@ def stage_rate(bootstrap: str, topic: str, n: int, stage: str, group: str, clien
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=512, max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=100, **kafka_security(),
     )  # fmt: skip
     got, t0, cpu0 = 0, 0.0, 0.0
     deadline = time.monotonic() + 300
@@ -119,7 +120,7 @@ def floor(bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Cal
     """The stages over an existing topic of ``n`` valid events (the throughput
     benchmark's): ``stream.floor_<stage>_events_per_s``, ``..._cpu_events_per_s``
     and ``stream.floor_<stage>_ratio`` (wall rate / bare rate, both medians)."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(url=redis_url)
     prefix = f"bench-floor-{tag}:"
     wall: dict[str, list[float]] = {s: [] for s in STAGES}
     cpu: dict[str, list[float]] = {s: [] for s in STAGES}

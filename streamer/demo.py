@@ -66,15 +66,15 @@ def pick_users(events: Path) -> tuple[str, str]:
 
 
 def reset(topic: str, dlq: str, group: str, prefix: str, bootstrap: str, redis_url: str) -> None:
-    import redis
-
+    from streamer.connections import kafka_security, redis_client
     from streamer.kafka_admin import delete_group, delete_topics
 
-    delete_topics(bootstrap, [topic, dlq])
+    security = kafka_security()
+    delete_topics(bootstrap, [topic, dlq], config=security)
     # Its committed offsets too: otherwise the recreated topic may be read from
     # an earlier run's offsets and the service skips the first events.
-    had_group = delete_group(bootstrap, group)
-    client = redis.Redis.from_url(redis_url)
+    had_group = delete_group(bootstrap, group, config=security)
+    client = redis_client(url=redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for k in range(0, len(keys), 1000):
         client.delete(*keys[k : k + 1000])

@@ -38,6 +38,11 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A full Redis under maxmemory-policy noeviction (docs/operations.md)
+    # refuses writes; a transaction or script is refused before its first
+    # write, so nothing half-done is left, and waiting until memory is freed
+    # or added loses nothing (a crash loop would not free any).
+    redis.exceptions.OutOfMemoryError,
     KafkaError,
     OSError,
 )

@@ -84,10 +84,17 @@ def is_forgotten(cutoff: dict[int, int], partition: int, offset: int) -> bool:
     return offset < cutoff.get(partition, 0)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def _security(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The Kafka client security settings given, or the environment's."""
+    from streamer.connections import kafka_security
+
+    return dict(config) if config is not None else kafka_security()
+
+
+def end_offsets(bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **_security(config))
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -100,17 +107,21 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def forget_users(
     bootstrap: str, topic: str, forget_topic: str, client: redis.Redis, prefix: str, users: list[str],
+    config: dict[str, Any] | None = None,
 ) -> dict[int, int]:  # fmt: skip
-    """Forget ``users`` (see the module docstring for the order); returns the cutoff."""
+    """Forget ``users`` (see the module docstring for the order); returns the cutoff.
+    ``config``: the Kafka clients' security settings (default: the environment's)."""
     from kafka import KafkaProducer
 
     from streamer.kafka_admin import ensure_topics
 
-    partitions = len(end_offsets(bootstrap, topic))
-    ensure_topics(bootstrap, {forget_topic: partitions}, configs={forget_topic: {"cleanup.policy": "compact"}})
-    cutoff = end_offsets(bootstrap, topic)
+    security = _security(config)
+    partitions = len(end_offsets(bootstrap, topic, security))
+    ensure_topics(bootstrap, {forget_topic: partitions}, configs={forget_topic: {"cleanup.policy": "compact"}},
+                  config=security)  # fmt: skip
+    cutoff = end_offsets(bootstrap, topic, security)
     now = int(time.time() * 1000)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5, **security)
     try:
         futures = [
             producer.send(forget_topic, key=u.encode(), value=json.dumps(
@@ -132,14 +143,17 @@ def forget_users(
     return cutoff
 
 
-def restore_markers(bootstrap: str, forget_topic: str, client: redis.Redis, prefix: str, timeout_s: float = 30.0) -> int:
+def restore_markers(
+    bootstrap: str, forget_topic: str, client: redis.Redis, prefix: str, timeout_s: float = 30.0,
+    config: dict[str, Any] | None = None,
+) -> int:  # fmt: skip
     """Write every forget marker of the forget topic that Redis lacks (the
     last request per user wins, as compaction keeps it); returns how many
     users the topic names. Idempotent.
     A missing topic means nothing was ever forgotten."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **_security(config))
     try:
         parts = consumer.partitions_for_topic(forget_topic)
         if not parts:

@@ -25,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
     from pydantic import ValidationError
 
     from streamer.event import valid_id
@@ -44,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"hpmf forget: not a user id (1..{s.max_id_chars} printable characters): {bad[0][:80]!r}", file=sys.stderr)
         return 2
     users = list(dict.fromkeys(args.users))
-    client = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    from streamer.connections import kafka_security, redis_client
+
+    client = redis_client(s, socket_timeout=10, socket_connect_timeout=5)
     try:
         client.ping()
-        cutoff = forget_users(s.kafka_bootstrap, s.topic, s.forget_topic_name, client, s.redis_prefix, users)
+        cutoff = forget_users(s.kafka_bootstrap, s.topic, s.forget_topic_name, client, s.redis_prefix, users,
+                              config=kafka_security(s))  # fmt: skip
     except Exception as exc:  # one line, no traceback, no secret
         print(f"hpmf forget: failed ({type(exc).__name__}: {str(exc)[:200]}) against Kafka {s.kafka_bootstrap} "
               f"and Redis {mask_url(s.redis_url)}; nothing is lost by running it again", file=sys.stderr)  # fmt: skip

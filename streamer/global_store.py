@@ -82,7 +82,7 @@ class GlobalStore:
     def __init__(
         self, client: redis.Redis, prefix: str, worker_id: str, config: HPMFConfig, metrics: StreamMetrics,
         lease_ms: int = 10_000, publish_every_batches: int = 20, publish_every_ms: int = 1000,
-        global_ttl_s: int = 3600, warm_start: str = "",
+        global_ttl_s: int = 3600, warm_start: str = "", eligible: bool = True,
         quarantine: Callable[[str, bytes, str, str], None] | None = None,
     ) -> None:  # fmt: skip
         self.r = client
@@ -100,6 +100,7 @@ class GlobalStore:
         # dead-letter topic) before it is skipped; see _quarantine.
         self.quarantine = quarantine
         self.unpublishable: set[str] = set()  # video ids left out of the published record
+        self.eligible = eligible  # False: never takes the learner role
         self.stream_key = f"{prefix}:gstats"
         self.learner_key = f"{prefix}:learner"
         self.lease_key = f"{prefix}:learner:lease"
@@ -123,7 +124,7 @@ class GlobalStore:
                 self.last_lease_op = now
                 if not self._renew(keys=[self.lease_key], args=[self.worker_id, self.lease_ms]):
                     self._lose_role("lease renewal failed (expired or taken)")
-        elif (now - self.last_lease_op) * 1000 >= self.lease_ms / 2 or self.last_lease_op == 0.0:
+        elif self.eligible and ((now - self.last_lease_op) * 1000 >= self.lease_ms / 2 or self.last_lease_op == 0.0):
             self.last_lease_op = now
             if self.r.set(self.lease_key, self.worker_id, nx=True, px=self.lease_ms):
                 self._become_learner()
@@ -261,6 +262,24 @@ class GlobalStore:
             record, video_ids=[record.video_ids[i] for i in keep], video_mean=record.video_mean[idx],
             video_cov=record.video_cov[idx], video_scale=record.video_scale[idx],
         )  # fmt: skip
+
+    def backlog(self) -> tuple[int, float]:
+        """(entries, age in seconds of the oldest) of the statistics written
+        but not yet applied; (0, 0.0) on a non-learner, which does not know
+        the learner's position. The stream holds exactly the entries after
+        the last publish (it is trimmed there), of which ``unpublished`` are
+        applied already."""
+        if not self.is_learner:
+            return 0, 0.0
+        entries = max(0, int(self.r.xlen(self.stream_key)) - self.unpublished)
+        if not entries:
+            return 0, 0.0
+        first = self.r.xrange(self.stream_key, min=f"({self.last_id}", count=1)
+        if not first:
+            return 0, 0.0
+        sid = first[0][0].decode() if isinstance(first[0][0], bytes) else str(first[0][0])
+        # The id's first part is the Redis server's clock (ms) when it was written.
+        return entries, max(0.0, time.time() - int(sid.split("-")[0]) / 1000)
 
     def publish(self) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI

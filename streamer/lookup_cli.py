@@ -78,9 +78,11 @@ def _num(x: float) -> float | None:
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``run`` prints, as a JSON-ready dict (raises ReaderError)."""
+    from streamer.connections import redis_client
     from streamer.lookup_reader import Lookup
 
-    lk = Lookup(args.redis_url, args.prefix, max_version_lag=args.max_version_lag,
+    # The ACL user, password and TLS files of HPMF_REDIS_* apply here too.
+    lk = Lookup(redis_client(url=args.redis_url), args.prefix, max_version_lag=args.max_version_lag,
                 refresh_interval_ms=0, ucb_beta=args.ucb_beta)  # fmt: skip
     recs = lk.recommend(args.user, k=args.k, strategy=args.strategy,
                         exclude_watched=not args.include_watched, seed=args.seed)  # fmt: skip

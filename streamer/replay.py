@@ -18,6 +18,7 @@ import argparse
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from streamer.event import encode_event
 
@@ -41,13 +42,18 @@ class RateLimiter:
 
 def produce(
     bootstrap: str, topic: str, events: Iterable[tuple[bytes, bytes]], rate: float = 0.0,
-    total: int | None = None, progress: bool = True, linger_ms: int = 5,
+    total: int | None = None, progress: bool = True, linger_ms: int = 5, config: dict[str, Any] | None = None,
 ) -> int:  # fmt: skip
-    """Send (key, value) pairs to ``topic`` at ``rate``/s; returns the count sent."""
+    """Send (key, value) pairs to ``topic`` at ``rate``/s; returns the count sent.
+    ``config``: the security settings (default: from the environment,
+    :func:`streamer.connections.kafka_security`)."""
     from kafka import KafkaProducer
     from tqdm import tqdm
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=linger_ms, batch_size=128 * 1024)
+    from streamer.connections import kafka_security
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=linger_ms, batch_size=128 * 1024,
+                             **(config if config is not None else kafka_security()))  # fmt: skip
     limiter = RateLimiter(rate)
     n = 0
     bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5)
@@ -93,16 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka_admin import ensure_topics
+    from streamer.connections import kafka_security
+    from streamer.kafka_admin import service_topics
     from streamer.settings import StreamSettings
 
     s = StreamSettings()
-    bootstrap = args.kafka_bootstrap or s.kafka_bootstrap
-    topic = args.topic or s.topic
-    ensure_topics(bootstrap, {topic: s.partitions, f"{topic}.dlq": s.partitions})
+    s = s.model_copy(update={"kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap, "topic": args.topic or s.topic})
+    bootstrap, topic = s.kafka_bootstrap, s.topic
+    service_topics(s)
     total, events = file_events(args.events, args.limit, args.ts)
     t0 = time.monotonic()
-    n = produce(bootstrap, topic, events, rate=args.rate, total=total, progress=not args.no_progress)
+    n = produce(bootstrap, topic, events, rate=args.rate, total=total, progress=not args.no_progress,
+                config=kafka_security(s))  # fmt: skip
     dt = time.monotonic() - t0
     print(f"produced {n} events to {topic} in {dt:.1f} s ({n / max(dt, 1e-9):.0f}/s)")
     return 0

@@ -10,17 +10,50 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from model.config import HPMFConfig
+
+#: Where secrets are read from when HPMF_SECRETS_DIR is not set (a mounted
+#: Kubernetes Secret, deploy/k8s/worker.yaml), if that directory exists.
+DEFAULT_SECRETS_DIR = "/run/secrets/hpmf"
+
+
+def secrets_dir() -> str | None:
+    """The directory of secret files: ``HPMF_SECRETS_DIR``, else
+    /run/secrets/hpmf if it exists, else none. One file per setting, named
+    like its variable (``hpmf_redis_password``); the environment wins over a
+    file, a flag over both."""
+    given = os.environ.get("HPMF_SECRETS_DIR", "")
+    if given:
+        if not Path(given).is_dir():
+            raise ValueError(f"HPMF_SECRETS_DIR={given!r} is not a directory")
+        return given
+    return DEFAULT_SECRETS_DIR if Path(DEFAULT_SECRETS_DIR).is_dir() else None
 
 
 class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HPMF_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
+        # The secrets directory is looked up at each construction (not at import).
+        files = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir(), env_prefix="HPMF_")
+        return init_settings, env_settings, dotenv_settings, files
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -36,6 +69,41 @@ class StreamSettings(BaseSettings):
     auto_offset_reset: str = "earliest"
     session_timeout_ms: int = Field(10_000, ge=1000)
     """How long the group waits for a silent (crashed) worker before rebalancing."""
+
+    # Secured connections: passed to every Kafka client (worker, topic
+    # creation, replay, demo, benchmarks). Passwords: env, or files in the
+    # secrets directory (secrets_dir()); masked in the start-up log.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""
+    """CA bundle (PEM) that signed the brokers' certificates; empty: the system's."""
+    kafka_ssl_certfile: str = ""
+    """Client certificate (PEM) for mutual TLS."""
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_password: SecretStr = SecretStr("")
+    """Password of kafka_ssl_keyfile, if it is encrypted."""
+    kafka_ssl_check_hostname: bool = True
+    topic_replication_factor: int = Field(1, ge=1)
+    """Replication factor of the topics this service creates."""
+    topic_retention_ms: int = Field(0, ge=-1)
+    """retention.ms of the topics this service creates; 0: the broker's default, -1: forever."""
+    group_instance_id: str = ""
+    """Static group membership (a restart within session_timeout_ms keeps the
+    partitions without a rebalance); must be unique in the group and survive
+    restarts (a StatefulSet pod name). Empty: dynamic membership."""
+    partition_assignor: Literal["range", "roundrobin", "sticky", "cooperative-sticky"] = "range"
+    """How the group spreads partitions; cooperative-sticky moves only the
+    partitions that change owner on a rebalance."""
+    redis_username: str = ""
+    """Redis ACL user (overrides one in redis_url)."""
+    redis_password: SecretStr = SecretStr("")
+    """Redis password (overrides one in redis_url)."""
+    redis_ssl_ca_certs: str = ""
+    """CA (PEM) of the Redis server's certificate, for rediss:// URLs."""
+    redis_ssl_certfile: str = ""
+    redis_ssl_keyfile: str = ""
 
     # Minibatches (step 1 of the loop)
     batch_max_events: int = Field(512, ge=1)
@@ -69,6 +137,9 @@ class StreamSettings(BaseSettings):
 
     # Globals: the learner role
     learner_lease_ms: int = Field(10_000, ge=500)
+    learner_eligible: bool = True
+    """Whether this process may take the learner role; false for workers when
+    a dedicated learner runs (deploy/k8s/learner.yaml)."""
     publish_every_batches: int = Field(20, ge=1)
     publish_every_ms: int = Field(1000, ge=1)
     checkpoint: str = ""
@@ -87,6 +158,12 @@ class StreamSettings(BaseSettings):
     metrics_port: int = Field(9108, ge=0)
     """0 disables the HTTP endpoint."""
     metrics_host: str = "127.0.0.1"
+    """Address the metrics and health endpoint binds to: 0.0.0.0 (or ::) to be
+    scraped and probed from outside the pod or host."""
+    live_after_s: float = Field(30.0, gt=0)
+    """/healthz fails once the loop has not turned for this long (a hung process)."""
+    lag_refresh_s: float = Field(5.0, gt=0)
+    """How often the loop refreshes the per-partition lag and the learner's backlog."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     retry_max_backoff_s: float = Field(5.0, gt=0)
     log_level: str = "INFO"
@@ -116,6 +193,20 @@ class StreamSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _security(self) -> StreamSettings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not self.kafka_sasl_mechanism:
+            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            raise ValueError("SASL needs kafka_sasl_username and kafka_sasl_password (env or secrets file)")
+        if not sasl and self.kafka_sasl_mechanism:
+            raise ValueError(f"kafka_sasl_mechanism is set but kafka_security_protocol is {self.kafka_security_protocol}")
+        tls_files = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
+        if any(tls_files) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("redis_ssl_* settings need a rediss:// redis_url")
+        return self
+
+    @model_validator(mode="after")
     def _model_settings(self) -> StreamSettings:
         # Checked at start, by the model's own rules, not after Kafka and
         # Redis are reached (a NaN prior would otherwise surface much later).
@@ -141,8 +232,11 @@ class StreamSettings(BaseSettings):
         }
 
     def describe(self) -> dict[str, Any]:
-        """The settings as logged at start: passwords in URLs are masked."""
+        """The settings as logged at start: passwords (in URLs too) are masked."""
         out = self.model_dump()
+        for name, value in out.items():
+            if isinstance(value, SecretStr):
+                out[name] = "***" if value.get_secret_value() else ""
         out["redis_url"] = mask_url(self.redis_url)
         out["dlq_topic"] = self.dead_letter_topic
         out["forget_topic"] = self.forget_topic_name

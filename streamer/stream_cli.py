@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         errors = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False))
         print(f"hpmf stream: invalid settings: {errors}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # an unusable HPMF_SECRETS_DIR (no input to leak: the message names the path)
+        print(f"hpmf stream: invalid settings: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
     log = logging.getLogger("streamer.stream")
     log.info("starting hpmf stream", extra={"settings": settings.describe()})

@@ -23,13 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka_admin import ensure_topics
+    from streamer.kafka_admin import service_topics
     from streamer.settings import StreamSettings
 
     given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
     s = StreamSettings(**given)
     topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions}
-    created = ensure_topics(s.kafka_bootstrap, topics)
+    created = service_topics(s)
     for name, n in topics.items():
         print(f"{name}: {'created' if name in created else 'exists'} ({n} partitions requested)")
     return 0

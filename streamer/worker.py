@@ -39,22 +39,23 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import redis
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
+from streamer.connections import group_membership, kafka_security, redis_client
 from streamer.dead_letter import DeadLetterSink
 from streamer.errors import TRANSIENT, ConfigurationError, StopRequested, fatal_setting, retry
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
 from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
-from streamer.kafka_admin import ensure_topics, topic_refused
+from streamer.kafka_admin import service_topics, topic_refused
 from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
@@ -62,6 +63,7 @@ from streamer.settings import StreamSettings
 from streamer.user_store import WriteConflict, load_users, write_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # kafka-python backs reconnects off up to 30 s by default: after a broker
 # restart the worker sat idle up to that long with the broker already back.
@@ -87,9 +89,15 @@ class Worker:
         self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
         self._writes = 0
         self.written_offsets: dict[TopicPartition, int] = {}  # newest offsets whose effects are in Redis
+        self.metrics.live_after_s = settings.live_after_s
+        self._lag_due = 0.0  # monotonic time of the next lag refresh
 
     # ---------------------------------------------------------------- set-up
     def _should_stop(self) -> bool:
+        # retry() asks this about every 50 ms while a step waits for Redis or
+        # Kafka: the loop is alive then (liveness must not fail in an outage;
+        # a restart would not bring the dependency back).
+        self.metrics.tick()
         return self.stop
 
     def request_stop(self, signum: int = 0, frame: object = None) -> None:
@@ -100,20 +108,20 @@ class Worker:
     def _connect(self) -> None:
         s = self.s
         lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/kafka_compat.py)
-        self.redis = redis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = redis_client(s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
-            retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
-                  "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+            retry(lambda: service_topics(s), "create topics", log, self._should_stop, s.retry_max_backoff_s)
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/forget.py).
-        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix),
+        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix,
+                                      config=kafka_security(s)),
               "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         self.producer = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s),
         )
         self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
         self.consumer = KafkaConsumer(
@@ -122,7 +130,7 @@ class Worker:
             max_poll_records=s.batch_max_events, session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=100,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s), **group_membership(s),
         )  # fmt: skip
         # Fetch the topic's metadata first: a group join before it is known
         # assigns nothing until the next metadata refresh (minutes).
@@ -135,12 +143,14 @@ class Worker:
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
             global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
+            eligible=s.learner_eligible,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
-        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.maintain, "learner lease")
         if not self.globals.is_learner:
-            retry(lambda: self.globals.refresh(None, force=True), "load globals", log, self._should_stop)
+            self._redis_step(lambda: self.globals.refresh(None, force=True), "load globals")
+        self.metrics.started = True
 
     def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
         """The learner's dead letter: a global statistics entry it cannot apply,
@@ -160,7 +170,7 @@ class Worker:
             # A topic we may not describe looks like one with no partitions
             # to the consumer (it asks for all topics' metadata); asked by
             # name, the broker says which (a refusal: not retried).
-            if topic_refused(self.s.kafka_bootstrap, topic):
+            if topic_refused(self.s.kafka_bootstrap, topic, config=kafka_security(self.s)):
                 raise TopicAuthorizationFailedError(f"not authorized to describe topic {topic}")
             raise KafkaError(f"topic {topic} has no partitions (yet)")
 
@@ -228,14 +238,15 @@ class Worker:
     def iteration(self) -> None:
         s, m = self.s, self.metrics
         m.tick()
-        retry(self.globals.maintain, "learner lease", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.maintain, "learner lease")
 
         # 1. Poll a minibatch (closes on size or age).
         records = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
         m.assigned.set(len(self.tracker.assigned))
         if not records:
             # Idle: the learner catches up with other workers' statistics.
-            retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+            self._redis_step(self.globals.learn, "global step")
+            self._refresh_lag_when_due()
             return
         t0 = time.monotonic()
         self.last_event_at = t0
@@ -268,7 +279,7 @@ class Worker:
                        s.retry_max_backoff_s, on_failure=self._write_failed,
                        transient=(*TRANSIENT, WriteConflict))  # fmt: skip
         written_ms = time.time() * 1000
-        m.freshness.observe_many([written_ms - ts for ts in update.produce_ts_ms])
+        m.freshness.observe_many([(written_ms - ts) / 1000 for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
         m.users_written.inc(len(update.records))
         m.global_version.set(self.globals.model.version)
@@ -283,14 +294,20 @@ class Worker:
         offsets = next_offsets(records)
         self.written_offsets.update(offsets)
         commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: m.commit_failures.inc())
-        m.batch_latency.observe((time.monotonic() - t0) * 1000)
+        m.batch_latency.observe(time.monotonic() - t0)
         m.batches.inc()
         self.batches_done += 1
         self.last_event_at = time.monotonic()
-        self._update_lag()
 
         # 6. Global step (learner only).
-        retry(self.globals.learn, "global step", log, self._should_stop, s.retry_max_backoff_s)
+        self._redis_step(self.globals.learn, "global step")
+        self._refresh_lag_when_due()
+
+    def _redis_step(self, fn: Callable[[], T], what: str) -> T:
+        """A Redis step of the loop, retried through an outage; keeps redis_up true to what happened."""
+        out = retry(fn, what, log, self._should_stop, self.s.retry_max_backoff_s, on_failure=self._redis_failed)
+        self.metrics.redis_ok = True
+        return out
 
     def _commit_written(self) -> None:
         """Synchronously commit the newest written offsets (shutdown)."""
@@ -343,17 +360,17 @@ class Worker:
         self.metrics.redis_ok = True
         return update
 
-    def _partition_lags(self) -> list[int | None]:
+    def _partition_lags(self) -> dict[TopicPartition, int | None]:
         """Per assigned partition, high watermark minus position; None where
         either is not known yet (right after a rebalance)."""
-        lags: list[int | None] = []
+        lags: dict[TopicPartition, int | None] = {}
         for tp in self.tracker.assigned:
             hw = self.consumer.highwater(tp)
             try:
                 pos = self.consumer.position(tp, timeout_ms=100)
             except Exception:  # position unknown right after a rebalance
                 pos = None
-            lags.append(None if hw is None or pos is None else max(0, hw - pos))
+            lags[tp] = None if hw is None or pos is None else max(0, hw - pos)
         return lags
 
     def _caught_up(self) -> bool:
@@ -361,10 +378,30 @@ class Worker:
         is not enough to stop: a rebalance can keep a worker idle for seconds
         while its new partitions still hold unread events."""
         lags = self._partition_lags()
-        return bool(lags) and all(lag == 0 for lag in lags)
+        return bool(lags) and all(lag == 0 for lag in lags.values())
 
-    def _update_lag(self) -> None:
-        self.metrics.lag.set(sum(lag for lag in self._partition_lags() if lag is not None))
+    def _refresh_lag_when_due(self) -> None:
+        """Every ``lag_refresh_s``, busy or idle: the lag per assigned partition
+        (revoked ones drop out; one whose position is not known yet is left
+        out) and, on the learner, its backlog. The high watermark comes with
+        each fetch response, so no request is made for it. While the loop
+        waits out an outage nothing is refreshed; the retries counter and
+        redis_up tell that story then."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + self.s.lag_refresh_s
+        m = self.metrics
+        lags = self._partition_lags()
+        m.lag.replace({(tp.topic, str(tp.partition)): lag for tp, lag in lags.items() if lag is not None})
+        m.lag_refreshed.set(time.time())
+        try:
+            entries, age_s = self.globals.backlog()
+        except TRANSIENT as exc:  # a metric is not worth a retry loop; the next refresh tries again
+            self._redis_failed(exc)
+            return
+        m.learner_backlog.set(entries)
+        m.learner_backlog_age.set(age_s)
 
 
 def _settle_garbage_collector() -> None:

@@ -95,3 +95,18 @@ def test_n_workers_feed_the_learner_what_one_worker_would(redis_client, key_pref
     assert a.version == b.version == 4
     assert np.array_equal(a.video_mean, b.video_mean) and np.array_equal(a.video_cov, b.video_cov)
     assert a.b0 == b.b0 and a.sigma == b.sigma
+
+
+def test_an_ineligible_worker_never_takes_the_lease(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+    """HPMF_LEARNER_ELIGIBLE=false (the workers of deploy/k8s/worker.yaml):
+    with the lease free it still does not become the learner; an eligible
+    process then does."""
+    w = GlobalStore(redis_client, key_prefix, "W", CFG, StreamMetrics(), lease_ms=600, eligible=False)
+    for _ in range(3):
+        w.maintain()
+        time.sleep(0.35)
+    assert not w.is_learner and redis_client.get(f"{key_prefix}:learner:lease") is None
+    assert w.metrics.learner.get() == 0
+    lr = store(redis_client, key_prefix, "L")
+    lr.maintain()
+    assert lr.is_learner and redis_client.get(f"{key_prefix}:learner:lease") == b"L"

@@ -35,12 +35,20 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
     produce(kafka_bootstrap, topic_name, events + dupes)
     log = tmp_path / "worker.log"
     port = free_port()
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600")
+    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600",
+                     "--lag-refresh-s", "0.2")  # fmt: skip
     t_start = time.time() * 1000
     with running(cmd, log) as proc:
         users = sorted(counts)
         wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 60, "all counts in Redis")
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        # The lag is refreshed on a timer, idle or not, per partition.
+        zero_lags = [f'hpmf_stream_consumer_lag{{topic="{topic_name}",partition="{p}"}} 0' for p in range(4)]
+        wait_for(lambda: all(z in scrape().splitlines() for z in zero_lags), 20, "every partition's lag at 0")
+        metrics = scrape()
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
         live = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
         proc.send_signal(signal.SIGTERM)
@@ -49,7 +57,12 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
     assert ready == 200 and live == 200
     assert "hpmf_stream_events_consumed_total 3200" in metrics
     assert 'hpmf_stream_skipped_events_total{why="duplicate"} 200' in metrics
-    assert "hpmf_stream_freshness_ms_count 3000" in metrics
+    assert "hpmf_stream_freshness_seconds_count 3000" in metrics
+    assert "hpmf_stream_batch_duration_seconds_count " in metrics
+    assert "hpmf_stream_redis_up 1" in metrics.splitlines()
+    assert "hpmf_stream_learner 1" in metrics.splitlines()  # the only worker is the learner
+    assert "hpmf_stream_learner_backlog_entries 0" in metrics.splitlines()  # ... and has caught up
+    assert 'hpmf_stream_build_info{version="0.1.0",revision="' in metrics
     summary = stopped_summaries(log)[-1]
     assert summary["applied"] == 3000 and summary["skipped_duplicate"] == 200
 

@@ -10,6 +10,17 @@
 # HPMF_CACHE (~/.cache/hpmf: jars), HPMF_RUN (./.run: pid, log), KAFKA_DATA (tmp dir),
 # KAFKA_MVN_OPTS (extra Maven flags, e.g. a settings file: "-s my-settings.xml"),
 # KAFKA_EXTRA_PROPERTIES (broker properties appended, one a line; tests use it for an authorizer).
+#
+# SASL (off by default): KAFKA_SASL_MECHANISM=PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+# adds a SASL_PLAINTEXT listener on 127.0.0.1:KAFKA_SASL_PORT (KAFKA_PORT + 2)
+# beside the plain one, with one user KAFKA_SASL_USER / KAFKA_SASL_PASSWORD
+# (hpmf / hpmf-secret). SCRAM users are written when the storage is formatted,
+# so use a fresh KAFKA_DATA for a SCRAM broker. Clients: HPMF_KAFKA_SECURITY_PROTOCOL=
+# SASL_PLAINTEXT HPMF_KAFKA_SASL_MECHANISM=... HPMF_KAFKA_SASL_USERNAME=... and
+# the password (docs/operations.md, "Secured connections").
+# With KAFKA_TLS_KEYSTORE_PEM (one PEM file: the server's unencrypted PKCS#8
+# key and its certificate chain) a SASL_SSL listener on KAFKA_SASL_SSL_PORT
+# (KAFKA_PORT + 3) is added too, same mechanism and user.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -21,6 +32,12 @@ CACHE=${HPMF_CACHE:-$HOME/.cache/hpmf}
 RUN=${HPMF_RUN:-$ROOT/.run}
 JARS="$CACHE/kafka-$KAFKA_VERSION/libs"
 DATA=${KAFKA_DATA:-${TMPDIR:-/tmp}/hpmf-kafka-$KAFKA_PORT}
+SASL_MECHANISM=${KAFKA_SASL_MECHANISM:-}
+SASL_PORT=${KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
+SASL_USER=${KAFKA_SASL_USER:-hpmf}
+SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-hpmf-secret}
+TLS_KEYSTORE=${KAFKA_TLS_KEYSTORE_PEM:-}
+SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-$((KAFKA_PORT + 3))}
 PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/kafka.log"
 
@@ -86,20 +103,50 @@ start() {
     if pid=$(running_pid); then say "already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"; return 0; fi
     need_java
     fetch
-    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    local ports=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
+    [ -n "$SASL_MECHANISM" ] && ports+=("$SASL_PORT")
+    [ -n "$SASL_MECHANISM" ] && [ -n "$TLS_KEYSTORE" ] && ports+=("$SASL_SSL_PORT")
+    for p in "${ports[@]}"; do
         if port_busy "$p"; then die "port 127.0.0.1:$p is already in use by another process. Stop it, or choose other ports: KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 make up"; fi
     done
     mkdir -p "$RUN" "$DATA"
     local props="$RUN/kafka-server.properties"
+    local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protomap="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    local sasl_props="" format_args=()
+    if [ -n "$SASL_MECHANISM" ]; then
+        local lname module users=""
+        lname=$(echo "$SASL_MECHANISM" | tr '[:upper:]' '[:lower:]')
+        case "$SASL_MECHANISM" in
+            PLAIN) module=org.apache.kafka.common.security.plain.PlainLoginModule
+                   users=" user_$SASL_USER=\"$SASL_PASSWORD\"" ;;
+            SCRAM-SHA-256|SCRAM-SHA-512) module=org.apache.kafka.common.security.scram.ScramLoginModule
+                   format_args=(--add-scram "$SASL_MECHANISM=[name=$SASL_USER,password=$SASL_PASSWORD]") ;;
+            *) die "KAFKA_SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (got $SASL_MECHANISM)" ;;
+        esac
+        listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT"
+        protomap="$protomap,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        sasl_props="sasl.enabled.mechanisms=$SASL_MECHANISM
+listener.name.sasl_plaintext.$lname.sasl.jaas.config=$module required$users;"
+        if [ -n "$TLS_KEYSTORE" ]; then
+            [ -r "$TLS_KEYSTORE" ] || die "KAFKA_TLS_KEYSTORE_PEM=$TLS_KEYSTORE is not a readable file"
+            listeners="$listeners,SASL_SSL://127.0.0.1:$SASL_SSL_PORT"
+            protomap="$protomap,SASL_SSL:SASL_SSL"
+            sasl_props="$sasl_props
+listener.name.sasl_ssl.$lname.sasl.jaas.config=$module required$users;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_KEYSTORE"
+        fi
+    fi
     cat > "$props" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protomap
+$sasl_props
 log.dirs=$DATA
 num.partitions=4
 auto.create.topics.enable=false
@@ -119,7 +166,7 @@ PROPS
     if [ ! -f "$DATA/meta.properties" ]; then
         local cid
         cid=$(kjava kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
-        kjava kafka.tools.StorageTool format -t "$cid" -c "$props" > "$RUN/kafka-format.log" 2>&1 \
+        kjava kafka.tools.StorageTool format -t "$cid" -c "$props" "${format_args[@]}" > "$RUN/kafka-format.log" 2>&1 \
             || { cat "$RUN/kafka-format.log" >&2; die "formatting KRaft storage in $DATA failed (log: $RUN/kafka-format.log). Remove $DATA and retry."; }
     fi
     : > "$LOG"
@@ -135,6 +182,8 @@ PROPS
             die "the broker exited during start-up (log: $LOG). If the log mentions the storage or cluster id, remove $DATA and retry."
         fi
         if grep -q "Kafka Server started" "$LOG" && port_busy "$KAFKA_PORT"; then
+            [ -n "$SASL_MECHANISM" ] && say "SASL_PLAINTEXT ($SASL_MECHANISM, user $SASL_USER) on 127.0.0.1:$SASL_PORT"
+            [ -n "$SASL_MECHANISM" ] && [ -n "$TLS_KEYSTORE" ] && say "SASL_SSL ($SASL_MECHANISM, user $SASL_USER) on 127.0.0.1:$SASL_SSL_PORT"
             say "started (pid $pid) on 127.0.0.1:$KAFKA_PORT in $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)") s; data $DATA; log $LOG"
             return 0
         fi
