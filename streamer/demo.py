@@ -157,5 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if worker.returncode == 0 else 1
 
 
+def cli() -> int:
+    """``main`` with a one-line error instead of a traceback when a step fails
+    for a reason outside the demo: a broker that never became ready, or a
+    subcommand that exited non-zero (it has printed its own error above)."""
+    from streamer.kafka_admin import BrokerNotReadyError
+
+    try:
+        return main()
+    except BrokerNotReadyError as exc:
+        print(f"[demo] error: {exc}", file=sys.stderr, flush=True)
+    except subprocess.CalledProcessError as exc:
+        print(f"[demo] error: hpmf {exc.cmd[3]} exited with code {exc.returncode} (its output is above)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
