@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=2, help="days of simulated traffic (default 2)")
     p.add_argument("--users-per-day", type=int, default=1500, help="new users per day (default 1500)")
     p.add_argument("--rate", type=int, default=4000, help="replay rate, events/s (default 4000)")
-    p.add_argument("--metrics-port", type=int, default=9464)
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("DEMO_METRICS_PORT", "9464")),
+                   help="the service's metrics port (default: DEMO_METRICS_PORT or 9464)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
