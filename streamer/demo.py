@@ -159,14 +159,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> int:
-    """``main`` with a one-line error instead of a traceback when a step fails
-    for a reason outside the demo: a broker that never became ready, or a
-    subcommand that exited non-zero (it has printed its own error above)."""
+    """``main`` with a one-line error instead of a traceback when a step fails:
+    a broker that never became ready, a step that found something wrong (the
+    service exiting early, a consumer group still in use), or a subcommand
+    that exited non-zero (it has printed its own error above)."""
     from streamer.kafka_admin import BrokerNotReadyError
 
     try:
         return main()
-    except BrokerNotReadyError as exc:
+    except (BrokerNotReadyError, RuntimeError) as exc:
         print(f"[demo] error: {exc}", file=sys.stderr, flush=True)
     except subprocess.CalledProcessError as exc:
         print(f"[demo] error: hpmf {exc.cmd[3]} exited with code {exc.returncode} (its output is above)",
