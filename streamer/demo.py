@@ -18,6 +18,7 @@ import argparse
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,13 @@ def consumed(port: int) -> float:
         if line.startswith("hpmf_stream_events_consumed_total"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def pick_users(events: Path) -> tuple[str, str]:
@@ -102,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     redis_url = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
     env = {**os.environ, "HPMF_TOPIC": topic, "HPMF_DLQ_TOPIC": dlq, "HPMF_GROUP_ID": group, "HPMF_REDIS_PREFIX": prefix,
            "HPMF_KAFKA_BOOTSTRAP": bootstrap, "HPMF_REDIS_URL": redis_url}  # fmt: skip
+    if port_taken(args.metrics_port):  # before anything is done: the service would die on it at step 3
+        raise RuntimeError(f"port 127.0.0.1:{args.metrics_port} (the service's metrics) is already in use by another "
+                           f"process; choose another: DEMO_METRICS_PORT=<port> make demo")  # fmt: skip
     RUN.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
