@@ -79,7 +79,9 @@ def with_admin(
     :data:`COORDINATOR_NOT_READY` answer) for at most ``wait_s`` seconds
     (default :func:`default_wait_s`).
     Each retry is logged (a warning); a broker still not ready at the end
-    raises :class:`BrokerNotReadyError`."""
+    raises :class:`BrokerNotReadyError`. ``wait_s=0`` makes one attempt (a
+    caller with its own retry loop); reaching a broker that does not answer
+    at all takes up to 5-10 s per attempt."""
     wait_s = default_wait_s() if wait_s is None else wait_s
     start = time.monotonic()
     deadline = start + wait_s
@@ -92,7 +94,7 @@ def with_admin(
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 request_timeout_ms=request_timeout_ms,
-                bootstrap_timeout_ms=int(1000 * min(max(remaining, 1.0), 10.0)),
+                bootstrap_timeout_ms=int(1000 * min(max(remaining, 5.0), 10.0)),
             )
             try:
                 return step(admin)

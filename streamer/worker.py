@@ -104,7 +104,8 @@ class Worker:
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
-            retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}),
+            # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.
+            retry(lambda: ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions}, wait_s=0),
                   "create topics", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a

@@ -145,3 +145,26 @@ def test_no_broker_gives_one_line_error_from_the_cli() -> None:
     assert f"Kafka at 127.0.0.1:{port} was not ready to create topics" in errors[0]
     assert "Traceback" not in done.stderr
     assert time.monotonic() - t0 < 40
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_worker_waiting_for_an_absent_broker_stops_promptly_on_sigterm(redis_url, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The worker's own retry loop waits for Kafka at start-up (topic creation)
+    and hears SIGTERM; the admin step inside it makes one attempt per call
+    (a bootstrap that alone waited 30 s used to hold the stop that long)."""
+    import signal
+
+    from test_stream_support import running, wait_exit, worker_cmd
+
+    port = free_port()  # nothing listens there
+    log = tmp_path / "worker.log"
+    with running(worker_cmd(f"127.0.0.1:{port}", redis_url, "t-absent", key_prefix), log) as proc:
+        deadline = time.monotonic() + 60
+        while "create topics failed, retrying" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30, log) == 0
+        assert time.monotonic() - t0 < 15, log.read_text()[-3000:]
