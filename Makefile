@@ -6,13 +6,16 @@ PY := .venv/bin/python
 SERVICES := deploy/local/with_services.sh
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status demo test lint bench data clean
+.PHONY: help venv lock up down status demo test lint bench data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-venv:  ## create .venv (heavy dependencies cached outside the clone)
+venv:  ## create .venv from requirements.lock (heavy dependencies cached outside the clone)
 	@bash deploy/local/venv.sh
+
+lock:  ## regenerate requirements.lock from pyproject.toml (UPGRADE=1, or UPGRADE=pkg,pkg, to move versions)
+	@bash deploy/local/lock.sh
 
 up:  ## start the local Kafka broker and Redis server (idempotent)
 	@bash deploy/local/redis.sh start

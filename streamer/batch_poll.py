@@ -17,6 +17,12 @@ safe: if the partition's new owner reads them too, whoever writes second
 either skips them (at or below the user's stored offset) or is fenced by the
 write script (``WriteConflict``: re-read, then skip), so every event counts
 exactly once.
+
+Kafka unreachable: kafka-python 3 may raise a retriable error (a lost
+connection while it looks up the group coordinator) out of ``poll()``. The
+batch then closes with what it holds (nothing is lost: records of the batch
+are processed, and nothing was committed past them), and the next poll tries
+again; the worker does not die of a broker restart.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,16 @@ def poll_batch(
         remaining = idle_ms / 1000 - (now - start) if deadline is None else deadline - now
         if remaining <= 0:
             break
-        got = consumer.poll(timeout_ms=max(1, int(remaining * 1000)), max_records=max_events - len(records))
+        try:
+            got = consumer.poll(timeout_ms=max(1, int(remaining * 1000)), max_records=max_events - len(records))
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("poll failed (Kafka unreachable?); closing the batch, the next poll retries",
+                        extra={"records": len(records), "error": repr(exc)[:200]})  # fmt: skip
+            if not records:  # an error that comes at once must not make the loop spin
+                time.sleep(min(max(remaining, 0.0), 1.0))
+            break
         for recs in got.values():
             records.extend(recs)
         if records and deadline is None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +27,42 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """``hpmf <package version>``, with the git commit when run from a checkout
+    (``-dirty`` if tracked files changed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        text = f"hpmf {dist_version('hpmf-streamer')}"
+    except PackageNotFoundError:
+        text = "hpmf (package not installed)"
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        try:
+            git = ["git", "-C", str(root)]
+            sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 check=True, timeout=5).stdout.strip()  # fmt: skip
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
+            text += f" (git {sha}{'-dirty' if dirty else ''})"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return text
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: works out the text only when asked (git is a subprocess)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version (and git commit) and exit")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version())
+        parser.exit()
+
+
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpmf",
@@ -33,6 +71,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
             "Kafka update Bayesian user posteriors that other services read from Redis."
         ),
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

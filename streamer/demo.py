@@ -18,6 +18,7 @@ import argparse
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,13 @@ def consumed(port: int) -> float:
         if line.startswith("hpmf_stream_events_consumed_total"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def pick_users(events: Path) -> tuple[str, str]:
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=2, help="days of simulated traffic (default 2)")
     p.add_argument("--users-per-day", type=int, default=1500, help="new users per day (default 1500)")
     p.add_argument("--rate", type=int, default=4000, help="replay rate, events/s (default 4000)")
-    p.add_argument("--metrics-port", type=int, default=9464)
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("DEMO_METRICS_PORT", "9464")),
+                   help="the service's metrics port (default: DEMO_METRICS_PORT or 9464)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -101,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     redis_url = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
     env = {**os.environ, "HPMF_TOPIC": topic, "HPMF_DLQ_TOPIC": dlq, "HPMF_GROUP_ID": group, "HPMF_REDIS_PREFIX": prefix,
            "HPMF_KAFKA_BOOTSTRAP": bootstrap, "HPMF_REDIS_URL": redis_url}  # fmt: skip
+    if port_taken(args.metrics_port):  # before anything is done: the service would die on it at step 3
+        raise RuntimeError(f"port 127.0.0.1:{args.metrics_port} (the service's metrics) is already in use by another "
+                           f"process; choose another: DEMO_METRICS_PORT=<port> make demo")  # fmt: skip
     RUN.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -157,5 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if worker.returncode == 0 else 1
 
 
+def cli() -> int:
+    """``main`` with a one-line error instead of a traceback when a step fails:
+    a broker that never became ready, a step that found something wrong (the
+    service exiting early, a consumer group still in use), or a subcommand
+    that exited non-zero (it has printed its own error above)."""
+    from streamer.kafka_admin import BrokerNotReadyError
+
+    try:
+        return main()
+    except (BrokerNotReadyError, RuntimeError) as exc:
+        print(f"[demo] error: {exc}", file=sys.stderr, flush=True)
+    except subprocess.CalledProcessError as exc:
+        print(f"[demo] error: hpmf {exc.cmd[3]} exited with code {exc.returncode} (its output is above)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

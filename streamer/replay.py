@@ -15,6 +15,7 @@ epoch seconds (``--ts file``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -100,13 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamer.connections import kafka_security
-    from streamer.kafka_admin import service_topics
+    from streamer.kafka_admin import BrokerNotReadyError, service_topics
     from streamer.settings import StreamSettings
 
     s = StreamSettings()
     s = s.model_copy(update={"kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap, "topic": args.topic or s.topic})
     bootstrap, topic = s.kafka_bootstrap, s.topic
-    service_topics(s)
+    try:
+        service_topics(s)
+    except BrokerNotReadyError as exc:
+        print(f"hpmf replay: error: {exc}", file=sys.stderr)
+        return 1
     total, events = file_events(args.events, args.limit, args.ts)
     t0 = time.monotonic()
     n = produce(bootstrap, topic, events, rate=args.rate, total=total, progress=not args.no_progress,

@@ -13,6 +13,7 @@ dedupe still applies), but in-flight ordering per user is lost for a moment.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka_admin import service_topics
+    from streamer.kafka_admin import BrokerNotReadyError, service_topics
     from streamer.settings import StreamSettings
 
     given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
     s = StreamSettings(**given)
     topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions}
-    created = service_topics(s)
+    try:
+        created = service_topics(s)
+    except BrokerNotReadyError as exc:
+        print(f"hpmf topics: error: {exc}", file=sys.stderr)
+        return 1
     for name, n in topics.items():
         print(f"{name}: {'created' if name in created else 'exists'} ({n} partitions requested)")
     return 0

@@ -112,7 +112,9 @@ class Worker:
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
-            retry(lambda: service_topics(s), "create topics", log, self._should_stop, s.retry_max_backoff_s)
+            # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.
+            retry(lambda: service_topics(s, wait_s=0), "create topics", log, self._should_stop,
+                  s.retry_max_backoff_s)  # fmt: skip
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/forget.py).

@@ -31,7 +31,17 @@ def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, red
     users = sorted(counts)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "5")
-    producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 300.0))
+    # The producer holds its last third until B has joined: on a loaded machine B's
+    # start-up (seconds of imports) could outlast the whole stream, and B would
+    # join an idle topic instead of a running one.
+    b_joined = threading.Event()
+
+    def produce_around_the_join() -> None:
+        produce(kafka_bootstrap, topic_name, events[:4000], 300.0)
+        b_joined.wait(timeout=120)
+        produce(kafka_bootstrap, topic_name, events[4000:], 300.0)
+
+    producer = threading.Thread(target=produce_around_the_join)
 
     def total() -> int:
         return sum(user_counts(redis_client, key_prefix, users).values())
@@ -43,6 +53,7 @@ def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, red
             # B starts now and joins mid-stream (its start-up takes seconds).
             with running(cmd + ["--worker-id", "B"], log_b) as b:
                 wait_for(lambda: _assigned(log_b), 60, "B assigned partitions")
+                b_joined.set()
                 seen = total()
                 assert 0 < seen < 5000, "the stream ended before the rebalance; slow the producer"
                 wait_for(lambda: total() > seen + 600, 60, "progress with two workers")
@@ -52,6 +63,7 @@ def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, red
                 producer.join(timeout=60)
                 assert wait_exit(b, 90, log_b) == 0
     finally:
+        b_joined.set()
         producer.join(timeout=60)
 
     assert user_counts(redis_client, key_prefix, users) == dict(counts)

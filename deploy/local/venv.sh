@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Make ./.venv usable: a small per-clone virtual environment whose heavy
 # dependencies (torch is several GB) live in a cached environment outside the
-# clone, keyed on the dependency list, so repeated `make test` and CI runs
-# reuse it instead of downloading torch again.
+# clone, keyed on the lock file, so repeated `make test` and CI runs reuse it
+# instead of downloading torch again.
 #
-#   ~/.cache/hpmf/venv-<hash of pyproject dependencies>   torch, pyro, ... (shared)
+#   ~/.cache/hpmf/venv-<hash of requirements.lock>        torch, pyro, ... at the
+#                                                        lock's exact versions,
+#                                                        hash-checked (shared)
 #   ./.venv                                              this clone, editable
 #                                                        install of hpmf, sees
 #                                                        the cached site-packages
 #                                                        through a .pth file
+#
+# requirements.lock (dependencies and dev extras, exact versions and hashes)
+# is made from pyproject.toml by `make lock` (deploy/local/lock.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -23,25 +28,30 @@ fi
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PYEOF
 
-# The key covers exactly what pip installs into the cached environment.
-DEPS=$("$PY" - <<'PYEOF'
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = list(p["dependencies"]) + list(p["optional-dependencies"]["dev"])
-print("\n".join(sorted(deps)))
-PYEOF
-)
-KEY=$(printf '%s\n%s\n' "$("$PY" -c 'import sys; print(sys.version.split()[0])')" "$DEPS" | sha256sum | cut -c1-12)
+# The key covers exactly what pip installs into the cached environment: the
+# lock file (every version and hash) and the Python it is installed for.
+LOCK=requirements.lock
+[ -f "$LOCK" ] || { echo "error: $ROOT/$LOCK is missing; make it with 'make lock'" >&2; exit 1; }
+WANT=$("$PY" deploy/local/deps_hash.py)
+HAVE=$(sed -n 's/^# pyproject.toml dependencies: //p' "$LOCK")
+if [ "$WANT" != "$HAVE" ]; then
+    echo "error: pyproject.toml's dependencies changed since $LOCK was made; run 'make lock' (it keeps the locked versions that still fit) and commit $LOCK" >&2
+    exit 1
+fi
+KEY=$( { "$PY" -c 'import sys; print(sys.version.split()[0])'; cat "$LOCK"; } | sha256sum | cut -c1-12)
 SHARED="$CACHE/venv-$KEY"
 
 if [ ! -f "$SHARED/.complete" ]; then
-    echo "[venv] creating cached environment $SHARED (first run downloads torch, several GB; minutes)"
+    echo "[venv] creating cached environment $SHARED from $LOCK (first run downloads torch, several GB; minutes)"
     rm -rf "$SHARED"
     mkdir -p "$CACHE"
     "$PY" -m venv "$SHARED"
-    "$SHARED/bin/python" -m pip install --quiet --upgrade pip
-    # shellcheck disable=SC2086
-    echo "$DEPS" | xargs "$SHARED/bin/python" -m pip install --progress-bar off
+    # Exactly the lock: every package pinned and hash-checked, and pip refuses
+    # any dependency the lock does not list. (The venv's own pip does the
+    # install; it is not upgraded from the network first.)
+    "$SHARED/bin/python" -m pip install --require-hashes --progress-bar off -r "$LOCK"
+    "$SHARED/bin/python" -m pip check
+    cp "$LOCK" "$SHARED/requirements.lock"
     touch "$SHARED/.complete"
 else
     echo "[venv] reusing cached environment $SHARED"
