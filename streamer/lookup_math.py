@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.transform import to_original_units
 from streamer.redis_record import GlobalRecord
 
 
@@ -209,3 +210,34 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
     order = part[np.argsort(-masked[part], kind="stable")]
     return order[:k]
+
+
+def rank_scores(
+    model: ServingModel,
+    user: UserMoments,
+    strategy: str,
+    rng: np.random.Generator,
+    ucb_beta: float = 2.0,
+) -> np.ndarray:
+    """What ``recommend`` ranks, one score per video row (higher is better).
+
+    * ``mean``: the predictive mean in original units (for log1p,
+      exp(m + s^2/2) - 1 with the full predictive s^2; identity: m).
+    * ``ucb``: m + beta * e, e the *epistemic* std (model scale).
+    * ``thompson``: one joint draw (:func:`thompson_scores`).
+
+    :meth:`streamer.lookup_reader.Lookup.recommend` and the ranking evaluation
+    (:mod:`streamer.ranking_eval`) both call this, so what is evaluated is what
+    is served.
+    """
+    rec = model.record
+    if strategy == "thompson":
+        return thompson_scores(model, user, rec.biases, rng)
+    m_y, epi = predictive_all(model, user)  # float32 pass over all videos
+    if strategy == "ucb":
+        return m_y + ucb_beta * np.sqrt(epi)
+    if strategy != "mean":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    if rec.transform == "identity":
+        return m_y
+    return to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]

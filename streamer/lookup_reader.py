@@ -47,8 +47,7 @@ from streamer.lookup_math import (
     ServingModel,
     UserMoments,
     predictive,
-    predictive_all,
-    thompson_scores,
+    rank_scores,
     top_k,
 )
 from streamer.redis_record import (
@@ -420,15 +419,7 @@ class Lookup:
     ) -> Recommendations:
         rec = model.record
         user = UserMoments.of(post.mean, post.cov, rec.biases)
-        m_y, epi = predictive_all(model, user)  # float32 pass over all videos, for ranking
-        if strategy == "thompson":
-            scores = thompson_scores(model, user, rec.biases, self._rng_for(post.user_id, seed))
-        elif strategy == "ucb":
-            scores = m_y + self.ucb_beta * np.sqrt(epi)
-        elif rec.transform == "identity":
-            scores = m_y.copy()
-        else:  # rank by E[minutes], which depends on the spread under log1p
-            scores = to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]
+        scores = rank_scores(model, user, strategy, self._rng_for(post.user_id, seed), self.ucb_beta)
         if exclude_watched and post.history:
             rows = [model.index[v] for v, _, _ in post.history if v in model.index]
             scores[rows] = -np.inf

@@ -1,0 +1,241 @@
+"""The prequential ranking protocol: does the list ``recommend`` serves hold the
+video the user actually watched next?
+
+    hpmf evaluate .data/ml-100k.inter --protocol ranking --every 40 --warmup 20000 --json rank.json
+
+The stream is replayed in time order, minibatch by minibatch (default 1: learn
+after every event). At every ``every``-th event from position ``warmup`` on, with
+the states from before that event's minibatch, every video seen so far that the
+user has not watched yet is ranked by each rung, and the rank of the video the
+user did watch is recorded (:mod:`model.ranking` has the metrics). Events whose
+video was never seen before (no ranker can name it) or that the user had
+already watched are not scored.
+
+The model rungs (``biases``, ``pmf``, ``hpmf``) are scored through the code
+``recommend`` runs: the learner's globals are published as a
+:class:`~streamer.redis_record.GlobalRecord`, loaded into a
+:class:`~streamer.lookup_math.ServingModel`, and ranked by
+:func:`~streamer.lookup_math.rank_scores` and :func:`~streamer.lookup_math.top_k`.
+This lives in ``streamer/`` because that serving code does; the model it drives
+and the metrics are in ``model/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.batch import Batch
+from model.evaluate import ladder_config
+from model.online import OnlineHPMF
+from model.posterior import UserState
+from model.ranking import Cooccurrence, DecayedPopularity, K, Popularity, Tally, rank_of
+from streamer.lookup_math import ServingModel, UserMoments, rank_scores, top_k
+from streamer.redis_record import global_record_from_snapshot
+
+RANK_RUNGS: tuple[str, ...] = ("popularity", "decayed_popularity", "cooccurrence", "biases", "pmf", "hpmf")
+"""The rungs of the ranking ladder, named as the JSON report names them."""
+
+RANK_METRICS: tuple[str, ...] = ("hit10", "ndcg10", "mrr", "catalogue_share")
+
+
+class Ranker(Protocol):
+    def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
+        """One score per catalogue row 0..n_videos-1 (higher is better)."""
+        ...
+
+    def learn(
+        self, users: list[str], videos: list[str], values: np.ndarray, rows: list[int],
+        histories: list[Sequence[int]],
+    ) -> None:
+        """Learn a minibatch; ``histories[k]`` is event k's user's earlier rows."""
+        ...  # fmt: skip
+
+
+class BaselineRanker:
+    """A :mod:`model.ranking` baseline learned event by event."""
+
+    def __init__(self, base: Popularity | Cooccurrence) -> None:
+        self.base = base
+
+    def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
+        return np.array(self.base.scores(history, n_videos), dtype=np.float64)
+
+    def learn(
+        self, users: list[str], videos: list[str], values: np.ndarray, rows: list[int],
+        histories: list[Sequence[int]],
+    ) -> None:  # fmt: skip
+        for row, hist in zip(rows, histories, strict=True):
+            self.base.observe(hist, row)
+
+
+class ModelRanker:
+    """An :class:`OnlineHPMF` scored the way ``recommend`` scores it."""
+
+    def __init__(
+        self, model: OnlineHPMF, catalogue: dict[str, int], strategy: str = "mean",
+        ucb_beta: float = 2.0, seed: int = 0,
+    ) -> None:  # fmt: skip
+        self.model = model
+        self.catalogue = catalogue
+        self.strategy = strategy
+        self.ucb_beta = ucb_beta
+        self.rng = np.random.default_rng(seed)
+        self.states: dict[str, UserState] = {}
+        self._serving: ServingModel | None = None
+        self._rows = np.zeros(0, dtype=np.int64)  # serving row -> catalogue row
+
+    def serving(self) -> ServingModel:
+        """The learner's current globals as a reader would load them."""
+        if self._serving is None or self._serving.version != self.model.version:
+            rec = global_record_from_snapshot(self.model.export_globals(), 0)
+            self._serving = ServingModel.from_record(rec)
+            self._rows = np.fromiter((self.catalogue[v] for v in rec.video_ids), dtype=np.int64,
+                                     count=rec.n_videos)  # fmt: skip
+        return self._serving
+
+    def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
+        sm = self.serving()
+        rec = sm.record
+        st = self.states.get(user)
+        if st is None or st.mean is None or st.cov is None:
+            um = UserMoments.of(rec.prior_mean, rec.prior_cov, rec.biases)
+        else:
+            um = UserMoments.of(st.mean, st.cov, rec.biases)
+        s = rank_scores(sm, um, self.strategy, self.rng, self.ucb_beta)
+        out = np.full(n_videos, -np.inf)
+        out[self._rows] = s
+        return out
+
+    def learn(
+        self, users: list[str], videos: list[str], values: np.ndarray, rows: list[int],
+        histories: list[Sequence[int]],
+    ) -> None:  # fmt: skip
+        self.states.update(self.model.learn(Batch.of(users, videos, values), self.states))
+
+
+@dataclass
+class RankingResult:
+    n_scored: int
+    n_catalogue: int
+    tallies: dict[str, Tally]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {name: t.metrics(self.n_catalogue) for name, t in self.tallies.items()}
+
+
+def run_ranking(
+    user_ids: Sequence[str],
+    video_ids: Sequence[str],
+    values: np.ndarray,
+    rankers: dict[str, Ranker],
+    catalogue: dict[str, int],
+    batch_size: int = 1,
+    every: int = 1,
+    warmup: int = 0,
+    k: int = K,
+    progress: Callable[[int], None] | None = None,
+) -> RankingResult:
+    """Replay the stream and score every ranker (see the module docstring).
+
+    ``catalogue`` (video id -> row, rows in order of first appearance) is filled
+    in place; the rankers that map ids to rows share it.
+    """
+    if batch_size < 1 or every < 1 or warmup < 0:
+        raise ValueError("batch_size >= 1, every >= 1 and warmup >= 0 are required")
+    users = [str(u) for u in user_ids]
+    videos = [str(v) for v in video_ids]
+    vals = np.asarray(values, dtype=np.float64)
+    n = len(users)
+    if len(videos) != n or vals.shape != (n,):
+        raise ValueError(f"{n} users, {len(videos)} videos and {vals.shape} values differ in length")
+    watched: dict[str, list[int]] = {}
+    watched_set: dict[str, set[int]] = {}
+    tallies = {name: Tally() for name in rankers}
+    seconds = dict.fromkeys(rankers, 0.0)
+    n_scored = 0
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        first = max(start, warmup)
+        first += (-(first - warmup)) % every
+        for p in range(first, stop, every):
+            u, row = users[p], catalogue.get(videos[p])
+            seen = watched_set.get(u, set())
+            if row is None or row in seen:
+                continue
+            hist = watched.get(u, [])
+            n_scored += 1
+            nv = len(catalogue)
+            for name, r in rankers.items():
+                t0 = time.perf_counter()
+                s = r.scores(u, hist, nv)
+                s = np.where(np.isnan(s), -np.inf, s)
+                if hist:
+                    s[hist] = -np.inf  # exclude what the user has watched, as recommend does
+                tallies[name].add(rank_of(s, row), top_k(s, k).tolist())
+                seconds[name] += time.perf_counter() - t0
+        bu, bv = users[start:stop], videos[start:stop]
+        for v in bv:
+            if v not in catalogue:
+                catalogue[v] = len(catalogue)
+        rows = [catalogue[v] for v in bv]
+        hists: list[Sequence[int]] = []
+        for u, row in zip(bu, rows, strict=True):
+            h = watched.setdefault(u, [])
+            hists.append(tuple(h))
+            if row not in watched_set.setdefault(u, set()):
+                h.append(row)
+                watched_set[u].add(row)
+        for name, r in rankers.items():
+            t0 = time.perf_counter()
+            r.learn(bu, bv, vals[start:stop], rows, hists)
+            seconds[name] += time.perf_counter() - t0
+        if progress is not None:
+            progress(stop - start)
+    return RankingResult(n_scored, len(catalogue), tallies, seconds)
+
+
+def make_rankers(
+    names: Sequence[str], catalogue: dict[str, int], *, transform: str = "identity",
+    seed: int = 0, global_mean_prior: float = 0.0, strategy: str = "mean",
+    decay_half_life: float = 1000.0, cooc_recent: int = 10, cooc_pop_weight: float = 0.1,
+    **overrides: Any,
+) -> dict[str, Ranker]:  # fmt: skip
+    """The named rungs of :data:`RANK_RUNGS`, fresh."""
+    out: dict[str, Ranker] = {}
+    for name in names:
+        if name == "popularity":
+            out[name] = BaselineRanker(Popularity())
+        elif name == "decayed_popularity":
+            out[name] = BaselineRanker(DecayedPopularity(decay_half_life))
+        elif name == "cooccurrence":
+            out[name] = BaselineRanker(Cooccurrence(cooc_recent, cooc_pop_weight))
+        elif name in ("biases", "pmf", "hpmf"):
+            cfg = ladder_config(name, transform=transform, seed=seed,
+                                global_mean_prior=global_mean_prior, **overrides)  # fmt: skip
+            out[name] = ModelRanker(OnlineHPMF(cfg), catalogue, strategy, seed=seed)
+        else:
+            raise ValueError(f"unknown ranking rung {name!r}; choose from: {', '.join(RANK_RUNGS)}")
+    return out
+
+
+def ranking_report(result: RankingResult) -> dict[str, Any]:
+    """``{"protocol": "ranking", "n_scored", "models": {name: {hit10, ndcg10, mrr,
+    catalogue_share}}}``, NaN as null."""
+
+    def clean(x: float) -> float | None:
+        return None if not math.isfinite(x) else float(x)
+
+    return {
+        "protocol": "ranking",
+        "n_scored": int(result.n_scored),
+        "models": {
+            name: {key: clean(m[key]) for key in RANK_METRICS} for name, m in result.metrics().items()
+        },
+    }
