@@ -212,24 +212,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def rank_scores(
-    model: ServingModel,
-    user: UserMoments,
-    strategy: str,
-    rng: np.random.Generator,
-    ucb_beta: float = 2.0,
+def start_probability(s: np.ndarray) -> np.ndarray:
+    """P(start) read off a choice score: clip(s, 1e-4, 1) (see model/choice.py)."""
+    return np.clip(s, 1e-4, 1.0)
+
+
+def _minutes_scores(
+    model: ServingModel, user: UserMoments, strategy: str, rng: np.random.Generator, ucb_beta: float
 ) -> np.ndarray:
-    """What ``recommend`` ranks, one score per video row (higher is better).
-
-    * ``mean``: the predictive mean in original units (for log1p,
-      exp(m + s^2/2) - 1 with the full predictive s^2; identity: m).
-    * ``ucb``: m + beta * e, e the *epistemic* std (model scale).
-    * ``thompson``: one joint draw (:func:`thompson_scores`).
-
-    :meth:`streamer.lookup_reader.Lookup.recommend` and the ranking evaluation
-    (:mod:`streamer.ranking_eval`) both call this, so what is evaluated is what
-    is served.
-    """
+    """The minutes model's ranked value per video (model scale for ucb/thompson)."""
     rec = model.record
     if strategy == "thompson":
         return thompson_scores(model, user, rec.biases, rng)
@@ -241,3 +232,50 @@ def rank_scores(
     if rec.transform == "identity":
         return m_y
     return to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]
+
+
+def rank_scores(
+    model: ServingModel,
+    user: UserMoments,
+    strategy: str,
+    rng: np.random.Generator,
+    ucb_beta: float = 2.0,
+    choice: tuple[ServingModel, UserMoments] | None = None,
+) -> np.ndarray:
+    """What ``recommend`` ranks, one score per video row (higher is better).
+
+    Without a choice component (a v1 record), the minutes model alone:
+
+    * ``mean``: the predictive mean in original units (for log1p,
+      exp(m + s^2/2) - 1 with the full predictive s^2; identity: m).
+    * ``ucb``: m + beta * e, e the *epistemic* std (model scale).
+    * ``thompson``: one joint draw (:func:`thompson_scores`).
+
+    With one (``choice``: its serving model, rows aligned with ``model``'s, and
+    the user's choice moments), expected minutes if shown,
+    P(start) x E[minutes | start], with P(start) = clip(s, 1e-4, 1) of the
+    choice score s and minutes >= 0 in original units:
+
+    * ``mean``: P(E[s]) x E[minutes];
+    * ``ucb``: P(E[s] + beta sd[s]) x (the minutes' UCB mapped to original units);
+    * ``thompson``: P(one draw of s) x (one draw of the minutes), both
+      components drawn from their posteriors.
+
+    :meth:`streamer.lookup_reader.Lookup.recommend` and the ranking evaluation
+    (:mod:`streamer.ranking_eval`) both call this, so what is evaluated is what
+    is served.
+    """
+    minutes = _minutes_scores(model, user, strategy, rng, ucb_beta)
+    if choice is None:
+        return minutes
+    rec = model.record
+    c_model, c_user = choice
+    if strategy != "mean":  # ucb / thompson values are on the model scale
+        minutes = to_original_units(rec.transform, minutes, np.zeros(minutes.shape[0]))[0]
+    if strategy == "thompson":
+        s = thompson_scores(c_model, c_user, True, rng)
+    else:
+        s, epi = predictive_all(c_model, c_user)
+        if strategy == "ucb":
+            s = s + ucb_beta * np.sqrt(epi)
+    return start_probability(s) * np.maximum(minutes, 0.0)

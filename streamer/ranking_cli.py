@@ -19,6 +19,7 @@ import sys
 import torch
 
 from streamer.ranking_eval import (
+    DEV_RUNGS,
     RANK_METRICS,
     RANK_RUNGS,
     make_rankers,
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     batch_size = 1 if args.batch_size is None else args.batch_size
     names = list(RANK_RUNGS) if args.models is None else list(args.models)
-    bad = [m for m in names if m not in RANK_RUNGS]
+    bad = [m for m in names if m not in RANK_RUNGS + DEV_RUNGS]
     if bad:
         print(f"hpmf evaluate: unknown ranking rung(s) {', '.join(bad)}; choose from: "
               f"{', '.join(RANK_RUNGS)}", file=sys.stderr)  # fmt: skip

@@ -22,6 +22,7 @@ and the metrics are in ``model/``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,15 +32,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from model.batch import Batch
+from model.choice import ChoiceConfig, ChoiceModel, ChoiceState, pad_user
 from model.evaluate import ladder_config
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.ranking import Cooccurrence, DecayedPopularity, K, Popularity, Tally, rank_of
 from streamer.lookup_math import ServingModel, UserMoments, rank_scores, top_k
-from streamer.redis_record import global_record_from_snapshot
+from streamer.redis_record import GlobalRecord, global_record_from_snapshot
 
 RANK_RUNGS: tuple[str, ...] = ("popularity", "decayed_popularity", "cooccurrence", "biases", "pmf", "hpmf")
-"""The rungs of the ranking ladder, named as the JSON report names them."""
+"""The rungs of the ranking ladder, named as the JSON report names them. ``biases``
+and ``pmf`` are minutes models alone (ranked by E[minutes | start]); ``hpmf`` is
+what ``recommend`` serves: the minutes model with the choice component
+(:mod:`model.choice`), ranked by P(start) x E[minutes | start]."""
+
+DEV_RUNGS: tuple[str, ...] = ("hpmf_minutes", "choice", "hpmf_shared")
+"""Development rungs (``--models`` accepts them): the minutes model alone (what
+``recommend`` served before the choice component), P(start) alone, and hpmf
+whose choice component uses the minutes model's user factors (shared)."""
 
 RANK_METRICS: tuple[str, ...] = ("hit10", "ndcg10", "mrr", "catalogue_share")
 
@@ -117,6 +127,87 @@ class ModelRanker:
         histories: list[Sequence[int]],
     ) -> None:  # fmt: skip
         self.states.update(self.model.learn(Batch.of(users, videos, values), self.states))
+
+
+def choice_serving(choice: ChoiceModel, video_ids: Sequence[str]) -> ServingModel:
+    """The choice component's videos, in the order ``video_ids`` (a minutes
+    record's), as a :class:`ServingModel`: biases on, b0 = 0, so its predictive
+    mean is s = a.z + e (see model/choice.py). Videos it does not know get the
+    video prior."""
+    d = choice.config.dim
+    rows = np.array([choice.video_index.get(v, -1) for v in video_ids], dtype=np.int64)
+    mean = np.tile(choice.video_prior_mean, (len(rows), 1))
+    cov = np.tile(np.diag(choice.video_prior_var), (len(rows), 1, 1))
+    known = rows >= 0
+    mean[known] = choice.video_mean()[rows[known]]
+    cov[known] = choice.video_cov()[rows[known]]
+    pm, pc = choice.prior_state()
+    rec = GlobalRecord(
+        version=choice.version, dim=d, n_factors=d - 1, biases=True, transform="identity",
+        b0=0.0, sigma=1.0, prior_mean=pm, prior_cov=pc, video_ids=list(video_ids),
+        video_mean=mean, video_cov=cov,
+        video_scale=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)), updated_ms=0,
+    )  # fmt: skip
+    return ServingModel.from_record(rec)
+
+
+class ChoiceRanker(ModelRanker):
+    """The minutes model with the choice component: expected minutes if shown
+    (``minutes=False``: P(start) alone, a development rung)."""
+
+    def __init__(
+        self, model: OnlineHPMF, choice: ChoiceModel, catalogue: dict[str, int],
+        strategy: str = "mean", ucb_beta: float = 2.0, seed: int = 0, minutes: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(model, catalogue, strategy, ucb_beta, seed)
+        self.choice = choice
+        self.minutes = minutes
+        self.fresh_user = False
+        self.choice_states: dict[str, ChoiceState] = {}
+        self._c_serving: ServingModel | None = None
+
+    def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
+        sm = self.serving() if self.minutes else None
+        ids = sm.record.video_ids if sm is not None else self.choice.video_ids
+        if self._c_serving is None or self._c_serving.version != self.choice.version or \
+                self._c_serving.n_videos != len(ids):  # fmt: skip
+            self._c_serving = choice_serving(self.choice, ids)
+            if sm is None:
+                self._rows = np.fromiter((self.catalogue[v] for v in ids), dtype=np.int64, count=len(ids))
+        cst = self.choice_states.get(user)
+        pm, pc = self.choice.prior_state() if cst is None or cst.mean is None else (cst.mean, cst.cov)
+        if self.fresh_user and cst is not None:
+            pm, pc = self.choice.user_posterior(cst.history)
+        cu = UserMoments.of(pm, pc, True)
+        if sm is not None:
+            rec = sm.record
+            st = self.states.get(user)
+            if st is None or st.mean is None or st.cov is None:
+                um = UserMoments.of(rec.prior_mean, rec.prior_cov, rec.biases)
+            else:
+                um = UserMoments.of(st.mean, st.cov, rec.biases)
+            s = rank_scores(sm, um, self.strategy, self.rng, self.ucb_beta, (self._c_serving, cu))
+        else:
+            s = rank_scores(self._c_serving, cu, self.strategy, self.rng, self.ucb_beta)
+        out = np.full(n_videos, -np.inf)
+        out[self._rows] = s
+        return out
+
+    def learn(
+        self, users: list[str], videos: list[str], values: np.ndarray, rows: list[int],
+        histories: list[Sequence[int]],
+    ) -> None:  # fmt: skip
+        if self.minutes:
+            super().learn(users, videos, values, rows, histories)
+        for u, v in zip(users, videos, strict=True):
+            st = self.choice.local_step(u, v, self.choice_states.get(u))
+            if not self.choice.config.own_user_factors:  # shared: [u_i, 0] of the minutes model
+                ms = self.states[u]
+                assert ms.mean is not None and ms.cov is not None
+                st.mean, st.cov = pad_user(ms.mean[:-1], ms.cov[:-1, :-1])
+            self.choice_states[u] = st
+        for u, v in zip(users, videos, strict=True):
+            self.choice.global_step(u, v, self.choice_states[u])
 
 
 @dataclass
@@ -205,7 +296,7 @@ def make_rankers(
     names: Sequence[str], catalogue: dict[str, int], *, transform: str = "identity",
     seed: int = 0, global_mean_prior: float = 0.0, strategy: str = "mean",
     decay_half_life: float = 1000.0, cooc_recent: int = 10, cooc_pop_weight: float = 0.1,
-    **overrides: Any,
+    choice_config: ChoiceConfig | None = None, **overrides: Any,
 ) -> dict[str, Ranker]:  # fmt: skip
     """The named rungs of :data:`RANK_RUNGS`, fresh."""
     out: dict[str, Ranker] = {}
@@ -216,10 +307,18 @@ def make_rankers(
             out[name] = BaselineRanker(DecayedPopularity(decay_half_life))
         elif name == "cooccurrence":
             out[name] = BaselineRanker(Cooccurrence(cooc_recent, cooc_pop_weight))
-        elif name in ("biases", "pmf", "hpmf"):
-            cfg = ladder_config(name, transform=transform, seed=seed,
+        elif name in ("biases", "pmf", "hpmf_minutes"):  # hpmf_minutes: the minutes model alone
+            cfg = ladder_config(name.removesuffix("_minutes"), transform=transform, seed=seed,
                                 global_mean_prior=global_mean_prior, **overrides)  # fmt: skip
             out[name] = ModelRanker(OnlineHPMF(cfg), catalogue, strategy, seed=seed)
+        elif name in ("hpmf", "choice", "hpmf_shared"):  # choice, hpmf_shared: development rungs
+            cfg = ladder_config("hpmf", transform=transform, seed=seed,
+                                global_mean_prior=global_mean_prior, **overrides)  # fmt: skip
+            ccfg = choice_config or ChoiceConfig()
+            if name == "hpmf_shared":  # the choice component on the minutes model's user factors
+                ccfg = dataclasses.replace(ccfg, own_user_factors=False, n_factors=cfg.n_factors)
+            out[name] = ChoiceRanker(OnlineHPMF(cfg), ChoiceModel(ccfg), catalogue, strategy,
+                                     seed=seed, minutes=name != "choice")  # fmt: skip
         else:
             raise ValueError(f"unknown ranking rung {name!r}; choose from: {', '.join(RANK_RUNGS)}")
     return out
