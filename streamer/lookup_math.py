@@ -69,10 +69,14 @@ class ServingModel:
     tri: tuple[np.ndarray, np.ndarray]  # upper-triangle indices (d <= e), T = D(D+1)/2
     tri_mult: np.ndarray  # (T,) 1 on the diagonal, 2 off it: tr(S A) = sum S_tri A_tri mult
     packed: np.ndarray  # (V, D + 2T) float32: [m_w | S_w upper | (ey_w ey_w^T) upper]
+    choice: ServingModel | None = None
+    """A version 2 record's choice component, rows aligned with these (see
+    :func:`choice_record`); None for a version 1 record."""
 
     @classmethod
     def from_record(cls, rec: GlobalRecord) -> ServingModel:
         v, d = rec.n_videos, rec.dim
+        choice = cls.from_record(choice_record(rec)) if rec.has_choice else None
         eyw = feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
         vc = np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d, d)
         iu = np.triu_indices(d)
@@ -91,6 +95,7 @@ class ServingModel:
             tri=iu,
             tri_mult=np.where(iu[0] == iu[1], 1.0, 2.0),
             packed=np.ascontiguousarray(packed, dtype=np.float32),
+            choice=choice,
         )
 
     def sym_weights(self, a: np.ndarray) -> np.ndarray:
@@ -104,6 +109,24 @@ class ServingModel:
     @property
     def n_videos(self) -> int:
         return self.record.n_videos
+
+
+def choice_record(rec: GlobalRecord) -> GlobalRecord:
+    """The choice component of a version 2 record as a record of its own: the
+    score s = a.z + e is the minutes model's predictive mean with biases on,
+    b0 = 0 and the user's bias slot fixed at 0 (model/choice.py), so the same
+    precomputation and passes serve it."""
+    assert rec.choice_video_mean is not None and rec.choice_video_cov is not None
+    assert rec.choice_prior_mean is not None and rec.choice_prior_cov is not None
+    cd = int(rec.choice_prior_mean.shape[0])
+    cov = np.asarray(rec.choice_video_cov, dtype=np.float64)
+    return GlobalRecord(
+        version=rec.version, dim=cd, n_factors=cd - 1, biases=True, transform="identity",
+        b0=0.0, sigma=1.0, prior_mean=rec.choice_prior_mean, prior_cov=rec.choice_prior_cov,
+        video_ids=rec.video_ids, video_mean=rec.choice_video_mean, video_cov=cov,
+        video_scale=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)),
+        updated_ms=rec.updated_ms,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -279,3 +302,27 @@ def rank_scores(
         if strategy == "ucb":
             s = s + ucb_beta * np.sqrt(epi)
     return start_probability(s) * np.maximum(minutes, 0.0)
+
+
+def served_scores(
+    model: ServingModel,
+    mean: np.ndarray,
+    cov: np.ndarray,
+    choice_mean: np.ndarray | None,
+    choice_cov: np.ndarray | None,
+    strategy: str,
+    rng: np.random.Generator,
+    ucb_beta: float = 2.0,
+) -> tuple[np.ndarray, UserMoments]:
+    """:func:`rank_scores` for a user's minutes posterior N(mean, cov) and, when
+    the model has a choice component, their choice posterior (the choice prior
+    if they have none, e.g. a version 1 record, or its size differs). Returns
+    the scores and the user's minutes moments."""
+    user = UserMoments.of(mean, cov, model.record.biases)
+    choice = None
+    if model.choice is not None:
+        crec = model.choice.record
+        if choice_mean is None or choice_cov is None or np.shape(choice_mean) != (crec.dim,):
+            choice_mean, choice_cov = crec.prior_mean, crec.prior_cov
+        choice = (model.choice, UserMoments.of(choice_mean, choice_cov, True))
+    return rank_scores(model, user, strategy, rng, ucb_beta, choice), user

@@ -47,7 +47,7 @@ from streamer.lookup_math import (
     ServingModel,
     UserMoments,
     predictive,
-    rank_scores,
+    served_scores,
     top_k,
 )
 from streamer.redis_record import (
@@ -118,6 +118,8 @@ class UserPosterior:
     event_ms: int | None = None
     history: list[tuple[str, float, int]] = field(default_factory=list)
     error: str | None = None
+    choice_mean: np.ndarray | None = None  # q(a_i) of a version 2 record (None: the choice prior)
+    choice_cov: np.ndarray | None = None
 
     @property
     def is_prior(self) -> bool:
@@ -329,6 +331,7 @@ class Lookup:
             model_version=model.version, user_version=rec.global_version, version_lag=lag,
             stale=abs(lag) > self.max_version_lag, updated_ms=rec.updated_ms,
             event_ms=rec.event_ms, history=rec.history,
+            choice_mean=rec.choice_mean, choice_cov=rec.choice_cov,
         )  # fmt: skip
 
     # ------------------------------------------------------------ predictions
@@ -418,15 +421,17 @@ class Lookup:
         seed: int | None,
     ) -> Recommendations:
         rec = model.record
-        user = UserMoments.of(post.mean, post.cov, rec.biases)
-        scores = rank_scores(model, user, strategy, self._rng_for(post.user_id, seed), self.ucb_beta)
+        scores, user = served_scores(model, post.mean, post.cov, post.choice_mean, post.choice_cov,
+                                     strategy, self._rng_for(post.user_id, seed), self.ucb_beta)  # fmt: skip
         if exclude_watched and post.history:
             rows = [model.index[v] for v, _, _ in post.history if v in model.index]
             scores[rows] = -np.inf
         best = top_k(scores, k)
         m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
         mean, std = to_original_units(rec.transform, m_best, np.sqrt(epi_best + model.noise_var))
-        if strategy == "mean":
+        if model.choice is not None:  # expected minutes if shown, already in original units
+            shown = scores[best]
+        elif strategy == "mean":
             shown = mean
         else:  # the ranked model-scale value, mapped through the (monotone) inverse transform
             shown = to_original_units(rec.transform, scores[best], np.zeros(best.shape[0]))[0]

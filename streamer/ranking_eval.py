@@ -37,7 +37,7 @@ from model.evaluate import ladder_config
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.ranking import Cooccurrence, DecayedPopularity, K, Popularity, Tally, rank_of
-from streamer.lookup_math import ServingModel, UserMoments, rank_scores, top_k
+from streamer.lookup_math import ServingModel, served_scores, top_k
 from streamer.redis_record import GlobalRecord, global_record_from_snapshot
 
 RANK_RUNGS: tuple[str, ...] = ("popularity", "decayed_popularity", "cooccurrence", "biases", "pmf", "hpmf")
@@ -113,11 +113,8 @@ class ModelRanker:
         sm = self.serving()
         rec = sm.record
         st = self.states.get(user)
-        if st is None or st.mean is None or st.cov is None:
-            um = UserMoments.of(rec.prior_mean, rec.prior_cov, rec.biases)
-        else:
-            um = UserMoments.of(st.mean, st.cov, rec.biases)
-        s = rank_scores(sm, um, self.strategy, self.rng, self.ucb_beta)
+        mean, cov = (rec.prior_mean, rec.prior_cov) if st is None or st.mean is None else (st.mean, st.cov)
+        s, _ = served_scores(sm, mean, cov, None, None, self.strategy, self.rng, self.ucb_beta)
         out = np.full(n_videos, -np.inf)
         out[self._rows] = s
         return out
@@ -129,26 +126,18 @@ class ModelRanker:
         self.states.update(self.model.learn(Batch.of(users, videos, values), self.states))
 
 
-def choice_serving(choice: ChoiceModel, video_ids: Sequence[str]) -> ServingModel:
-    """The choice component's videos, in the order ``video_ids`` (a minutes
-    record's), as a :class:`ServingModel`: biases on, b0 = 0, so its predictive
-    mean is s = a.z + e (see model/choice.py). Videos it does not know get the
-    video prior."""
-    d = choice.config.dim
-    rows = np.array([choice.video_index.get(v, -1) for v in video_ids], dtype=np.int64)
+def with_choice(rec: GlobalRecord, choice: ChoiceModel) -> GlobalRecord:
+    """``rec`` as a version 2 record carrying ``choice``'s component, rows in
+    ``rec.video_ids`` order (videos it does not know get its video prior)."""
+    rows = np.array([choice.video_index.get(v, -1) for v in rec.video_ids], dtype=np.int64)
     mean = np.tile(choice.video_prior_mean, (len(rows), 1))
     cov = np.tile(np.diag(choice.video_prior_var), (len(rows), 1, 1))
     known = rows >= 0
     mean[known] = choice.video_mean()[rows[known]]
     cov[known] = choice.video_cov()[rows[known]]
     pm, pc = choice.prior_state()
-    rec = GlobalRecord(
-        version=choice.version, dim=d, n_factors=d - 1, biases=True, transform="identity",
-        b0=0.0, sigma=1.0, prior_mean=pm, prior_cov=pc, video_ids=list(video_ids),
-        video_mean=mean, video_cov=cov,
-        video_scale=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)), updated_ms=0,
-    )  # fmt: skip
-    return ServingModel.from_record(rec)
+    return dataclasses.replace(rec, choice_prior_mean=pm, choice_prior_cov=pc,
+                               choice_video_mean=mean, choice_video_cov=cov)  # fmt: skip
 
 
 class ChoiceRanker(ModelRanker):
@@ -162,33 +151,37 @@ class ChoiceRanker(ModelRanker):
         super().__init__(model, catalogue, strategy, ucb_beta, seed)
         self.choice = choice
         self.minutes = minutes
-        self.fresh_user = False
         self.choice_states: dict[str, ChoiceState] = {}
-        self._c_serving: ServingModel | None = None
+        self._c_version: tuple[int, int] | None = None
+
+    def serving(self) -> ServingModel:
+        """The learner's globals and the choice component as one version 2 record."""
+        version = (self.model.version, self.choice.version)
+        if self._serving is None or self._c_version != version:
+            if self.minutes:
+                rec = global_record_from_snapshot(self.model.export_globals(), 0)
+            else:  # P(start) alone: a flat minutes model over the choice component's videos
+                v, d = self.choice.n_videos, 1
+                rec = GlobalRecord(
+                    version=0, dim=d, n_factors=0, biases=True, transform="identity", b0=1.0,
+                    sigma=1.0, prior_mean=np.zeros(d), prior_cov=np.zeros((d, d)),
+                    video_ids=list(self.choice.video_ids), video_mean=np.zeros((v, d)),
+                    video_cov=np.zeros((v, d, d)), video_scale=np.zeros((v, d)), updated_ms=0,
+                )  # fmt: skip
+            self._serving = ServingModel.from_record(with_choice(rec, self.choice))
+            self._c_version = version
+            self._rows = np.fromiter((self.catalogue[v] for v in rec.video_ids), dtype=np.int64,
+                                     count=rec.n_videos)  # fmt: skip
+        return self._serving
 
     def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
-        sm = self.serving() if self.minutes else None
-        ids = sm.record.video_ids if sm is not None else self.choice.video_ids
-        if self._c_serving is None or self._c_serving.version != self.choice.version or \
-                self._c_serving.n_videos != len(ids):  # fmt: skip
-            self._c_serving = choice_serving(self.choice, ids)
-            if sm is None:
-                self._rows = np.fromiter((self.catalogue[v] for v in ids), dtype=np.int64, count=len(ids))
+        sm = self.serving()
+        rec = sm.record
+        st = self.states.get(user)
+        mean, cov = (rec.prior_mean, rec.prior_cov) if st is None or st.mean is None else (st.mean, st.cov)
         cst = self.choice_states.get(user)
-        pm, pc = self.choice.prior_state() if cst is None or cst.mean is None else (cst.mean, cst.cov)
-        if self.fresh_user and cst is not None:
-            pm, pc = self.choice.user_posterior(cst.history)
-        cu = UserMoments.of(pm, pc, True)
-        if sm is not None:
-            rec = sm.record
-            st = self.states.get(user)
-            if st is None or st.mean is None or st.cov is None:
-                um = UserMoments.of(rec.prior_mean, rec.prior_cov, rec.biases)
-            else:
-                um = UserMoments.of(st.mean, st.cov, rec.biases)
-            s = rank_scores(sm, um, self.strategy, self.rng, self.ucb_beta, (self._c_serving, cu))
-        else:
-            s = rank_scores(self._c_serving, cu, self.strategy, self.rng, self.ucb_beta)
+        cm, cc = (None, None) if cst is None else (cst.mean, cst.cov)
+        s, _ = served_scores(sm, mean, cov, cm, cc, self.strategy, self.rng, self.ucb_beta)
         out = np.full(n_videos, -np.inf)
         out[self._rows] = s
         return out
