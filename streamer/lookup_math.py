@@ -297,6 +297,10 @@ def rank_scores(
         minutes = to_original_units(rec.transform, minutes, np.zeros(minutes.shape[0]))[0]
     if strategy == "thompson":
         s = thompson_scores(c_model, c_user, True, rng)
+    elif strategy == "mean":  # E[s] alone: one (V, cd) pass instead of the packed variance terms
+        cd = c_model.record.dim
+        ey = c_user.ey.astype(np.float32)[:, None]
+        s = c_model.b0 + c_user.eb + blocked_matmul(c_model.packed[:, :cd], ey)[:, 0].astype(np.float64)
     else:
         s, epi = predictive_all(c_model, c_user)
         if strategy == "ucb":
