@@ -153,7 +153,7 @@ def test_choice_model_learns_who_starts_what() -> None:
     rng = np.random.default_rng(1)
     m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=50, prior_scale=0.5))
     states: dict = {}
-    for _ in range(1500):
+    for _ in range(800):
         g = int(rng.integers(2))
         u = f"{'AB'[g]}{rng.integers(30)}"
         v = f"{'AB'[g]}v{rng.integers(8)}"
@@ -179,13 +179,13 @@ def _args(events: Path, out: Path, **kw: object) -> argparse.Namespace:
 
 def test_cli_writes_the_ranking_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(3)
-    n = 400
+    n = 250
     users = [f"u{x}" for x in rng.integers(40, size=n)]
     videos = [f"v{x}" for x in rng.zipf(1.5, size=n) % 30]
     events = tmp_path / "e.tsv"
     write_events(events, users, videos, rng.uniform(1, 5, n), np.arange(n, dtype=float))
     out = tmp_path / "r.json"
-    assert evaluate_cli.run(_args(events, out, every=5, warmup=100)) == 0
+    assert evaluate_cli.run(_args(events, out, every=4, warmup=60)) == 0
     rep = json.loads(out.read_text())
     assert set(rep) == {"protocol", "n_scored", "models"}
     assert rep["protocol"] == "ranking" and rep["n_scored"] > 10
