@@ -7,8 +7,8 @@ Figures (prequential ranking, minibatch 1, :mod:`streamer.ranking_eval`):
     rank.hpmf_hit10, rank.hpmf_ndcg10          MovieLens 100K, every 40th event after 20,000
     rank.popularity_hit10, rank.decayed_popularity_hit10, rank.cooccurrence_hit10
     rank.popularity_ndcg10, rank.n_scored
-    rank.sim_hpmf_hit10, rank.sim_popularity_hit10, rank.sim_hit10_ratio
-                                               the taste-driven simulator (choice strength 2)
+    rank.sim_hpmf_hit10, rank.sim_choice_hit10, rank.sim_popularity_hit10, rank.sim_hit10_ratio
+                                               the taste-driven simulator (:data:`SIM`)
 
 The MovieLens part replays 100,000 events through the minutes model and the
 choice component after every event: about 10 minutes on an idle core.
@@ -28,7 +28,12 @@ from streamer.events_file import read_events
 from streamer.ranking_eval import make_rankers, run_ranking
 
 ML_RUNGS = ("popularity", "decayed_popularity", "cooccurrence", "hpmf")
-SIM = SimConfig(days=3, users_per_day=2000, heavy_fraction=0.1, choice_strength=2.0, seed=11)
+SIM = SimConfig(days=7, users_per_day=1000, heavy_fraction=0.3, heavy_mean_views=30.0, choice_strength=3.0,
+                seed=11)  # fmt: skip
+"""The taste simulator of the suite: taste drives what is started (choice strength 3),
+and enough users come back (30% heavy watchers, 30 views on average over days)
+that there is taste to learn: on events scored after a user's 3rd, ranking by the
+true choice probabilities reaches hit@10 0.64 where popularity reaches 0.23 (3 days)."""
 SIM_EVERY, SIM_WARMUP = 5, 4000
 
 
@@ -44,10 +49,11 @@ def ranking_figures(
 def simulated() -> dict[str, float]:
     sim = simulate(SIM)
     n, m = ranking_figures(sim.user_ids.tolist(), sim.video_ids.tolist(), sim.values,
-                           ("popularity", "hpmf"), SIM_EVERY, SIM_WARMUP, transform="log1p")  # fmt: skip
+                           ("popularity", "choice", "hpmf"), SIM_EVERY, SIM_WARMUP, transform="log1p")  # fmt: skip
     out = {
         "rank.sim_n_scored": float(n),
         "rank.sim_hpmf_hit10": m["hpmf"]["hit10"],
+        "rank.sim_choice_hit10": m["choice"]["hit10"],
         "rank.sim_popularity_hit10": m["popularity"]["hit10"],
     }
     out["rank.sim_hit10_ratio"] = out["rank.sim_hpmf_hit10"] / out["rank.sim_popularity_hit10"]
