@@ -61,8 +61,8 @@ P(start) is read as clip(s, 0, 1).
 ...     st[u] = m.learn_event(u, v, st.get(u))
 >>> st["ann"].history, st["ann"].mean.shape, m.n_videos
 (['a', 'b'], (3,), 3)
->>> s = m.score_all(st["cat"])
->>> s.shape, bool(s[2] > s[0])
+>>> s = m.score_all(None)  # a new user: a and b were started twice, c once
+>>> s.shape, bool(s[0] > s[2] and s[1] > s[2])
 ((3,), True)
 """
 
