@@ -66,12 +66,29 @@ def synthetic_globals(n_videos: int, k: int, rng: np.random.Generator) -> Global
     )  # fmt: skip
 
 
-def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict[str, float]:
+def with_synthetic_choice(g: GlobalRecord, rng: np.random.Generator) -> GlobalRecord:
+    """``g`` as a version 2 record with a random choice component of g's size."""
+    import dataclasses
+
+    v, d = g.n_videos, g.dim
+    a = rng.normal(0, 0.05, size=(v, d, d))
+    return dataclasses.replace(
+        g, choice_prior_mean=np.zeros(d), choice_prior_cov=np.diag([0.09] * (d - 1) + [0.0]),
+        choice_video_mean=rng.normal(0, 0.3, size=(v, d)), choice_video_cov=a @ a.transpose(0, 2, 1),
+    )  # fmt: skip
+
+
+def latency(
+    iterations: int = 5000, n_videos: int = 10_000, k: int = 10, choice: bool = False
+) -> dict[str, float]:
+    """``choice``: a version 2 record (the choice component on top; keys ``lookup.v2_*``)."""
     client = redis_client(url=REDIS_URL)
     prefix = f"bench-lookup-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(0)
     try:
         g = synthetic_globals(n_videos, k, rng)
+        if choice:
+            g = with_synthetic_choice(g, rng)
         write_global_record(client, prefix, g, ttl_s=600)
         users = [f"user-{i}" for i in range(1000)]
         pipe = client.pipeline(transaction=False)
@@ -81,6 +98,10 @@ def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict
             hist = [(f"video-{j}", 10.0, n + 1) for n, j in enumerate(rng.choice(n_videos, 20, replace=False))]
             rec = UserRecord(rng.normal(0, 0.5, d), a @ a.T + 0.01 * np.eye(d), 20,
                              int(time.time() * 1000), int(time.time() * 1000), 1, 0, i, hist)  # fmt: skip
+            if choice:
+                c = np.zeros((d, d))
+                c[:-1, :-1] = 0.01 * np.eye(d - 1)
+                rec.choice_mean, rec.choice_cov = np.r_[rng.normal(0, 0.3, d - 1), 0.0], c
             queue_user_record(pipe, prefix, uid, rec, ttl_s=600)
         pipe.execute()
 
@@ -101,6 +122,7 @@ def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict
             t2 = clock()
             bare.append(t1 - t0)
             post.append(t2 - t1)
+        pre = "lookup.v2_" if choice else "lookup."
         out = {
             "lookup.bare_get_p50_ms": _ms(bare, 50),
             "lookup.bare_get_p99_ms": _ms(bare, 99),
@@ -116,8 +138,10 @@ def latency(iterations: int = 5000, n_videos: int = 10_000, k: int = 10) -> dict
                 samples.append(clock() - t0)
                 assert len(r.items) == 10
             suffix = "" if strategy == "mean" else f"_{strategy}"
-            out[f"lookup.recommend{suffix}_p50_ms"] = _ms(samples, 50)
-            out[f"lookup.recommend{suffix}_p99_ms"] = _ms(samples, 99)
+            out[f"{pre}recommend{suffix}_p50_ms"] = _ms(samples, 50)
+            out[f"{pre}recommend{suffix}_p99_ms"] = _ms(samples, 99)
+        if choice:  # only the recommend figures differ from the version 1 run
+            return {key: val for key, val in out.items() if key.startswith(pre)}
         return out
     finally:
         _cleanup(client, prefix)
@@ -209,6 +233,7 @@ def replay(
 
 def run() -> dict[str, float]:
     out = latency()
+    out.update(latency(choice=True))
     out.update(replay())
     return out
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ("model", "stream", "lookup")
+SUITES = ("model", "stream", "lookup", "rank")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -64,6 +64,11 @@ class SimConfig:
     video_scale: float = 0.5
     video_bias_scale: float = 0.5
     seed: int = 0
+    choice_strength: float = 0.0
+    """How much taste drives which videos a user starts: user i starts video j
+    with probability proportional to popularity_j x exp(choice_strength x
+    (u_i . v_j) / sd(u . v)), drawn without replacement. 0: popularity alone
+    (the stream does not depend on taste; the original behaviour)."""
 
     def __post_init__(self) -> None:
         if self.days < 1 or self.users_per_day < 1 or self.n_videos < 1:
@@ -76,6 +81,8 @@ class SimConfig:
             raise ValueError("mean views per user must be >= 1 (everyone watches once)")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if not (self.choice_strength >= 0 and np.isfinite(self.choice_strength)):
+            raise ValueError(f"choice_strength must be finite and >= 0, got {self.choice_strength}")
 
     @property
     def dim(self) -> int:
@@ -104,6 +111,21 @@ class Truth:
     mu_v: np.ndarray  # (D,)
     s_v: np.ndarray  # (D,)
     biases: bool
+    choice_strength: float = 0.0
+    """The SimConfig setting the choices were drawn with (see :meth:`choice_probabilities`)."""
+    affinity_sd: float = 1.0
+    """sd(u_i . v_j) over all pairs, the scale the choice strength is relative to."""
+
+    def choice_probabilities(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), J) the true probabilities of the next video each of
+        ``users`` (row indices) starts, before excluding what they watched:
+        popularity_j x exp(strength x u_i . v_j / affinity_sd), normalised."""
+        logits = np.log(self.popularity)[None, :] + self.choice_strength * (
+            self.U[users] @ self.V.T
+        ) / self.affinity_sd
+        logits -= logits.max(axis=1, keepdims=True)
+        w = np.exp(logits)
+        return w / w.sum(axis=1, keepdims=True)
 
     def user_factors(self) -> np.ndarray:
         """(U, D) true x_i."""
@@ -177,12 +199,14 @@ def _draw_truth(cfg: SimConfig, n_users: int, rng: np.random.Generator) -> Truth
     s_v = np.full(d, cfg.video_scale)
     if cfg.biases:
         s_u[-1], s_v[-1] = cfg.user_bias_scale, cfg.video_bias_scale
+    # sd of u.v over all pairs: sum_k E[u_k^2] Var[v_k] with v ~ N(0, video_scale^2)
+    aff_sd = float(np.sqrt(np.sum(np.mean(np.square(U), axis=0)) * cfg.video_scale**2)) if k else 1.0
     return Truth(
         user_ids=np.array([f"u{i:07d}" for i in range(n_users)]),
         video_ids=np.array([f"v{j:04d}" for j in range(cfg.n_videos)]),
         U=U, V=V, user_bias=ub, video_bias=vb, popularity=pop,
         b0=cfg.b0, sigma=cfg.sigma, mu_u=mu_u, s_u=s_u, mu_v=np.zeros(d), s_v=s_v,
-        biases=cfg.biases,
+        biases=cfg.biases, choice_strength=cfg.choice_strength, affinity_sd=max(aff_sd, 1e-12),
     )  # fmt: skip
 
 
@@ -200,7 +224,11 @@ def simulate(cfg: SimConfig | None = None) -> Simulation:
     ev_user, ev_video, ev_time = [], [], []
     for i in range(n_users):
         n = int(n_views[i])
-        vids = rng.choice(cfg.n_videos, size=n, replace=False, p=truth.popularity)
+        if cfg.choice_strength > 0:  # taste drives what is started
+            p = truth.choice_probabilities(np.array([i]))[0]
+        else:
+            p = truth.popularity
+        vids = rng.choice(cfg.n_videos, size=n, replace=False, p=p)
         times = arrive[i] + np.concatenate([[0.0], np.cumsum(rng.exponential(gap[i], n - 1))])
         ev_user.append(np.full(n, i))
         ev_video.append(vids)

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=2, help="days of simulated traffic (default 2)")
     p.add_argument("--users-per-day", type=int, default=1500, help="new users per day (default 1500)")
     p.add_argument("--rate", type=int, default=4000, help="replay rate, events/s (default 4000)")
+    p.add_argument("--choice-strength", type=float, default=2.0,
+                   help="how much taste drives which videos the simulated users start "
+                   "(hpmf simulate --choice-strength; default 2, 0 = popularity alone)")  # fmt: skip
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("DEMO_METRICS_PORT", "9464")),
                    help="the service's metrics port (default: DEMO_METRICS_PORT or 9464)")
     args = p.parse_args(argv)
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     events = RUN / "events.tsv"
     say(f"1/7 simulating {args.days} days of AVOD traffic into {events}")
     sh([*HPMF, "simulate", str(events), "--days", str(args.days),
-        "--users-per-day", str(args.users_per_day), "--seed", "7"], env=env)  # fmt: skip
+        "--users-per-day", str(args.users_per_day), "--seed", "7",
+        "--choice-strength", str(args.choice_strength)], env=env)  # fmt: skip
     n_events = sum(1 for _ in events.open()) - 1
     heavy, light = pick_users(events)
 

@@ -36,6 +36,8 @@ from model.evaluate import (
 from model.online import OnlineHPMF
 from model.oracle import oracle_stream
 from model.transform import TRANSFORMS, forward
+from streamer import ranking_cli
+from streamer.ranking_eval import RANK_RUNGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "               states (a new user gets the pooled prior), then learned\n"
         "  holdout      the first 80%% of events (by time) are learned, the last 20%% only\n"
         "               predicted, from the states the training part left\n"
+        "  ranking      prequential ranking (default minibatch 1): at every K-th event after\n"
+        "               the first N, rank every video seen so far that the user has not\n"
+        "               watched, with the states from before the event; hit10, ndcg10, mrr,\n"
+        "               catalogue_share over the rungs popularity, decayed_popularity,\n"
+        "               cooccurrence, biases, pmf, hpmf (see docs/ranking.md)\n"
         "models (the ladder, all the same OnlineHPMF code with different HPMFConfig):\n"
         "  global_mean  n_factors=0, no biases: predicts b0 for everyone\n"
         "  biases       n_factors=0, user and video biases\n"
@@ -57,12 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("events", type=Path, help="events file: CSV/TSV with user_id, video_id, "
                         "value, timestamp (or MovieLens/recbole headers)")  # fmt: skip
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="prequential",
+    parser.add_argument("--protocol", choices=(*PROTOCOLS, "ranking"), default="prequential",
                         help="evaluation protocol (default: prequential)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
-                        help="events per minibatch of predict/learn (default: 256)")  # fmt: skip
-    parser.add_argument("--models", nargs="+", choices=list(LADDER), default=list(LADDER),
-                        metavar="NAME", help=f"ladder rungs to run (default: all: {' '.join(LADDER)})")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="events per minibatch of predict/learn (default: 256; ranking: 1)")  # fmt: skip
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help=f"ladder rungs to run (default: all: {' '.join(LADDER)}; "
+                        f"ranking: {' '.join(RANK_RUNGS)})")  # fmt: skip
+    ranking_cli.add_arguments(parser)
     parser.add_argument("--transform", choices=TRANSFORMS, default="identity",
                         help="scale the Gaussian lives on: identity (ratings) or log1p "
                         "(minutes watched); metrics are on this scale (default: identity)")  # fmt: skip
@@ -164,6 +173,18 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamer.events_file import EventsFileError, read_events
+
+    if args.protocol == "ranking":
+        return ranking_cli.run(args)
+    if args.batch_size is None:
+        args.batch_size = 256
+    if args.models is None:
+        args.models = list(LADDER)
+    bad = [m for m in args.models if m not in LADDER]
+    if bad:
+        print(f"hpmf evaluate: unknown model(s) {', '.join(bad)}; choose from: {', '.join(LADDER)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
     try:
         events = read_events(args.events)

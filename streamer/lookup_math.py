@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.transform import to_original_units
 from streamer.redis_record import GlobalRecord
 
 
@@ -68,10 +69,14 @@ class ServingModel:
     tri: tuple[np.ndarray, np.ndarray]  # upper-triangle indices (d <= e), T = D(D+1)/2
     tri_mult: np.ndarray  # (T,) 1 on the diagonal, 2 off it: tr(S A) = sum S_tri A_tri mult
     packed: np.ndarray  # (V, D + 2T) float32: [m_w | S_w upper | (ey_w ey_w^T) upper]
+    choice: ServingModel | None = None
+    """A version 2 record's choice component, rows aligned with these (see
+    :func:`choice_record`); None for a version 1 record."""
 
     @classmethod
     def from_record(cls, rec: GlobalRecord) -> ServingModel:
         v, d = rec.n_videos, rec.dim
+        choice = cls.from_record(choice_record(rec)) if rec.has_choice else None
         eyw = feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
         vc = np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d, d)
         iu = np.triu_indices(d)
@@ -90,6 +95,7 @@ class ServingModel:
             tri=iu,
             tri_mult=np.where(iu[0] == iu[1], 1.0, 2.0),
             packed=np.ascontiguousarray(packed, dtype=np.float32),
+            choice=choice,
         )
 
     def sym_weights(self, a: np.ndarray) -> np.ndarray:
@@ -103,6 +109,24 @@ class ServingModel:
     @property
     def n_videos(self) -> int:
         return self.record.n_videos
+
+
+def choice_record(rec: GlobalRecord) -> GlobalRecord:
+    """The choice component of a version 2 record as a record of its own: the
+    score s = a.z + e is the minutes model's predictive mean with biases on,
+    b0 = 0 and the user's bias slot fixed at 0 (model/choice.py), so the same
+    precomputation and passes serve it."""
+    assert rec.choice_video_mean is not None and rec.choice_video_cov is not None
+    assert rec.choice_prior_mean is not None and rec.choice_prior_cov is not None
+    cd = int(rec.choice_prior_mean.shape[0])
+    cov = np.asarray(rec.choice_video_cov, dtype=np.float64)
+    return GlobalRecord(
+        version=rec.version, dim=cd, n_factors=cd - 1, biases=True, transform="identity",
+        b0=0.0, sigma=1.0, prior_mean=rec.choice_prior_mean, prior_cov=rec.choice_prior_cov,
+        video_ids=rec.video_ids, video_mean=rec.choice_video_mean, video_cov=cov,
+        video_scale=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)),
+        updated_ms=rec.updated_ms,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -209,3 +233,100 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
     order = part[np.argsort(-masked[part], kind="stable")]
     return order[:k]
+
+
+def start_probability(s: np.ndarray) -> np.ndarray:
+    """P(start) read off a choice score: clip(s, 1e-4, 1) (see model/choice.py)."""
+    return np.clip(s, 1e-4, 1.0)
+
+
+def _minutes_scores(
+    model: ServingModel, user: UserMoments, strategy: str, rng: np.random.Generator, ucb_beta: float
+) -> np.ndarray:
+    """The minutes model's ranked value per video (model scale for ucb/thompson)."""
+    rec = model.record
+    if strategy == "thompson":
+        return thompson_scores(model, user, rec.biases, rng)
+    m_y, epi = predictive_all(model, user)  # float32 pass over all videos
+    if strategy == "ucb":
+        return m_y + ucb_beta * np.sqrt(epi)
+    if strategy != "mean":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    if rec.transform == "identity":
+        return m_y
+    return to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]
+
+
+def rank_scores(
+    model: ServingModel,
+    user: UserMoments,
+    strategy: str,
+    rng: np.random.Generator,
+    ucb_beta: float = 2.0,
+    choice: tuple[ServingModel, UserMoments] | None = None,
+) -> np.ndarray:
+    """What ``recommend`` ranks, one score per video row (higher is better).
+
+    Without a choice component (a v1 record), the minutes model alone:
+
+    * ``mean``: the predictive mean in original units (for log1p,
+      exp(m + s^2/2) - 1 with the full predictive s^2; identity: m).
+    * ``ucb``: m + beta * e, e the *epistemic* std (model scale).
+    * ``thompson``: one joint draw (:func:`thompson_scores`).
+
+    With one (``choice``: its serving model, rows aligned with ``model``'s, and
+    the user's choice moments), expected minutes if shown,
+    P(start) x E[minutes | start], with P(start) = clip(s, 1e-4, 1) of the
+    choice score s and minutes >= 0 in original units:
+
+    * ``mean``: P(E[s]) x E[minutes];
+    * ``ucb``: P(E[s] + beta sd[s]) x (the minutes' UCB mapped to original units);
+    * ``thompson``: P(one draw of s) x (one draw of the minutes), both
+      components drawn from their posteriors.
+
+    :meth:`streamer.lookup_reader.Lookup.recommend` and the ranking evaluation
+    (:mod:`streamer.ranking_eval`) both call this, so what is evaluated is what
+    is served.
+    """
+    minutes = _minutes_scores(model, user, strategy, rng, ucb_beta)
+    if choice is None:
+        return minutes
+    rec = model.record
+    c_model, c_user = choice
+    if strategy != "mean":  # ucb / thompson values are on the model scale
+        minutes = to_original_units(rec.transform, minutes, np.zeros(minutes.shape[0]))[0]
+    if strategy == "thompson":
+        s = thompson_scores(c_model, c_user, True, rng)
+    elif strategy == "mean":  # E[s] alone: one (V, cd) pass instead of the packed variance terms
+        cd = c_model.record.dim
+        ey = c_user.ey.astype(np.float32)[:, None]
+        s = c_model.b0 + c_user.eb + blocked_matmul(c_model.packed[:, :cd], ey)[:, 0].astype(np.float64)
+    else:
+        s, epi = predictive_all(c_model, c_user)
+        if strategy == "ucb":
+            s = s + ucb_beta * np.sqrt(epi)
+    return start_probability(s) * np.maximum(minutes, 0.0)
+
+
+def served_scores(
+    model: ServingModel,
+    mean: np.ndarray,
+    cov: np.ndarray,
+    choice_mean: np.ndarray | None,
+    choice_cov: np.ndarray | None,
+    strategy: str,
+    rng: np.random.Generator,
+    ucb_beta: float = 2.0,
+) -> tuple[np.ndarray, UserMoments]:
+    """:func:`rank_scores` for a user's minutes posterior N(mean, cov) and, when
+    the model has a choice component, their choice posterior (the choice prior
+    if they have none, e.g. a version 1 record, or its size differs). Returns
+    the scores and the user's minutes moments."""
+    user = UserMoments.of(mean, cov, model.record.biases)
+    choice = None
+    if model.choice is not None:
+        crec = model.choice.record
+        if choice_mean is None or choice_cov is None or np.shape(choice_mean) != (crec.dim,):
+            choice_mean, choice_cov = crec.prior_mean, crec.prior_cov
+        choice = (model.choice, UserMoments.of(choice_mean, choice_cov, True))
+    return rank_scores(model, user, strategy, rng, ucb_beta, choice), user

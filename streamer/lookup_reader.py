@@ -47,8 +47,7 @@ from streamer.lookup_math import (
     ServingModel,
     UserMoments,
     predictive,
-    predictive_all,
-    thompson_scores,
+    served_scores,
     top_k,
 )
 from streamer.redis_record import (
@@ -119,6 +118,8 @@ class UserPosterior:
     event_ms: int | None = None
     history: list[tuple[str, float, int]] = field(default_factory=list)
     error: str | None = None
+    choice_mean: np.ndarray | None = None  # q(a_i) of a version 2 record (None: the choice prior)
+    choice_cov: np.ndarray | None = None
 
     @property
     def is_prior(self) -> bool:
@@ -330,6 +331,7 @@ class Lookup:
             model_version=model.version, user_version=rec.global_version, version_lag=lag,
             stale=abs(lag) > self.max_version_lag, updated_ms=rec.updated_ms,
             event_ms=rec.event_ms, history=rec.history,
+            choice_mean=rec.choice_mean, choice_cov=rec.choice_cov,
         )  # fmt: skip
 
     # ------------------------------------------------------------ predictions
@@ -419,23 +421,17 @@ class Lookup:
         seed: int | None,
     ) -> Recommendations:
         rec = model.record
-        user = UserMoments.of(post.mean, post.cov, rec.biases)
-        m_y, epi = predictive_all(model, user)  # float32 pass over all videos, for ranking
-        if strategy == "thompson":
-            scores = thompson_scores(model, user, rec.biases, self._rng_for(post.user_id, seed))
-        elif strategy == "ucb":
-            scores = m_y + self.ucb_beta * np.sqrt(epi)
-        elif rec.transform == "identity":
-            scores = m_y.copy()
-        else:  # rank by E[minutes], which depends on the spread under log1p
-            scores = to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]
+        scores, user = served_scores(model, post.mean, post.cov, post.choice_mean, post.choice_cov,
+                                     strategy, self._rng_for(post.user_id, seed), self.ucb_beta)  # fmt: skip
         if exclude_watched and post.history:
             rows = [model.index[v] for v, _, _ in post.history if v in model.index]
             scores[rows] = -np.inf
         best = top_k(scores, k)
         m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
         mean, std = to_original_units(rec.transform, m_best, np.sqrt(epi_best + model.noise_var))
-        if strategy == "mean":
+        if model.choice is not None:  # expected minutes if shown, already in original units
+            shown = scores[best]
+        elif strategy == "mean":
             shown = mean
         else:  # the ranked model-scale value, mapped through the (monotone) inverse transform
             shown = to_original_units(rec.transform, scores[best], np.zeros(best.shape[0]))[0]

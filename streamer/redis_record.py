@@ -39,7 +39,11 @@ if TYPE_CHECKING:  # numpy-only too, but readers need not import model/ at run t
     from model.globals_snapshot import GlobalsSnapshot
     from model.posterior import UserState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest record format. Version 2 adds the choice component (issue #13);
+a record without one is still written in the version 1 layout, byte for byte,
+and readers accept both (:data:`SCHEMA_VERSIONS`)."""
+SCHEMA_VERSIONS = (1, 2)
 F32 = np.dtype("<f4")  # the wire dtype of every array
 
 USER_FIELDS = ("v", "d", "mean", "cov", "n", "ts", "et", "gv", "p", "o", "hist")
@@ -47,6 +51,11 @@ GLOBAL_FIELDS = (
     "v", "gv", "d", "k", "biases", "transform", "b0", "sigma", "prior_mean", "prior_cov",
     "n_videos", "video_ids", "video_mean", "video_cov", "video_scale", "ts",
 )  # fmt: skip
+USER_CHOICE_FIELDS = ("cd", "cmean", "ccov")
+"""Version 2's extra user fields: the choice posterior q(a_i) padded to cd = K_c + 1 dims."""
+GLOBAL_CHOICE_FIELDS = ("cd", "choice_prior_mean", "choice_prior_cov", "choice_video_mean", "choice_video_cov")
+"""Version 2's extra global fields: the choice component's pooled user prior and
+its video posteriors, in ``video_ids`` order."""
 
 
 # ---------------------------------------------------------------- errors
@@ -60,11 +69,12 @@ class RecordError(ValueError):
 
 
 class SchemaVersionError(RecordError):
-    """The record's ``v`` is not a schema version this code knows (only 1)."""
+    """The record's ``v`` is not a schema version this code knows (1 or 2)."""
 
     def __init__(self, key: str | None, found: str) -> None:
         self.found = found
-        super().__init__(key, f"record schema version {found!r}, this reader knows {SCHEMA_VERSION}")
+        known = " and ".join(str(x) for x in SCHEMA_VERSIONS)
+        super().__init__(key, f"record schema version {found!r}, this reader knows {known}")
 
 
 class CorruptRecordError(RecordError):
@@ -104,6 +114,8 @@ class UserRecord:
     partition: int
     offset: int
     history: list[tuple[str, float, int]] = field(default_factory=list)
+    choice_mean: np.ndarray | None = None  # (cd,) version 2: q(a_i) padded, [a_i, 0]
+    choice_cov: np.ndarray | None = None  # (cd, cd)
 
     @property
     def dim(self) -> int:
@@ -119,6 +131,8 @@ class UserRecord:
             == (other.n_events, other.updated_ms, other.event_ms, other.global_version)
             and (self.partition, self.offset) == (other.partition, other.offset)
             and [tuple(h) for h in self.history] == [tuple(h) for h in other.history]
+            and _same_optional(self.choice_mean, other.choice_mean)
+            and _same_optional(self.choice_cov, other.choice_cov)
         )
 
 
@@ -144,6 +158,15 @@ class GlobalRecord:
     video_cov: np.ndarray  # (V, D, D)
     video_scale: np.ndarray  # (V, D) sqrt(diag(video_cov))
     updated_ms: int
+    # version 2: the choice component (model/choice.py); None in a version 1 record
+    choice_prior_mean: np.ndarray | None = None  # (cd,)
+    choice_prior_cov: np.ndarray | None = None  # (cd, cd)
+    choice_video_mean: np.ndarray | None = None  # (V, cd) [z_j, e_j]
+    choice_video_cov: np.ndarray | None = None  # (V, cd, cd)
+
+    @property
+    def has_choice(self) -> bool:
+        return self.choice_video_mean is not None
 
     @property
     def n_videos(self) -> int:
@@ -154,11 +177,17 @@ class GlobalRecord:
             return NotImplemented
         scalars = ("version", "dim", "n_factors", "biases", "transform", "b0", "sigma", "updated_ms")
         arrays = ("prior_mean", "prior_cov", "video_mean", "video_cov", "video_scale")
+        choice = ("choice_prior_mean", "choice_prior_cov", "choice_video_mean", "choice_video_cov")
         return (
             all(getattr(self, s) == getattr(other, s) for s in scalars)
             and list(self.video_ids) == list(other.video_ids)
             and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays)
+            and all(_same_optional(getattr(self, a), getattr(other, a)) for a in choice)
         )
+
+
+def _same_optional(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 # ---------------------------------------------------------------- primitives
@@ -179,7 +208,7 @@ def _float_text(x: float) -> bytes:
 # same settings as json.dumps(hist, separators=(",", ":"), ensure_ascii=False,
 # allow_nan=False), so the same text.
 _HIST_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_SCHEMA_TEXT = str(SCHEMA_VERSION).encode("ascii")
+_SCHEMA_TEXT = b"1"  # the version 1 layout; _user_choice_fields makes it 2
 
 
 def _normalise(fields: Mapping[Any, Any]) -> dict[str, bytes]:
@@ -200,11 +229,17 @@ class _Reader:
         if "v" not in self.f:
             raise CorruptRecordError(key, "missing field 'v' (schema version)")
         v = self.f["v"].decode("ascii", "replace").strip()
-        if v != str(SCHEMA_VERSION):
+        if v not in [str(x) for x in SCHEMA_VERSIONS]:
             raise SchemaVersionError(key, v)
+        self.version = int(v)
         missing = [n for n in names if n not in self.f]
         if missing:
             raise CorruptRecordError(key, f"missing field(s) {', '.join(missing)}")
+
+    def require(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in self.f]
+        if missing:
+            raise CorruptRecordError(self.key, f"missing field(s) {', '.join(missing)}")
 
     def int(self, name: str, lo: int | None = None) -> int:
         raw = self.f[name]
@@ -254,7 +289,22 @@ def encode_user_record(rec: UserRecord) -> dict[str, bytes]:
     if mean.shape != (d,) or cov.shape != (d, d):
         raise ValueError(f"user record mean {mean.shape} and cov {cov.shape} do not match")
     values = _user_field_values(rec, d, mean.astype(F32).tobytes(), cov.astype(F32).tobytes())
-    return dict(zip(USER_FIELDS, values, strict=True))
+    out = dict(zip(USER_FIELDS, values, strict=True))
+    if rec.choice_mean is not None or rec.choice_cov is not None:
+        out.update(_user_choice_fields(rec))
+    return out
+
+
+def _user_choice_fields(rec: UserRecord) -> dict[str, bytes]:
+    """Version 2: ``v`` becomes 2 and the choice posterior follows the v1 fields."""
+    if rec.choice_mean is None or rec.choice_cov is None:
+        raise ValueError("a user record's choice posterior needs both choice_mean and choice_cov")
+    cm = np.asarray(rec.choice_mean, dtype=np.float64)
+    cd = cm.shape[0] if cm.ndim == 1 else -1
+    cc = np.asarray(rec.choice_cov, dtype=np.float64)
+    if cm.shape != (cd,) or cc.shape != (cd, cd):
+        raise ValueError(f"user record choice mean {cm.shape} and cov {cc.shape} do not match")
+    return {"v": b"2", "cd": b"%d" % cd, "cmean": _f32(cm), "ccov": _f32(cc)}
 
 
 def _user_field_values(rec: UserRecord, d: int, mean_f32: bytes, cov_f32: bytes) -> tuple[bytes, ...]:
@@ -283,6 +333,8 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     """
     if not records:
         return []
+    if any(r.choice_mean is not None or r.choice_cov is not None for r in records):
+        return [tuple(encode_user_record(r).values()) for r in records]  # version 2: one by one
     means = [np.asarray(r.mean, dtype=np.float64) for r in records]
     covs = [np.asarray(r.cov, dtype=np.float64) for r in records]
     d = means[0].shape[0] if means[0].ndim == 1 else -1
@@ -302,6 +354,11 @@ def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> Use
     r = _Reader(fields, key, USER_FIELDS)
     d = r.int("d", lo=0)
     history = _decode_history(r.f["hist"], key)
+    choice_mean = choice_cov = None
+    if r.version >= 2:
+        r.require(USER_CHOICE_FIELDS)
+        cd = r.int("cd", lo=1)
+        choice_mean, choice_cov = r.array("cmean", (cd,)), r.array("ccov", (cd, cd))
     return UserRecord(
         mean=r.array("mean", (d,)),
         cov=r.array("cov", (d, d)),
@@ -312,6 +369,8 @@ def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> Use
         partition=r.int("p"),
         offset=r.int("o"),
         history=history,
+        choice_mean=choice_mean,
+        choice_cov=choice_cov,
     )
 
 
@@ -404,7 +463,7 @@ def encode_global_record(rec: GlobalRecord) -> dict[str, bytes]:
     if any("\n" in x for x in ids):
         raise ValueError("video ids must not contain a newline (the field is newline-joined)")
     return {
-        "v": _int_text(SCHEMA_VERSION),
+        "v": b"1",  # version 1 layout unless the choice fields below make it 2
         "gv": _int_text(rec.version),
         "d": _int_text(d),
         "k": _int_text(rec.n_factors),
@@ -420,7 +479,24 @@ def encode_global_record(rec: GlobalRecord) -> dict[str, bytes]:
         "video_cov": _f32(rec.video_cov),
         "video_scale": _f32(rec.video_scale),
         "ts": _int_text(rec.updated_ms),
+        **(_global_choice_fields(rec) if rec.has_choice else {}),
     }
+
+
+def _global_choice_fields(rec: GlobalRecord) -> dict[str, bytes]:
+    """Version 2: ``v`` becomes 2 and the choice component follows the v1 fields."""
+    arrays = (rec.choice_prior_mean, rec.choice_prior_cov, rec.choice_video_mean, rec.choice_video_cov)
+    if any(a is None for a in arrays):
+        raise ValueError("a global record's choice component needs all four choice arrays")
+    pm = np.asarray(rec.choice_prior_mean)
+    cd, v = (pm.shape[0] if pm.ndim == 1 else -1), len(rec.video_ids)
+    shapes = {"choice_prior_mean": (cd,), "choice_prior_cov": (cd, cd),
+              "choice_video_mean": (v, cd), "choice_video_cov": (v, cd, cd)}  # fmt: skip
+    for name, shape in shapes.items():
+        got = np.shape(getattr(rec, name))
+        if tuple(got) != shape or cd < 1:
+            raise ValueError(f"global record {name} has shape {tuple(got)}, expected {shape}")
+    return {"v": b"2", "cd": _int_text(cd), **{name: _f32(getattr(rec, name)) for name in shapes}}
 
 
 def decode_global_record(fields: Mapping[Any, Any], key: str | None = None) -> GlobalRecord:
@@ -458,7 +534,21 @@ def decode_global_record(fields: Mapping[Any, Any], key: str | None = None) -> G
         video_cov=r.array("video_cov", (v, d, d)),
         video_scale=r.array("video_scale", (v, d)),
         updated_ms=r.int("ts"),
+        **_decode_global_choice(r, v),
     )
+
+
+def _decode_global_choice(r: _Reader, v: int) -> dict[str, np.ndarray]:
+    if r.version < 2:
+        return {}
+    r.require(GLOBAL_CHOICE_FIELDS)
+    cd = r.int("cd", lo=1)
+    return {
+        "choice_prior_mean": r.array("choice_prior_mean", (cd,)),
+        "choice_prior_cov": r.array("choice_prior_cov", (cd, cd)),
+        "choice_video_mean": r.array("choice_video_mean", (v, cd)),
+        "choice_video_cov": r.array("choice_video_cov", (v, cd, cd)),
+    }
 
 
 def global_record_from_snapshot(snap: GlobalsSnapshot, updated_ms: int) -> GlobalRecord:

@@ -5,7 +5,7 @@
 writes ``sim.tsv`` (``user_id video_id value timestamp``, value = minutes
 watched, in timestamp order) and ``sim.truth.npz`` beside it with the true
 parameters (user_ids, video_ids, U, V, user_bias, video_bias, popularity, b0,
-sigma, mu_u, s_u, mu_v, s_v, biases), so that recovery and coverage of the true
+sigma, mu_u, s_u, mu_v, s_v, biases, choice_strength, affinity_sd), so that recovery and coverage of the true
 factors can be checked. See :mod:`model.simulate` for the generative story.
 """
 
@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=_D.sigma,
                         help=f"noise sd on the log1p(minutes) scale (default: {_D.sigma})")  # fmt: skip
     parser.add_argument("--seed", type=int, default=_D.seed, help=f"random seed (default: {_D.seed})")
+    parser.add_argument("--choice-strength", type=float, default=_D.choice_strength, metavar="BETA",
+                        help="how much taste drives which videos a user starts: P(start j) ~ "
+                        "popularity_j x exp(BETA x u_i.v_j / sd); 0 = popularity alone "
+                        f"(default: {_D.choice_strength}; the demo uses 2)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         n_factors=args.factors, heavy_fraction=args.heavy_fraction,
         light_mean_views=args.light_views, heavy_mean_views=args.heavy_views,
         zipf_exponent=args.zipf, sigma=args.sigma, seed=args.seed,
+        choice_strength=args.choice_strength,
     )  # fmt: skip
     if args.preset is not None:
         # The preset replaces the defaults only: a flag set on the command line wins.

@@ -114,7 +114,7 @@ def test_corrupt_and_foreign_records_serve_the_prior(redis_client, key_prefix, i
     rec = publish(redis_client, key_prefix, m, states)
     a, b, c, d = sorted(states)[:4]
     redis_client.hset(user_key(key_prefix, a), "mean", b"\x00\x00\x80?")  # truncated array
-    redis_client.hset(user_key(key_prefix, b), "v", b"2")  # a future schema version
+    redis_client.hset(user_key(key_prefix, b), "v", b"3")  # a future schema version
     redis_client.delete(user_key(key_prefix, c))
     redis_client.set(user_key(key_prefix, c), b"not a hash")  # WRONGTYPE
     redis_client.hset(user_key(key_prefix, d), "hist", b"[[")  # broken JSON
@@ -124,7 +124,7 @@ def test_corrupt_and_foreign_records_serve_the_prior(redis_client, key_prefix, i
         Status.CORRUPT_RECORD, Status.UNSUPPORTED_VERSION, Status.CORRUPT_RECORD,
         Status.CORRUPT_RECORD, Status.NEW_USER, Status.OK,
     ]  # fmt: skip
-    assert "mean" in got[0].error and "version '2'" in got[1].error and "WRONGTYPE" in got[2].error
+    assert "mean" in got[0].error and "version '3'" in got[1].error and "WRONGTYPE" in got[2].error
     assert "hist" in got[3].error
     for p in got[:5]:
         assert p.is_prior

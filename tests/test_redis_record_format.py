@@ -138,7 +138,7 @@ def test_keys() -> None:
     assert user_key("p", "ann") == "p:u:{ann}"
     assert global_key("hpmf", 7) == "hpmf:g:{7}"
     assert global_current_key("hpmf") == "hpmf:g:current"
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2  # v1 bytes are still what a record without a choice component gets
 
 
 # ---------------------------------------------------------------- round trips
@@ -225,10 +225,10 @@ def test_global_record_from_snapshot() -> None:
 
 # ---------------------------------------------------------------- errors
 def test_other_schema_version_is_refused() -> None:
-    fields = as_redis(USER_BYTES) | {b"v": b"2"}
+    fields = as_redis(USER_BYTES) | {b"v": b"3"}
     with pytest.raises(SchemaVersionError) as err:
         decode_user_record(fields, key="hpmf:u:{1}")
-    assert err.value.found == "2" and err.value.key == "hpmf:u:{1}"
+    assert err.value.found == "3" and err.value.key == "hpmf:u:{1}"
     assert isinstance(err.value, RecordError)
     with pytest.raises(SchemaVersionError):
         decode_global_record(as_redis(GLOBAL_BYTES) | {b"v": b"0"})

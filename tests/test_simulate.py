@@ -100,3 +100,31 @@ def test_cli_writes_events_and_truth(tmp_path: Path) -> None:
     np.testing.assert_array_equal(truth["U"], want.truth.U)
     assert {"user_ids", "video_ids", "U", "V", "user_bias", "video_bias", "b0", "sigma",
             "mu_u", "s_u", "mu_v", "s_v"} <= set(truth.files)  # fmt: skip
+
+
+def test_taste_driven_choices_follow_affinity_and_the_truth_is_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from model.simulate import SimConfig, simulate
+    from streamer.simulate_cli import truth_path
+
+    base = dict(days=1, users_per_day=600, n_videos=80, heavy_fraction=0.3, seed=5)
+    flat = simulate(SimConfig(**base))
+    taste = simulate(SimConfig(**base, choice_strength=2.0))
+    t = taste.truth
+    assert t.choice_strength == 2.0 and flat.truth.choice_strength == 0.0
+    # the affinity u_i . v_j of what was started, in units of its sd over all pairs
+    def started_affinity(sim):  # type: ignore[no-untyped-def]
+        tr = sim.truth
+        return float(np.mean((tr.U[sim.user_rows] * tr.V[sim.video_rows]).sum(-1)) / tr.affinity_sd)
+    assert started_affinity(taste) > started_affinity(flat) + 0.8
+    p = t.choice_probabilities(np.array([0, 1]))
+    assert p.shape == (2, 80) and np.allclose(p.sum(1), 1.0)
+    assert not np.allclose(p[0], p[1])  # different tastes, different choice probabilities
+    # the CLI saves what tests and the demo need to check personalisation
+    from streamer import cli
+
+    out = tmp_path / "s.tsv"
+    assert cli.main(["simulate", str(out), "--days", "1", "--users-per-day", "50", "--videos", "30",
+                     "--choice-strength", "1.5"]) == 0  # fmt: skip
+    saved = np.load(truth_path(out))
+    assert float(saved["choice_strength"]) == 1.5 and float(saved["affinity_sd"]) > 0
+    assert cli.main(["simulate", str(out), "--choice-strength", "-1"]) == 2

@@ -1,0 +1,433 @@
+"""The choice component: which videos a user *starts* (implicit feedback).
+
+The minutes model (:mod:`model.online`) predicts how long a user watches a
+video given that they started it. What a screen of recommendations earns is
+
+    E[minutes if shown] = P(start | shown) x E[minutes | start],
+
+and the first factor is learned here, as a Bayesian implicit-ALS
+(Hu, Koren and Volinsky 2008) with the same shape as the minutes model: a
+pooled prior over user factors, shared video factors, a closed-form refresh of
+each touched user (the worker's local step) and a closed-form update of the
+video factors over a replay window (the learner's global step).
+
+Model. User i has taste a_i in R^K; video j has q_j = [z_j, e_j] (K factors and
+a popularity offset e_j). With the user feature y_i = [a_i, 1] the score is
+
+    s_ij = y_i . q_j = a_i . z_j + e_j,
+
+and the pseudo-likelihood over *every* video j of the catalogue is Gaussian:
+
+    p_ij ~ N(s_ij, 1 / c_ij),   p_ij = 1 if i started j else 0,
+    c_ij = w0                         (not started: a weak negative)
+    c_ij = w0 + alpha * f^age_ij       (started; age = the user's later events)
+
+so recently started videos count most (f: ``user_forgetting``). Priors:
+a_i ~ N(mu_a, diag(s_a^2)) pooled (mu_a, s_a learned from the users of the
+window by empirical Bayes at each sweep), q_j ~ N(mu_q, diag(s_q^2)).
+
+**User step (closed form, O(K^3 + n_i K^2)).** With E[.] under q(q_j),
+
+    Lambda_i = diag(s_a^-2) + w0 G_zz + sum_{j in I_i} (c_ij - w0) E[z_j z_j^T]
+    h_i      = s_a^-2 mu_a  - w0 g_ez + sum_{j in I_i} [c_ij E[z_j] - (c_ij - w0) E[e_j z_j]]
+    q(a_i)   = N(Lambda_i^-1 h_i, Lambda_i^-1)
+
+where G_zz = sum_j E[z_j z_j^T] and g_ez = sum_j E[e_j z_j] run over the whole
+catalogue: the Gram-matrix trick, so the sum over all unwatched videos costs
+O(K^2) per user, computed once per global version.
+
+**Video step (closed form, the same trick on the other side).** With
+E[y_i y_i^T] from q(a_i), decays d (exp(-age / N_eff) in events: the learner
+forgets old evidence as the minutes model does),
+
+    Lambda_j = diag(s_q^-2) + w0 G_u + sum_{i in U_j} (c'_ij - w0 d_i) E[y_i y_i^T]
+    h_j      = s_q^-2 mu_q  + sum_{i in U_j} c'_ij E[y_i]
+    G_u      = sum_i d_i E[y_i y_i^T],   c'_ij = (w0 + alpha) d_ij
+
+over the users and (user, video) pairs of the replay window; ``sweep_every``
+events apart all videos are recomputed from the window, and in between each
+event's video gets its pair's term added at once.
+
+Serving. q(a_i) and q(q_j) are Gaussian, so s_ij has mean E[y_i].m_j and
+variance tr(S_j E[y y^T]) + m_j^T S_y m_j: exactly the minutes model's
+predictive with biases, b0 = 0 and a user "bias" fixed at 0. That is how
+:mod:`streamer.lookup_math` serves it (one more packed matrix pass), and why a
+user's choice posterior is stored padded to K+1 dims, [a_i, 0].
+P(start) is read as clip(s, 0, 1).
+
+>>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=4))
+>>> st = {}
+>>> for u, v in [("ann", "a"), ("bob", "a"), ("ann", "b"), ("cat", "c"), ("bob", "b")]:
+...     st[u] = m.learn_event(u, v, st.get(u))
+>>> st["ann"].history, st["ann"].mean.shape, m.n_videos
+(['a', 'b'], (3,), 3)
+>>> s = m.score_all(None)  # a new user: a and b were started twice, c once
+>>> s.shape, bool(s[0] > s[2] and s[1] > s[2])
+((3,), True)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.online import video_jitter
+
+
+@dataclass(frozen=True)
+class ChoiceConfig:
+    """Settings of :class:`ChoiceModel` (see the module docstring for the symbols)."""
+
+    n_factors: int = 10
+    negative_weight: float = 1.0
+    """w0: the confidence of every not-started video (a weak negative)."""
+    positive_weight: float = 20.0
+    """alpha: the extra confidence of a started video (at age 0)."""
+    user_forgetting: float = 0.97
+    """f: a started video's extra confidence is alpha * f^(the user's later events)."""
+    effective_data_size: float = 20_000.0
+    """N_eff: the learner's evidence about videos decays as exp(-events / N_eff)."""
+    prior_scale: float = 0.3
+    """s_a at the start, and s_q (the video prior scale, fixed)."""
+    pooled: bool = True
+    """Learn mu_a and s_a from the window's users (empirical Bayes); else fixed at 0, prior_scale."""
+    history_size: int = 200
+    """The user step uses the user's latest H started videos."""
+    window: int = 60_000
+    """(user, video) pairs the learner keeps for the video step."""
+    sweep_every: int = 1000
+    """Events between full recomputations of every video from the window."""
+    own_user_factors: bool = True
+    """False: the users' factors come from elsewhere (the minutes model's u_i,
+    shared) and the learner only fits the videos' choice factors to them."""
+    sweep_iterations: int = 1
+    """ALS iterations (all window users, then all videos) per sweep."""
+    init_jitter: float = 0.1
+    """Scale of a new video's deterministic initial offset of z_j (breaks symmetry)."""
+
+    def __post_init__(self) -> None:
+        if self.n_factors < 1:
+            raise ValueError(f"n_factors must be >= 1, got {self.n_factors}")
+        if self.negative_weight <= 0 or self.positive_weight <= 0:
+            raise ValueError("negative_weight and positive_weight must be > 0")
+        if not 0.0 < self.user_forgetting <= 1.0:
+            raise ValueError(f"user_forgetting must be in (0, 1], got {self.user_forgetting}")
+        if self.effective_data_size <= 0 or self.prior_scale <= 0:
+            raise ValueError("effective_data_size and prior_scale must be > 0")
+        if self.history_size < 1 or self.window < 1 or self.sweep_every < 1:
+            raise ValueError("history_size, window and sweep_every must be >= 1")
+
+    @property
+    def dim(self) -> int:
+        """Length of a video's q_j = [z_j, e_j] (and of a stored user vector [a_i, 0])."""
+        return self.n_factors + 1
+
+
+@dataclass
+class ChoiceState:
+    """One user's choice posterior and the started videos it came from.
+
+    ``mean``/``cov`` are padded to K+1 dims ([a_i, 0], zero variance in the
+    last): the layout :mod:`streamer.lookup_math` serves. ``history``: the
+    started videos, oldest first, each once.
+    """
+
+    history: list[str] = field(default_factory=list)
+    mean: np.ndarray | None = None
+    cov: np.ndarray | None = None
+
+    def copy(self) -> ChoiceState:
+        return ChoiceState(
+            list(self.history),
+            None if self.mean is None else self.mean.copy(),
+            None if self.cov is None else self.cov.copy(),
+        )
+
+
+def user_step(
+    q_mean: np.ndarray,
+    q_cov: np.ndarray,
+    confidence: np.ndarray,
+    gram: np.ndarray,
+    prior_mean: np.ndarray,
+    prior_var: np.ndarray,
+    w0: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """q(a_i) = N(mean, cov) in closed form (see the module docstring).
+
+    ``q_mean`` (n, K+1), ``q_cov`` (n, K+1, K+1): the user's started videos;
+    ``confidence`` (n,): their c_ij; ``gram`` (K+1, K+1): sum_j E[q_j q_j^T]
+    over the whole catalogue. Returns (K,) mean and (K, K) cov.
+
+    With nothing started the negatives alone pull a towards scores of 0:
+
+    >>> g = np.array([[2.0, 1.0], [1.0, 3.0]])
+    >>> m, c = user_step(np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros(0), g,
+    ...                  np.zeros(1), np.ones(1), 1.0)
+    >>> m.tolist(), c.tolist()   # Lambda = 1 + 2 = 3, h = -1
+    ([-0.3333333333333333], [[0.3333333333333333]])
+    """
+    k = gram.shape[0] - 1
+    eqq = q_cov + q_mean[:, :, None] * q_mean[:, None, :]
+    extra = confidence - w0
+    prec = np.diag(1.0 / prior_var) + w0 * gram[:k, :k] + np.einsum("n,nab->ab", extra, eqq[:, :k, :k])
+    shift = (
+        prior_mean / prior_var
+        - w0 * gram[k, :k]
+        + confidence @ q_mean[:, :k]
+        - extra @ eqq[:, k, :k]
+    )
+    cov = np.linalg.inv(prec)
+    cov = 0.5 * (cov + cov.T)
+    return cov @ shift, cov
+
+
+def pad_user(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[a, 0] and its covariance with a zero last row/column (the served layout)."""
+    k = mean.shape[0]
+    m = np.zeros(k + 1)
+    m[:k] = mean
+    c = np.zeros((k + 1, k + 1))
+    c[:k, :k] = cov
+    return m, c
+
+
+def feature_second_moment(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E[y] and E[y y^T] of y = [a, 1] for padded (..., K+1) posteriors."""
+    ey = mean.copy()
+    ey[..., -1] = 1.0
+    return ey, cov + ey[..., :, None] * ey[..., None, :]
+
+
+class ChoiceModel:
+    """Learns q(q_j) (the learner) and computes q(a_i) (the worker's step).
+
+    Video rows are registered in order of first appearance, like
+    :class:`model.online.OnlineHPMF`. The learner keeps a replay window of
+    (user, video) pairs and each window user's latest posterior.
+    """
+
+    def __init__(self, config: ChoiceConfig | None = None) -> None:
+        self.config = config or ChoiceConfig()
+        d = self.config.dim
+        self.video_index: dict[str, int] = {}
+        self.video_ids: list[str] = []
+        self._mean = np.zeros((64, d))
+        self._cov = np.zeros((64, d, d))
+        self._prec = np.zeros((64, d, d))  # data part of the natural parameters
+        self._shift = np.zeros((64, d))
+        self.gram = np.zeros((d, d))  # sum_j E[q_j q_j^T] over the catalogue
+        k = self.config.n_factors
+        self.prior_mean = np.zeros(k)
+        self.prior_var = np.full(k, self.config.prior_scale**2)
+        self.video_prior_mean = np.zeros(d)
+        self.video_prior_var = np.full(d, self.config.prior_scale**2)
+        self.clock = 0  # events learned
+        self.version = 0
+        self._pairs: OrderedDict[tuple[str, int], int] = OrderedDict()  # (user, row) -> clock
+        self._users: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # latest (mean, cov, clock)
+        self._gu_weight: dict[str, float] = {}  # the weight each user's E[yy^T] has in G_u
+        self._since_sweep = 0
+        self._gu = np.zeros((d, d))
+
+    # ------------------------------------------------------------ videos
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_ids)
+
+    def video_mean(self) -> np.ndarray:
+        return self._mean[: self.n_videos]
+
+    def video_cov(self) -> np.ndarray:
+        return self._cov[: self.n_videos]
+
+    def register(self, video_ids: Sequence[str]) -> None:
+        """Add unknown videos at the video prior."""
+        for vid in video_ids:
+            if vid in self.video_index:
+                continue
+            row = len(self.video_ids)
+            if row >= self._mean.shape[0]:
+                self._mean, self._cov, self._prec, self._shift = (
+                    np.concatenate([a, np.zeros_like(a)]) for a in (self._mean, self._cov, self._prec, self._shift)
+                )
+            self.video_index[vid] = row
+            self.video_ids.append(vid)
+            # Factor models need their symmetry broken (all-zero z is a fixed point).
+            jitter = video_jitter(vid, self.config.dim, self.config.init_jitter, biases=True)
+            self._set_video(row, self.video_prior_mean + jitter, np.diag(self.video_prior_var))
+
+    def _set_video(self, row: int, mean: np.ndarray, cov: np.ndarray) -> None:
+        old = self._cov[row] + np.outer(self._mean[row], self._mean[row])
+        self._mean[row], self._cov[row] = mean, cov
+        self.gram += cov + np.outer(mean, mean) - old
+
+    def _refresh(self, rows: np.ndarray) -> None:
+        """q(q_j) from the prior, the negatives' w0 G_u and the rows' own statistics."""
+        if rows.size == 0:
+            return
+        w0 = self.config.negative_weight
+        prec = np.diag(1.0 / self.video_prior_var) + w0 * self._user_gram() + self._prec[rows]
+        shift = self.video_prior_mean / self.video_prior_var + self._shift[rows]
+        cov = np.linalg.inv(prec)
+        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        mean = np.einsum("nab,nb->na", cov, shift)
+        for k, r in enumerate(rows.tolist()):
+            self._set_video(r, mean[k], cov[k])
+
+    def _user_gram(self) -> np.ndarray:
+        """G_u = sum_i d_i E[y_i y_i^T] over the window's users."""
+        return self._gu
+
+    # ------------------------------------------------------------ the user step
+    def user_posterior(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """q(a_i), padded to [a_i, 0], from the started videos ``history`` (oldest
+        first) against the current video posteriors; unknown videos are skipped."""
+        cfg = self.config
+        recent = [v for v in history[-cfg.history_size :] if v in self.video_index]
+        rows = np.fromiter((self.video_index[v] for v in recent), dtype=np.int64, count=len(recent))
+        ages = np.arange(len(recent) - 1, -1, -1, dtype=np.float64)
+        conf = cfg.negative_weight + cfg.positive_weight * cfg.user_forgetting**ages
+        mean, cov = user_step(self._mean[rows], self._cov[rows], conf, self.gram, self.prior_mean,
+                              self.prior_var, cfg.negative_weight)  # fmt: skip
+        return pad_user(mean, cov)
+
+    def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """What a brand-new user gets: the pooled prior, padded."""
+        return pad_user(self.prior_mean.copy(), np.diag(self.prior_var))
+
+    def local_step(self, user: str, video: str, state: ChoiceState | None) -> ChoiceState:
+        """The worker's step: fold the event into the user's started videos and
+        recompute q(a_i) in closed form. Globals are not changed (except that an
+        unknown video is registered at its prior)."""
+        st = ChoiceState() if state is None else state.copy()
+        if video in st.history:
+            st.history.remove(video)
+        st.history.append(video)
+        del st.history[: max(0, len(st.history) - self.config.history_size)]
+        self.register([video])
+        st.mean, st.cov = self.user_posterior(st.history)
+        return st
+
+    # ------------------------------------------------------------ the global step
+    def global_step(self, user: str, video: str, state: ChoiceState) -> None:
+        """The learner's step for one event whose user is now at ``state``: the
+        pair joins the window, the user's posterior replaces its earlier one in
+        G_u, the video gets the pair's term; a full sweep every ``sweep_every``."""
+        cfg = self.config
+        self.register([video])
+        row = self.video_index[video]
+        self.clock += 1
+        self._pairs.pop((user, row), None)
+        self._pairs[(user, row)] = self.clock
+        while len(self._pairs) > cfg.window:
+            self._pairs.popitem(last=False)
+        assert state.mean is not None and state.cov is not None
+        old = self._users.get(user)
+        gu = self._gu
+        ey, eyy = feature_second_moment(state.mean, state.cov)
+        if old is not None:
+            gu -= self._gu_weight.get(user, 1.0) * feature_second_moment(old[0], old[1])[1]
+        gu += eyy
+        self._gu_weight[user] = 1.0
+        self._users[user] = (state.mean, state.cov, self.clock)
+        w0, a = cfg.negative_weight, cfg.positive_weight
+        self._prec[row] += a * eyy
+        self._shift[row] += (w0 + a) * ey
+        self._refresh(np.array([row]))
+        self._since_sweep += 1
+        if self._since_sweep >= cfg.sweep_every:
+            self.sweep()
+        self.version += 1
+
+    def learn_event(self, user: str, video: str, state: ChoiceState | None) -> ChoiceState:
+        """Local step then global step (one process doing both)."""
+        st = self.local_step(user, video, state)
+        self.global_step(user, video, st)
+        return st
+
+    def sweep(self) -> None:
+        """Recompute every video from the window with the users' latest posteriors
+        (decayed), re-estimate the pooled user prior, and refresh all videos."""
+        cfg = self.config
+        self._since_sweep = 0
+        live = {u for u, _ in self._pairs}
+        for u in [u for u in self._users if u not in live]:
+            del self._users[u]
+        if not self._users:
+            return
+        for _ in range(cfg.sweep_iterations):
+            self._sweep_once()
+
+    def _sweep_once(self) -> None:
+        """One ALS iteration over the window: every window user's posterior from
+        their window history against the current videos, then every video."""
+        cfg = self.config
+        hist: dict[str, list[str]] = {}
+        for (u, r), _t in self._pairs.items():  # oldest first
+            hist.setdefault(u, []).append(self.video_ids[r])
+        for u, h in hist.items() if cfg.own_user_factors else ():
+            mean, cov = self.user_posterior(h)
+            self._users[u] = (mean, cov, self._users[u][2])
+        uids = list(self._users)
+        uindex = {u: k for k, u in enumerate(uids)}
+        means = np.stack([self._users[u][0] for u in uids])
+        covs = np.stack([self._users[u][1] for u in uids])
+        last = np.array([self._users[u][2] for u in uids], dtype=np.float64)
+        ey, eyy = feature_second_moment(means, covs)
+        d_user = np.exp(-(self.clock - last) / cfg.effective_data_size)
+        self._gu = np.einsum("u,uab->ab", d_user, eyy)
+        self._gu_weight = dict(zip(uids, d_user.tolist(), strict=True))
+        n = self.n_videos
+        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
+        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
+        pt = np.fromiter(self._pairs.values(), dtype=np.float64, count=len(self._pairs))
+        w0, a = cfg.negative_weight, cfg.positive_weight
+        c = (w0 + a) * np.exp(-(self.clock - pt) / cfg.effective_data_size)
+        extra = np.maximum(c - w0 * d_user[pu], 0.0)
+        # Per (video, user) weights, then one matrix product per statistic, in
+        # chunks of users so the dense (videos x users) weights stay small.
+        d = cfg.dim
+        eyy_flat = eyy.reshape(len(uids), d * d)
+        prec = np.zeros((n, d * d))
+        shift = np.zeros((n, d))
+        for lo in range(0, len(uids), 4096):
+            hi = min(lo + 4096, len(uids))
+            sel = (pu >= lo) & (pu < hi)
+            wp = np.zeros((n, hi - lo))
+            wc = np.zeros((n, hi - lo))
+            np.add.at(wp, (pr[sel], pu[sel] - lo), extra[sel])
+            np.add.at(wc, (pr[sel], pu[sel] - lo), c[sel])
+            prec += wp @ eyy_flat[lo:hi]
+            shift += wc @ ey[lo:hi]
+        self._prec[:n] = prec.reshape(n, d, d)
+        self._shift[:n] = shift
+        if cfg.pooled:
+            k = cfg.n_factors
+            w = d_user / d_user.sum()
+            mu = w @ means[:, :k]
+            var = w @ (np.square(means[:, :k] - mu) + np.diagonal(covs, axis1=1, axis2=2)[:, :k])
+            # The scale is not identified (a.z is unchanged by a -> ca, z -> z/c),
+            # and empirical Bayes on it alone collapses to 0 (measured): the
+            # pooled prior learns the population mean, and its variance may grow
+            # above the configured prior_scale^2 but not shrink below it.
+            self.prior_mean = mu
+            self.prior_var = np.maximum(var, cfg.prior_scale**2)
+            e = self._mean[:n, -1]
+            self.video_prior_mean = np.zeros(d)
+            self.video_prior_mean[-1] = float(e.mean()) if n else 0.0
+        self.gram = np.zeros((d, d))
+        self._mean[:n] = 0.0
+        self._cov[:n] = 0.0
+        self._refresh(np.arange(n))
+
+    # ------------------------------------------------------------ scoring (tests, docs)
+    def score_all(self, state: ChoiceState | None) -> np.ndarray:
+        """E[s_ij] for every video (the mean score; serving is in streamer.lookup_math)."""
+        mean = self.prior_state()[0] if state is None or state.mean is None else state.mean
+        ey = mean.copy()
+        ey[-1] = 1.0
+        return self.video_mean() @ ey
