@@ -22,7 +22,7 @@ def _learned(cfg: HPMFConfig) -> OnlineHPMF:
 
 
 def test_pooled_prior_is_the_fixed_prior_without_pooling() -> None:
-    model = _learned(HPMFConfig(n_factors=3, user_pooling=False))
+    model = _learned(HPMFConfig(n_factors=3, user_pooling=False, prior_scale=0.3))
     prior = model.pooled_prior()
     np.testing.assert_array_equal(prior.mean, np.zeros(4))
     np.testing.assert_allclose(np.diag(prior.cov), [0.09, 0.09, 0.09, 0.36])

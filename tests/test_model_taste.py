@@ -1,6 +1,6 @@
 """The factor model must learn taste: on a stream with strong tastes, hpmf with the
-learner's replay sweeps beats the bias-only rung, and without them it does not
-(the failure the replay fixes: every video's taste stays at the shared mean)."""
+learner's replay sweeps beats the bias-only rung by far, and beats itself without
+them (measured with the defaults: biases 0.966, one pass 0.885, replay 0.768)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from model.evaluate import ladder_config, metrics, run_stream
 from model.online import OnlineHPMF
 from model.replay_window import ReplayWindow
 from model.simulate import SimConfig, simulate
+from model.taste_diagnostics import taste_share
 from model.transform import forward
 
 
@@ -38,11 +39,12 @@ def test_replay_learns_taste_that_biases_cannot(taste_stream: tuple[list[str], l
     biases, _ = _rmse("biases", taste_stream)
     replay, model = _rmse("hpmf", taste_stream)
     one_pass, flat = _rmse("hpmf", taste_stream, replay_window_events=0)
-    # The videos differ in taste with replay; without it they sit near one vector.
-    n = model.n_videos
-    spread = model._v_mean[:n, :3].std(0).mean().item()
-    flat_spread = flat._v_mean[:flat.n_videos, :3].std(0).mean().item()
-    assert spread > 3 * flat_spread, (spread, flat_spread)
+    # More of what tells the videos apart is taste with replay than without
+    # (measured: 0.63 against 0.39 of the across-video prediction variance).
+    snap, flat_snap = model.export_globals(), flat.export_globals()
+    share = taste_share(snap.video_mean, snap.user_prior_mean, snap.user_prior_cov)
+    flat_share = taste_share(flat_snap.video_mean, flat_snap.user_prior_mean, flat_snap.user_prior_cov)
+    assert share > flat_share + 0.1, (share, flat_share)
     assert replay < biases - 0.03, (replay, biases)
     assert one_pass > replay + 0.02, (one_pass, replay)
     # Sanity: the scores are on the log1p scale of this stream.
