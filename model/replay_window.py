@@ -61,6 +61,20 @@ class ReplayWindow:
             # ``capacity`` appended rows, not per batch.
             self._compact()
 
+    def remap_videos(self, remap: np.ndarray) -> None:
+        """The learner renumbered its video rows (the catalogue cap forgot some,
+        :meth:`model.online.OnlineHPMF.enforce_catalogue_cap`): ``remap[old]``
+        is the new row, -1 for a forgotten video, whose rows are dropped."""
+        if not self._users:
+            return
+        video = np.asarray(remap, dtype=np.int64)[np.concatenate(self._videos)]
+        keep = video >= 0
+        self._users = [np.concatenate(self._users)[keep]]
+        self._videos = [video[keep]]
+        self._targets = [np.concatenate(self._targets)[keep]]
+        self._clocks = [np.concatenate(self._clocks)[keep]]
+        self._rows = int(keep.sum())
+
     def _compact(self) -> None:
         user, video, target, clock, _ = self._latest()
         keep = slice(max(0, len(user) - self.capacity), None)

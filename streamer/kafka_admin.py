@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -45,6 +46,37 @@ def ensure_topics(
         admin.close()
 
 
+def topic_config(bootstrap: str, topic: str, name: str, timeout_ms: int = 15_000) -> str | None:
+    """The effective value of one topic-level config (e.g. ``retention.ms``),
+    None if the topic or the config is unknown."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        # config_filter "all": by default only values set on the topic come
+        # back, and a topic on the broker's default (this project's local
+        # broker keeps 24 h) would look unknown.
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=[name])], config_filter="all")
+    finally:
+        admin.close()
+    try:
+        value = res["topic"][topic][name]["value"]
+    except (KeyError, TypeError):
+        return None
+    return None if value is None else str(value)
+
+
+def service_topics(settings: Any) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics the service uses (events, dead letters, the learner's
+    checkpoints) with their partitions and the configs they are created with:
+    the events topic keeps the user TTL plus a day (a rebuild after Redis
+    loses its data replays that), the checkpoints topic is compacted."""
+    from streamer.checkpoint_topic import TOPIC_CONFIGS
+
+    s = settings
+    topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions, s.checkpoints_topic_name: 1}
+    configs = {s.topic: {"retention.ms": str(s.events_retention_ms)}, s.checkpoints_topic_name: dict(TOPIC_CONFIGS)}
+    return topics, configs
 def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> bool:
     """True if the broker refuses to describe ``topic`` to this client
     (TOPIC_AUTHORIZATION_FAILED, asked by name)."""

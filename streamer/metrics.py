@@ -109,6 +109,7 @@ class StreamMetrics:
         self.global_version = Gauge(p + "global_model_version", "Version of the globals this worker computes against.")
         self.learner = Gauge(p + "learner", "1 while this worker holds the learner lease.")
         self.assigned = Gauge(p + "assigned_partitions", "Partitions assigned to this worker.")
+        self.rebuilding = Gauge(p + "rebuilding", "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).")
         self.last_loop = time.time()
         self.redis_ok = False
         self.live_after_s = 30.0

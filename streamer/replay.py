@@ -93,13 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka_admin import ensure_topics
+    from streamer.kafka_admin import ensure_topics, service_topics
     from streamer.settings import StreamSettings
 
     s = StreamSettings()
     bootstrap = args.kafka_bootstrap or s.kafka_bootstrap
     topic = args.topic or s.topic
-    ensure_topics(bootstrap, {topic: s.partitions, f"{topic}.dlq": s.partitions})
+    s = StreamSettings(topic=topic, dlq_topic=s.dlq_topic if args.topic is None else "")
+    topics, configs = service_topics(s)
+    ensure_topics(bootstrap, topics, configs=configs)
     total, events = file_events(args.events, args.limit, args.ts)
     t0 = time.monotonic()
     n = produce(bootstrap, topic, events, rate=args.rate, total=total, progress=not args.no_progress)

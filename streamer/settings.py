@@ -66,13 +66,31 @@ class StreamSettings(BaseSettings):
     redis_prefix: str = "hpmf"
     user_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     global_ttl_s: int = Field(3600, ge=1)
+    """Back-stop expiry of a superseded global version (they are deleted sooner,
+    see ``global_keep_versions``)."""
+    global_keep_versions: int = Field(2, ge=1)
+    """Published global versions kept in Redis: the current one and the ones
+    just before it; older ones are deleted at each publish, so the globals'
+    footprint is this many records whatever the publish rate."""
+    max_videos: int = Field(20_000, ge=0)
+    """Catalogue cap (0: none). Past it the learner forgets the least recently
+    touched videos, down to nine tenths of the cap (docs/streaming.md)."""
 
     # Globals: the learner role
     learner_lease_ms: int = Field(10_000, ge=500)
     publish_every_batches: int = Field(20, ge=1)
     publish_every_ms: int = Field(1000, ge=1)
     checkpoint: str = ""
-    """Warm-start checkpoint file for the learner when Redis holds none."""
+    """Warm-start checkpoint file for the learner when neither Redis nor the
+    checkpoints topic holds one."""
+    checkpoints_topic: str = ""
+    """Compacted topic of the learner's durable checkpoint; empty means ``<topic>.checkpoints``."""
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    """How often the learner writes its checkpoint to the checkpoints topic
+    (and at shutdown): what a rebuild after a Redis loss restarts the globals from."""
+    topic_retention_ms: int = Field(0, ge=0)
+    """``retention.ms`` given to the events topic when this service creates it;
+    0 means the user TTL plus one day, so a rebuild can replay every live user."""
 
     # Model
     n_factors: int = Field(10, ge=0)
@@ -127,6 +145,14 @@ class StreamSettings(BaseSettings):
         return self.dlq_topic or f"{self.topic}.dlq"
 
     @property
+    def checkpoints_topic_name(self) -> str:
+        return self.checkpoints_topic or f"{self.topic}.checkpoints"
+
+    @property
+    def events_retention_ms(self) -> int:
+        return self.topic_retention_ms or (self.user_ttl_s + 24 * 3600) * 1000
+
+    @property
     def forget_topic_name(self) -> str:
         return self.forget_topic or f"{self.topic}.forget"
 
@@ -138,6 +164,7 @@ class StreamSettings(BaseSettings):
             "history_size": self.history_size,
             "global_mean_prior": self.global_mean_prior,
             "max_value": self.max_minutes,
+            "max_videos": self.max_videos,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -145,6 +172,8 @@ class StreamSettings(BaseSettings):
         out = self.model_dump()
         out["redis_url"] = mask_url(self.redis_url)
         out["dlq_topic"] = self.dead_letter_topic
+        out["checkpoints_topic"] = self.checkpoints_topic_name
+        out["topic_retention_ms"] = self.events_retention_ms
         out["forget_topic"] = self.forget_topic_name
         return out
 
