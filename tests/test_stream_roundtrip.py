@@ -40,7 +40,15 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
     with running(cmd, log) as proc:
         users = sorted(counts)
         wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 60, "all counts in Redis")
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        # The duplicates come last and change no count: the counts can be
+        # complete while their batch (already counted as consumed at poll)
+        # is still being processed. Wait for that batch, then read.
+        wait_for(lambda: 'why="duplicate"} 200' in scrape(), 30, "the duplicates' batch processed")
+        metrics = scrape()
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
         live = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
         proc.send_signal(signal.SIGTERM)
