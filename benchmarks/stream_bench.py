@@ -195,7 +195,7 @@ def throughput(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         floor_figures = floor(BOOTSTRAP, REDIS_URL, topic, n, tag)
     finally:
         stop(proc)
-        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
+        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq", f"{topic}.checkpoints"])
     return floor_figures | {
         "stream.events_per_s": round(rate, 1),
         "stream.bare_consumer_events_per_s": round(bare, 1),
@@ -225,7 +225,7 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         b1, c1 = parse_histogram(scrape(port), name)
     finally:
         stop(proc)
-        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
+        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq", f"{topic}.checkpoints"])
     delta = [b - a for a, b in zip(c0, c1, strict=True)]
     return {
         "stream.freshness_p50_ms": round(histogram_quantile(0.5, b1, delta) * 1000, 1),
@@ -261,7 +261,7 @@ def memory(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
             raise RuntimeError(f"worker consumed {done} of {n}")
     finally:
         stop(proc)
-        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
+        delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq", f"{topic}.checkpoints"])
     base = [r for d, r in samples if 0.1 * n <= d < 0.2 * n]
     last = [r for d, r in samples if d >= 0.9 * n]
     b, f = statistics.median(base), statistics.median(last)

@@ -95,6 +95,12 @@ class HPMFConfig:
     svi_lr: float = 0.06
     max_value: float = 1e6
     """Raw values above this are rejected as absurd."""
+    max_videos: int = 0
+    """Catalogue cap: the learner keeps at most this many videos (0: no cap). Past
+    it, the least recently touched tenth of the cap is forgotten at once (their
+    posteriors were decaying towards the prior anyway; one that comes back
+    starts again at the prior). Bounds memory, the published global record and
+    the checkpoint whatever ids producers send."""
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +125,8 @@ class HPMFConfig:
             raise ValueError(f"global_mean_prior must be finite, got {self.global_mean_prior}")
         if self.replay_window_events < 0 or self.replay_iterations < 1 or self.replay_interval_min < 1:
             raise ValueError("replay_window_events >= 0, replay_iterations >= 1 and replay_interval_min >= 1 are required")
+        if self.max_videos < 0:
+            raise ValueError(f"max_videos must be >= 0 (0: no cap), got {self.max_videos}")
         if self.svi_interval_growth < 0 or self.svi_interval_max < 1:
             raise ValueError("svi_interval_growth >= 0 and svi_interval_max >= 1 are required")
 

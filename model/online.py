@@ -132,6 +132,7 @@ class OnlineHPMF:
         # learned by SVI it drifts against the video biases it is confounded with.
         self._r_sum = 0.0
         self._r_weight = 0.0
+        self.evicted_videos = 0  # videos forgotten by the catalogue cap, in all
 
     # ------------------------------------------------------------ globals
     def _ensure_hypers(self, targets: np.ndarray) -> Hypers:
@@ -255,6 +256,53 @@ class OnlineHPMF:
     @property
     def n_videos(self) -> int:
         return len(self.video_ids)
+
+    def enforce_catalogue_cap(self) -> int:
+        """Forget the least recently touched videos once there are more than
+        ``config.max_videos`` (0: no cap), down to nine tenths of the cap, so
+        the tables are compacted once per tenth of the cap of new videos, not
+        on every batch of a flood. Returns how many were forgotten.
+
+        "Touched" is the global step's clock (``_v_time``): the last time a
+        batch brought evidence about the video. A forgotten video that is seen
+        again is registered anew at the prior, as any new video.
+
+        >>> m = OnlineHPMF(HPMFConfig(n_factors=1, max_videos=10, seed=1))
+        >>> for k in range(5):
+        ...     _ = m.learn(Batch.of(["u"] * 4, [f"v{k}-{j}" for j in range(4)], [1.0] * 4), {})
+        >>> m.n_videos <= 10, m.evicted_videos > 0, "v4-0" in m.video_index
+        (True, True, True)
+        """
+        cap = self.config.max_videos
+        n = self.n_videos
+        if cap <= 0 or n <= cap:
+            return 0
+        target = max(1, cap - cap // 10)
+        # Oldest first; ties (same clock) by row, i.e. registration order.
+        order = np.lexsort((np.arange(n), self._v_time[:n].numpy()))
+        keep = np.sort(order[n - target :])
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        idx = torch.from_numpy(keep)
+        # Every per-video table, the replay window's share (_w_prec/_w_shift)
+        # included: a sweep subtracts it from _v_prec/_v_shift row by row.
+        def tables() -> tuple[torch.Tensor, ...]:
+            return (self._v_prec, self._v_shift, self._w_prec, self._w_shift, self._v_time, self._v_mean, self._v_cov)
+
+        old = tables()
+        ids = [self.video_ids[k] for k in keep.tolist()]
+        self._reset_videos(max(64, cap))
+        for new, src in zip(tables(), old, strict=True):
+            new[: len(keep)] = src[idx]
+        self.video_ids = ids
+        self.video_index = {v: k for k, v in enumerate(ids)}
+        # Buffered SVI statistics and the replay window refer to rows: map
+        # them; events of a forgotten video are left out of both.
+        self._svi_buffer = [(s, remap[rows]) for s, rows in self._svi_buffer]
+        self.replay.remap_videos(remap)  # the replay window refers to rows too
+        forgotten = n - len(keep)
+        self.evicted_videos += forgotten
+        return forgotten
 
     def export_globals(self) -> GlobalsSnapshot:
         """The globals as numpy, for workers and readers (see :func:`export_globals`)."""
@@ -530,6 +578,7 @@ class OnlineHPMF:
         if sum(len(s.target) for s, _ in self._svi_buffer) >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
+        self.enforce_catalogue_cap()
         self.version += 1
 
     def replay_interval(self) -> int:
@@ -602,13 +651,24 @@ class OnlineHPMF:
             u_off += len(s.user_mean)
             ev_v.append(s_rows[s.event_video])
             tgt.append(s.target)
-        vrows_all = torch.from_numpy(np.concatenate(ev_v))
+        ev_v_all = np.concatenate(ev_v)
+        ev_u_all = np.concatenate(ev_u)
+        tgt_all = np.concatenate(tgt)
+        live = ev_v_all >= 0  # -1: the video was forgotten by the catalogue cap since
+        if not live.all():
+            ev_v_all, ev_u_all, tgt_all = ev_v_all[live], ev_u_all[live], tgt_all[live]
+            if not len(tgt_all):
+                return
+        vrows_all = torch.from_numpy(ev_v_all)
         vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
         vm, vc = self._v_mean[vrows], self._v_cov[vrows]
-        event_user = torch.from_numpy(np.concatenate(ev_u))
-        target = torch.from_numpy(np.concatenate(tgt))
+        event_user = torch.from_numpy(ev_u_all)
+        target = torch.from_numpy(tgt_all)
         user_mean = torch.from_numpy(np.concatenate(users_m))
         user_cov = torch.from_numpy(np.concatenate(users_c))
+        if not live.all():  # keep only the users that still have events
+            used_u, event_user = torch.unique(event_user, return_inverse=True)
+            user_mean, user_cov = user_mean[used_u], user_cov[used_u]
         if len(target) > cfg.svi_max_events:
             # The hyper-parameters are few: a random subset of the buffer gives
             # an unbiased gradient at a cost that does not grow with the batch.

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("streamer.simulate_cli", "write a synthetic AVOD watch stream drawn from the model itself"),
     "fit": ("streamer.fit_cli", "batch-fit the model on an events file and write a checkpoint (warm start)"),
     "topics": ("streamer.topics_cli", "create the Kafka topics the service uses"),
+    "rebuild": ("streamer.rebuild_cli", "rebuild Redis from Kafka (after Redis lost its data): users replayed, globals from the durable checkpoint"),
     "forget": ("streamer.forget_cli", "delete users' records and keep a replay of the topic from bringing them back"),
 }
 

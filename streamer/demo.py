@@ -78,7 +78,9 @@ def reset(topic: str, dlq: str, group: str, prefix: str, bootstrap: str, redis_u
     from streamer.kafka_admin import delete_group, delete_topics
 
     security = kafka_security()
-    delete_topics(bootstrap, [topic, dlq], config=security)
+    # The learner's durable checkpoint too: a new run must not start its
+    # globals from an earlier run's (streamer/checkpoint_topic.py).
+    delete_topics(bootstrap, [topic, dlq, f"{topic}.checkpoints"], config=security)
     # Its committed offsets too: otherwise the recreated topic may be read from
     # an earlier run's offsets and the service skips the first events.
     had_group = delete_group(bootstrap, group, config=security)

@@ -33,6 +33,7 @@ globals version each local step used can differ by the publish interval).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -40,11 +41,21 @@ from pathlib import Path
 
 import numpy as np
 import redis
+import torch
 
-from model.checkpoint import from_bytes, load_checkpoint, to_bytes
+from model.checkpoint import (
+    CheckpointError,
+    from_bytes,
+    load_checkpoint,
+    load_state_dict,
+    state_dict,
+    to_bytes,
+)
 from model.config import HPMFConfig
 from model.online import GlobalStats, OnlineHPMF
+from streamer.checkpoint_topic import CheckpointTopic
 from streamer.event import valid_id
+from streamer.global_retention import queue_drop, superseded
 from streamer.global_stats_record import (
     BlobError,
     decode_snapshot,
@@ -66,6 +77,36 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
+# The checkpoint kept in Redis leaves out the video posteriors: the snapshot
+# written in the same HSET holds exactly those arrays (float64), and storing
+# them twice cost ~1 KB per video (21 MB at 20,000 videos) for nothing. The
+# checkpoint written to Kafka (streamer/checkpoint_topic.py) is complete.
+_IN_SNAPSHOT = ("v_mean", "v_cov")
+
+
+def redis_checkpoint(model: OnlineHPMF) -> bytes:
+    sd = state_dict(model)
+    for k in _IN_SNAPSHOT:
+        del sd[k]
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    return buf.getvalue()
+
+
+def load_redis_checkpoint(ckpt: bytes, snap_blob: bytes | None) -> OnlineHPMF:
+    """A checkpoint from ``{prefix}:learner``: complete (older writers), or
+    completed with the video posteriors of the snapshot stored beside it."""
+    try:
+        sd = torch.load(io.BytesIO(ckpt), weights_only=True)
+    except Exception as exc:
+        raise CheckpointError("not an HPMF checkpoint (unreadable archive)") from exc
+    if isinstance(sd, dict) and any(k not in sd for k in _IN_SNAPSHOT):
+        if snap_blob is None:
+            raise CheckpointError("the learner's checkpoint lacks its snapshot")
+        snap = decode_snapshot(snap_blob)
+        sd["v_mean"] = torch.from_numpy(np.asarray(snap.video_mean, dtype=np.float64).copy())
+        sd["v_cov"] = torch.from_numpy(np.asarray(snap.video_cov, dtype=np.float64).copy())
+    return load_state_dict(sd)
 class _Unusable(Exception):  # noqa: N818 - internal control flow
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -82,7 +123,8 @@ class GlobalStore:
     def __init__(
         self, client: redis.Redis, prefix: str, worker_id: str, config: HPMFConfig, metrics: StreamMetrics,
         lease_ms: int = 10_000, publish_every_batches: int = 20, publish_every_ms: int = 1000,
-        global_ttl_s: int = 3600, warm_start: str = "", eligible: bool = True,
+        global_ttl_s: int = 3600, warm_start: str = "", eligible: bool = True, keep_versions: int = 2,
+        kafka_checkpoint: CheckpointTopic | None = None, checkpoint_every_s: float = 60.0,
         quarantine: Callable[[str, bytes, str, str], None] | None = None,
     ) -> None:  # fmt: skip
         self.r = client
@@ -94,6 +136,10 @@ class GlobalStore:
         self.publish_every_batches = publish_every_batches
         self.publish_every_ms = publish_every_ms
         self.global_ttl_s = global_ttl_s
+        self.keep_versions = keep_versions
+        self.kafka_checkpoint = kafka_checkpoint
+        self.checkpoint_every_s = checkpoint_every_s
+        self.last_kafka_checkpoint = time.monotonic()
         self.warm_start = warm_start
         # quarantine(stream_id, payload, reason, detail): makes a statistics
         # entry the learner cannot apply durable elsewhere (the worker: the
@@ -131,12 +177,20 @@ class GlobalStore:
         self.metrics.learner.set(1 if self.is_learner else 0)
 
     def _become_learner(self) -> None:
-        ckpt, last_id, gv = self.r.hmget(self.learner_key, "ckpt", "last_id", "gv")
+        ckpt, last_id, gv, snap_blob = self.r.hmget(self.learner_key, "ckpt", "last_id", "gv", "snap")
         if ckpt:
-            self.model = from_bytes(ckpt)
+            self.model = load_redis_checkpoint(ckpt, snap_blob)
             self.last_id = last_id.decode()
             self.published_version = int(gv)
             source = "redis checkpoint"
+        elif self.kafka_checkpoint is not None and (found := self.kafka_checkpoint.read_latest()) is not None:
+            # Redis lost the learner's state (or never had it): the durable
+            # checkpoint. Its statistics stream position means nothing in
+            # this Redis; every entry there now is newer than the checkpoint.
+            self.model = from_bytes(found[0])
+            self.last_id = "0-0"
+            self.published_version = None
+            source = f"kafka checkpoint {self.kafka_checkpoint.topic}"
         elif self.warm_start and Path(self.warm_start).exists():
             self.model = load_checkpoint(self.warm_start)
             self.last_id = "0-0"
@@ -145,11 +199,20 @@ class GlobalStore:
             self.model = OnlineHPMF(self.config)
             self.last_id = "0-0"
             source = "fresh model"
+        # The catalogue cap is an operating setting: it applies to a model
+        # loaded from a checkpoint written under another cap too.
+        if self.model.config.max_videos != self.config.max_videos:
+            self.model.config = dataclasses.replace(self.model.config, max_videos=self.config.max_videos)
         self.model.learner = True
         self.is_learner = True
         self.own.clear()
         self.unpublished = 0
         self.last_publish = time.monotonic()
+        self.last_kafka_checkpoint = time.monotonic()
+        if source.startswith("kafka"):
+            # Publish at once: readers find a global record (the checkpoint's
+            # pooled prior for every user not rebuilt yet) instead of none.
+            self.unpublished, self.last_publish = 1, float("-inf")
         log.info("took the learner role", extra={"worker": self.worker_id, "source": source, "stream_id": self.last_id, "gv": self.model.version})
 
     def _lose_role(self, why: str) -> None:
@@ -163,7 +226,9 @@ class GlobalStore:
         """On shutdown: publish what was learned, then free the lease at once."""
         if self.is_learner:
             if self.unpublished:
-                self.publish()
+                self.publish(force_kafka_checkpoint=True)
+            elif self.kafka_checkpoint is not None and self.model.version > 0:
+                self._write_kafka_checkpoint(to_bytes(self.model), self.model.version)
             self._release(keys=[self.lease_key], args=[self.worker_id])
             self.is_learner = False
 
@@ -281,13 +346,13 @@ class GlobalStore:
         # The id's first part is the Redis server's clock (ms) when it was written.
         return entries, max(0.0, time.time() - int(sid.split("-")[0]) / 1000)
 
-    def publish(self) -> bool:
+    def publish(self, force_kafka_checkpoint: bool = False) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI
         fenced by the lease (a learner that lost its lease cannot overwrite)."""
         snap = self.model.export_globals()
         now_ms = int(time.time() * 1000)
         record = self._publishable(global_record_from_snapshot(snap, now_ms))
-        ckpt = to_bytes(self.model)
+        ckpt = redis_checkpoint(self.model)
         snap_blob = encode_snapshot(snap)
         with self.r.pipeline(transaction=True) as pipe:
             try:
@@ -296,6 +361,7 @@ class GlobalStore:
                     pipe.reset()
                     self._lose_role("lease not held at publish")
                     return False
+                drop = superseded(pipe, self.prefix, snap.version, self.keep_versions)
                 pipe.multi()
                 pipe.hset(self.learner_key, mapping={
                     "ckpt": ckpt, "last_id": self.last_id, "gv": snap.version, "snap": snap_blob,
@@ -303,6 +369,7 @@ class GlobalStore:
                     "owner": self.worker_id, "ts": now_ms,
                 })  # fmt: skip
                 write_global_record(pipe, self.prefix, record, self.global_ttl_s, self.published_version)
+                queue_drop(pipe, self.prefix, snap.version, drop)
                 if self.last_id != "0-0":
                     pipe.xtrim(self.stream_key, minid=_next_id(self.last_id))
                 pipe.execute()
@@ -312,5 +379,20 @@ class GlobalStore:
         self.published_version = snap.version
         self.unpublished = 0
         self.last_publish = time.monotonic()
+        if self.kafka_checkpoint is not None and (
+            force_kafka_checkpoint or self.last_publish - self.last_kafka_checkpoint >= self.checkpoint_every_s
+        ):
+            self._write_kafka_checkpoint(to_bytes(self.model), snap.version)
         log.debug("published globals", extra={"gv": snap.version, "stream_id": self.last_id})
         return True
+
+    def _write_kafka_checkpoint(self, ckpt: bytes, version: int) -> None:
+        """The durable copy (see streamer.checkpoint_topic); a failure is logged
+        and retried at the next publish, the stream goes on."""
+        assert self.kafka_checkpoint is not None
+        self.last_kafka_checkpoint = time.monotonic()
+        try:
+            self.kafka_checkpoint.write(ckpt, version)
+        except Exception as exc:  # Kafka trouble must not stop the global step
+            self.last_kafka_checkpoint = float("-inf")
+            log.warning("checkpoint to Kafka failed; retried at the next publish", extra={"error": repr(exc)[:300]})

@@ -157,6 +157,28 @@ def ensure_topics(
     return created
 
 
+def topic_config(
+    bootstrap: str, topic: str, name: str, timeout_ms: int = 15_000, config: Mapping[str, Any] | None = None,
+) -> str | None:  # fmt: skip
+    """The effective value of one topic-level config (e.g. ``retention.ms``),
+    None if the topic or the config is unknown."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(config))
+    try:
+        # config_filter "all": by default only values set on the topic come
+        # back, and a topic on the broker's default (this project's local
+        # broker keeps 24 h) would look unknown.
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=[name])], config_filter="all")
+    finally:
+        admin.close()
+    try:
+        value = res["topic"][topic][name]["value"]
+    except (KeyError, TypeError):
+        return None
+    return None if value is None else str(value)
+
+
 def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000, config: Mapping[str, Any] | None = None) -> bool:
     """True if the broker refuses to describe ``topic`` to this client
     (TOPIC_AUTHORIZATION_FAILED, asked by name)."""
@@ -214,13 +236,30 @@ def _security(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(config) if config is not None else kafka_security()
 
 
+def service_topic_specs(s: Any) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics the service uses (events, dead letters, the learner's
+    checkpoints) with their partitions and the configs they are created with
+    (``s`` a StreamSettings): the events topic keeps ``events_retention_ms``
+    (by default the user TTL plus a day: a rebuild after Redis loses its data
+    replays that), the dead-letter topic ``topic_retention_ms`` if set (else
+    the broker's default), the checkpoints topic is compacted."""
+    from streamer.checkpoint_topic import TOPIC_CONFIGS
+
+    topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions, s.checkpoints_topic_name: 1}
+    configs = {
+        s.topic: {"retention.ms": str(s.events_retention_ms)},
+        s.dead_letter_topic: {"retention.ms": str(s.topic_retention_ms)} if s.topic_retention_ms else {},
+        s.checkpoints_topic_name: dict(TOPIC_CONFIGS),
+    }
+    return topics, configs
+
+
 def service_topics(s: Any, wait_s: float | None = None) -> list[str]:
-    """Create the service's topic and dead-letter topic as the settings ``s``
-    (a StreamSettings) say: partitions, replication factor, retention and the
-    client's security settings. Returns the names created."""
+    """Create the service's topics (:func:`service_topic_specs`) as the
+    settings ``s`` (a StreamSettings) say: partitions, replication factor,
+    retention and the client's security settings. Returns the names created."""
     from streamer.connections import kafka_security
 
-    retention = {"retention.ms": str(s.topic_retention_ms)} if s.topic_retention_ms else {}
-    return ensure_topics(s.kafka_bootstrap, {s.topic: s.partitions, s.dead_letter_topic: s.partitions},
-                         replication=s.topic_replication_factor, config=kafka_security(s), wait_s=wait_s,
-                         configs={s.topic: retention, s.dead_letter_topic: retention})  # fmt: skip
+    topics, configs = service_topic_specs(s)
+    return ensure_topics(s.kafka_bootstrap, topics, replication=s.topic_replication_factor,
+                         config=kafka_security(s), wait_s=wait_s, configs=configs)  # fmt: skip

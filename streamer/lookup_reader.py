@@ -248,6 +248,11 @@ class Lookup:
                 self._keep_or_raise(exc)
                 return
             if not fields:
+                # The writer keeps only the newest few versions: the one
+                # ``current`` named may have been superseded and deleted
+                # since. Follow ``current`` once more.
+                fields, key = self._reread_current(key)
+            if not fields:
                 self._keep_or_raise(NoGlobalsError(f"{key} (named by current) is missing"))
                 return
             try:
@@ -257,6 +262,18 @@ class Lookup:
                 return
             self._model = ServingModel.from_record(rec)
             self.last_refresh_error = None
+
+    def _reread_current(self, missing: str) -> tuple[dict[Any, Any], str]:
+        try:
+            raw = self._redis(lambda: self.client.get(global_current_key(self.prefix)))
+            if raw is None:
+                return {}, missing
+            key = global_key(self.prefix, int(raw))
+            if key == missing:
+                return {}, missing
+            return self._redis(lambda: self.client.hgetall(key)), key
+        except (StoreUnavailableError, ValueError):
+            return {}, missing
 
     def _keep_or_raise(self, exc: ReaderError) -> None:
         """Keep serving the cached version if there is one; else the call fails."""

@@ -13,9 +13,10 @@ Endpoints (``--metrics-port``):
   within ``live_after_s``. An outage does not fail it: restarting the
   process would not bring the dependency back.
 * ``/readyz``   ready: 200 once set up, while Redis answered last and the
-  loop is live. Assigned partitions are not required: a replica beyond the
-  partition count is a spare, idle and ready (a rolling update must not
-  wait on it forever).
+  loop is live, and no partition is being rebuilt after Redis lost its data
+  (the worker's ``extra_ready``, see streamer/rebuild.py). Assigned
+  partitions are not required: a replica beyond the partition count is a
+  spare, idle and ready (a rolling update must not wait on it forever).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ class StreamMetrics:
         self.redis_up = Gauge(p + "redis_up", "1 while the last Redis call succeeded, 0 after a failure.")
         self.build_info = Gauge(p + "build_info", "Always 1; the labels say what runs.", ("version", "revision", "python"))
         self.build_info.set(1, build_labels())
+        self.rebuilding = Gauge(p + "rebuilding", "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).")
         self.last_loop = time.time()
         self.started = False  # set-up done (connected, topics known, model warmed up)
         self.live_after_s = 30.0

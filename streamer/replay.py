@@ -105,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     from streamer.settings import StreamSettings
 
     s = StreamSettings()
-    s = s.model_copy(update={"kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap, "topic": args.topic or s.topic})
+    # Another topic named: its dead-letter and checkpoints topics follow it.
+    s = s.model_copy(update={"kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap, "topic": args.topic or s.topic,
+                             "dlq_topic": s.dlq_topic if args.topic is None else "",
+                             "checkpoints_topic": s.checkpoints_topic if args.topic is None else ""})
     bootstrap, topic = s.kafka_bootstrap, s.topic
     try:
         service_topics(s)

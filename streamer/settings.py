@@ -88,7 +88,10 @@ class StreamSettings(BaseSettings):
     topic_replication_factor: int = Field(1, ge=1)
     """Replication factor of the topics this service creates."""
     topic_retention_ms: int = Field(0, ge=-1)
-    """retention.ms of the topics this service creates; 0: the broker's default, -1: forever."""
+    """``retention.ms`` of the topics this service creates. 0 (default): the
+    events topic keeps the user TTL plus one day (so a rebuild after Redis
+    loses its data can replay every live user) and the dead-letter topic the
+    broker's default; -1: forever; another value: that, for both topics."""
     group_instance_id: str = ""
     """Static group membership (a restart within session_timeout_ms keeps the
     partitions without a rebalance); must be unique in the group and survive
@@ -134,6 +137,15 @@ class StreamSettings(BaseSettings):
     redis_prefix: str = "hpmf"
     user_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     global_ttl_s: int = Field(3600, ge=1)
+    """Back-stop expiry of a superseded global version (they are deleted sooner,
+    see ``global_keep_versions``)."""
+    global_keep_versions: int = Field(2, ge=1)
+    """Published global versions kept in Redis: the current one and the ones
+    just before it; older ones are deleted at each publish, so the globals'
+    footprint is this many records whatever the publish rate."""
+    max_videos: int = Field(20_000, ge=0)
+    """Catalogue cap (0: none). Past it the learner forgets the least recently
+    touched videos, down to nine tenths of the cap (docs/streaming.md)."""
 
     # Globals: the learner role
     learner_lease_ms: int = Field(10_000, ge=500)
@@ -143,7 +155,13 @@ class StreamSettings(BaseSettings):
     publish_every_batches: int = Field(20, ge=1)
     publish_every_ms: int = Field(1000, ge=1)
     checkpoint: str = ""
-    """Warm-start checkpoint file for the learner when Redis holds none."""
+    """Warm-start checkpoint file for the learner when neither Redis nor the
+    checkpoints topic holds one."""
+    checkpoints_topic: str = ""
+    """Compacted topic of the learner's durable checkpoint; empty means ``<topic>.checkpoints``."""
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    """How often the learner writes its checkpoint to the checkpoints topic
+    (and at shutdown): what a rebuild after a Redis loss restarts the globals from."""
 
     # Model
     n_factors: int = Field(10, ge=0)
@@ -218,6 +236,15 @@ class StreamSettings(BaseSettings):
         return self.dlq_topic or f"{self.topic}.dlq"
 
     @property
+    def checkpoints_topic_name(self) -> str:
+        return self.checkpoints_topic or f"{self.topic}.checkpoints"
+
+    @property
+    def events_retention_ms(self) -> int:
+        """The events topic's ``retention.ms`` (-1: forever), from ``topic_retention_ms``."""
+        return self.topic_retention_ms or (self.user_ttl_s + 24 * 3600) * 1000
+
+    @property
     def forget_topic_name(self) -> str:
         return self.forget_topic or f"{self.topic}.forget"
 
@@ -229,6 +256,7 @@ class StreamSettings(BaseSettings):
             "history_size": self.history_size,
             "global_mean_prior": self.global_mean_prior,
             "max_value": self.max_minutes,
+            "max_videos": self.max_videos,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -239,6 +267,8 @@ class StreamSettings(BaseSettings):
                 out[name] = "***" if value.get_secret_value() else ""
         out["redis_url"] = mask_url(self.redis_url)
         out["dlq_topic"] = self.dead_letter_topic
+        out["checkpoints_topic"] = self.checkpoints_topic_name
+        out["topic_retention_ms"] = self.events_retention_ms
         out["forget_topic"] = self.forget_topic_name
         return out
 

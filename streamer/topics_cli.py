@@ -1,5 +1,6 @@
 """``hpmf topics``: create the Kafka topics the service uses (the broker does
-not auto-create them): the watch-events topic and its dead-letter topic.
+not auto-create them): the watch-events topic (retention: the user TTL plus
+a day), its dead-letter topic and the learner's compacted checkpoints topic.
 
     hpmf topics --topic watch-events --partitions 4
 
@@ -24,12 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka_admin import BrokerNotReadyError, service_topics
+    from streamer.kafka_admin import BrokerNotReadyError, service_topic_specs, service_topics
     from streamer.settings import StreamSettings
 
     given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
     s = StreamSettings(**given)
-    topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions}
+    topics, _ = service_topic_specs(s)
     try:
         created = service_topics(s)
     except BrokerNotReadyError as exc:

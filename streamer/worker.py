@@ -47,6 +47,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
+from streamer.checkpoint_topic import CheckpointTopic
 from streamer.commit import commit_offsets, commit_offsets_async, next_offsets
 from streamer.connections import group_membership, kafka_security, redis_client
 from streamer.dead_letter import DeadLetterSink
@@ -55,10 +56,12 @@ from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, 
 from streamer.forget import restore_markers
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
-from streamer.kafka_admin import service_topics, topic_refused
+from streamer.kafka_admin import service_topics, topic_config, topic_refused
 from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
+from streamer.rebuild import Rebuild
+from streamer.redis_record import user_key
 from streamer.settings import StreamSettings
 from streamer.user_store import WriteConflict, load_users, write_batch
 
@@ -91,6 +94,8 @@ class Worker:
         self.written_offsets: dict[TopicPartition, int] = {}  # newest offsets whose effects are in Redis
         self.metrics.live_after_s = settings.live_after_s
         self._lag_due = 0.0  # monotonic time of the next lag refresh
+        self.rebuild: Rebuild | None = None
+        self._marker_checked_at = 0.0
 
     # ---------------------------------------------------------------- set-up
     def _should_stop(self) -> bool:
@@ -115,6 +120,7 @@ class Worker:
             # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.
             retry(lambda: service_topics(s, wait_s=0), "create topics", log, self._should_stop,
                   s.retry_max_backoff_s)  # fmt: skip
+        retry(self._check_retention, "topic retention", log, self._should_stop, s.retry_max_backoff_s)
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/forget.py).
@@ -140,12 +146,21 @@ class Worker:
         self.consumer.subscribe([s.topic], listener=self.tracker)
         self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics,
                                   max_record_bytes=s.dlq_max_record_bytes, prefix_bytes=s.dlq_prefix_bytes)  # fmt: skip
+        # Before a replay the forget markers come back from Kafka too: a Redis
+        # that lost them must not let the replay re-create a forgotten user.
+        self.rebuild = Rebuild(self.redis, s.redis_prefix, self.consumer, s.user_ttl_s * 1000,
+                               before_replay=lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name,
+                                                                     self.redis, s.redis_prefix,
+                                                                     config=kafka_security(s)))  # fmt: skip
         cfg = HPMFConfig(**s.model_config_dict())
         self.globals = GlobalStore(
             self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
             global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
             eligible=s.learner_eligible,
+            keep_versions=s.global_keep_versions,
+            kafka_checkpoint=CheckpointTopic(s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, kafka_security(s)),
+            checkpoint_every_s=s.checkpoint_every_s,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
@@ -154,6 +169,23 @@ class Worker:
             self._redis_step(lambda: self.globals.refresh(None, force=True), "load globals")
         self.metrics.started = True
 
+    def _check_retention(self) -> None:
+        """Warn when the events topic keeps less than the user TTL: a rebuild
+        after Redis loses its data replays the TTL's worth of events, and
+        what Kafka deleted cannot come back."""
+        s = self.s
+        raw = topic_config(s.kafka_bootstrap, s.topic, "retention.ms", config=kafka_security(s))
+        if raw is None:
+            return
+        retention_ms = int(raw)
+        if 0 <= retention_ms < s.user_ttl_s * 1000:
+            log.warning(
+                f"topic {s.topic} keeps events {retention_ms / 3.6e6:.1f} h, shorter than the user TTL "
+                f"({s.user_ttl_s / 3600:.1f} h): if Redis loses its data, users' events older than the "
+                f"retention cannot be rebuilt. Raise it: kafka-configs --alter --entity-type topics "
+                f"--entity-name {s.topic} --add-config retention.ms={s.events_retention_ms}",
+                extra={"topic": s.topic, "retention_ms": retention_ms, "user_ttl_s": s.user_ttl_s},
+            )  # fmt: skip
     def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
         """The learner's dead letter: a global statistics entry it cannot apply,
         made durable in the dead-letter topic (synchronously; rare) before the
@@ -182,7 +214,8 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         torch.set_num_threads(self.s.torch_threads)
         if self.s.metrics_port:
-            self.server = serve(self.metrics, self.s.metrics_host, self.s.metrics_port)
+            self.server = serve(self.metrics, self.s.metrics_host, self.s.metrics_port,
+                                extra_ready=lambda: self.rebuild is not None and not self.rebuild.active)  # fmt: skip
         try:
             self._connect()
             self.last_event_at = time.monotonic()
@@ -245,6 +278,20 @@ class Worker:
         # 1. Poll a minibatch (closes on size or age).
         records = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
         m.assigned.set(len(self.tracker.assigned))
+        # Does this Redis hold the users of every partition? Checked when the
+        # partitions change, and once a second when idle (a loss with no
+        # traffic); after every write below. See streamer/rebuild.py.
+        assert self.rebuild is not None
+        if self.rebuild.unchecked(self.tracker.assigned) or (
+            not records and time.monotonic() - self._marker_checked_at > 1.0
+        ):
+            self._marker_checked_at = time.monotonic()
+            lost = self._redis_step(lambda: self.rebuild.check(set(self.tracker.assigned)), "epoch marker")  # type: ignore[union-attr]
+            if lost:  # sought back: these records come again in the replay
+                records = [r for r in records if TopicPartition(r.topic, r.partition) not in lost]
+                for tp in lost:
+                    self.written_offsets.pop(tp, None)
+        m.rebuilding.set(len(self.rebuild.targets))
         if not records:
             # Idle: the learner catches up with other workers' statistics.
             self._redis_step(self.globals.learn, "global step")
@@ -263,7 +310,10 @@ class Worker:
                 if s.require_key_match:
                     check_key(ev, r.key)
             except InvalidEvent as err:
-                self.dlq.send(r, err)
+                # A replayed record (rebuild after a Redis loss) was
+                # dead-lettered the first time it was read.
+                if not (self.rebuild.active and self.rebuild.replaying([(r.partition, r.offset)], r.topic)):
+                    self.dlq.send(r, err)
                 continue
             except Exception as exc:  # a decoder bug must not stop the stream on one record
                 log.error("decoder failed on a record; dead-lettered", exc_info=True,
@@ -293,7 +343,12 @@ class Worker:
 
         # 5. Commit the offsets, only now that the effects are durable (sent
         #    without waiting; see streamer/commit.py for why that is safe).
+        #    Not those of a partition being rebuilt (streamer/rebuild.py).
         offsets = next_offsets(records)
+        if self.rebuild.active:
+            self._redis_step(self.rebuild.progress, "rebuild progress")
+            offsets = {tp: o for tp, o in offsets.items() if not self.rebuild.holds(tp)}
+            m.rebuilding.set(len(self.rebuild.targets))
         self.written_offsets.update(offsets)
         commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: m.commit_failures.inc())
         m.batch_latency.observe(time.monotonic() - t0)
@@ -350,15 +405,31 @@ class Worker:
         stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions, forgotten)
         g.refresh(current)
         update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten)
+        rb = self.rebuild
+        assert rb is not None
         if update.records:
             assert update.stats is not None
+            # Replayed events add no global statistics: the globals came back
+            # from the durable checkpoint, which already learned from them.
+            replay = rb.active and rb.replaying(((se.partition, se.offset) for se in valid), s.topic)
             sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
-                              g.stream_key, s.worker_id, encode_stats(update.stats), update.seen_at,
-                              expected=versions)  # fmt: skip
-            g.written(sid, update.stats)
+                              g.stream_key, s.worker_id, None if replay else encode_stats(update.stats),
+                              update.seen_at, expected=versions)  # fmt: skip
+            if sid is not None:
+                g.written(sid, update.stats)
             self._writes += 1
             if self._kill_after_write and self._writes >= self._kill_after_write:
                 os.kill(os.getpid(), signal.SIGKILL)
+        # Before the commit: did this Redis lose its data since the last check?
+        # Then what this batch wrote holds only this batch's events: delete it;
+        # the partitions replay (streamer/rebuild.py) and nothing is committed.
+        lost = rb.check(set(self.tracker.assigned))
+        if lost:
+            gone = {user_key(s.redis_prefix, se.event.user_id) for se in valid if TopicPartition(s.topic, se.partition) in lost}
+            if gone:
+                self.redis.delete(*gone)
+            for tp in lost:
+                self.written_offsets.pop(tp, None)
         self.metrics.redis_ok = True
         return update
 

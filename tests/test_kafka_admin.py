@@ -29,3 +29,23 @@ def test_delete_group_drops_committed_offsets(kafka_bootstrap: str, topic_name: 
         assert delete_group(kafka_bootstrap, group) is False  # nothing to delete: not an error
     finally:
         delete_topics(kafka_bootstrap, [topic_name])
+
+
+def test_service_topics_keep_the_user_ttl_and_a_compacted_checkpoints_topic(kafka_bootstrap, topic_name) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: the events topic kept 24 h (this broker's default) against a
+    7-day user TTL, so a rebuild could not bring users back. The service now
+    creates it with retention = TTL + 1 day, and reads the effective value
+    (also a broker default, which describe_configs hides unless asked)."""
+    from streamer.kafka_admin import service_topic_specs, service_topics, topic_config
+    from streamer.settings import StreamSettings
+
+    s = StreamSettings(topic=topic_name, kafka_bootstrap=kafka_bootstrap, user_ttl_s=3600)
+    topics, _ = service_topic_specs(s)
+    assert set(service_topics(s)) == set(topics)
+    try:
+        assert topic_config(kafka_bootstrap, topic_name, "retention.ms") == str((3600 + 86400) * 1000)
+        assert topic_config(kafka_bootstrap, f"{topic_name}.checkpoints", "cleanup.policy") == "compact"
+        # A topic created without a setting reports the broker's effective value.
+        assert topic_config(kafka_bootstrap, f"{topic_name}.dlq", "retention.ms") is not None
+    finally:
+        delete_topics(kafka_bootstrap, list(topics))

@@ -218,6 +218,20 @@ def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_
         text = log.read_text()
         assert SASL_PASSWORD not in text and REDIS_PASSWORD not in text  # masked in the settings log line
         assert '"kafka_sasl_password": "***"' in text and '"kafka_security_protocol": "SASL_SSL"' in text
+
+        # Issue 14's clients over the same secured connections: the learner
+        # wrote its checkpoint to the checkpoints topic at shutdown, and
+        # `hpmf rebuild --status` reads the marker (TLS Redis), the topic's
+        # retention (admin) and that checkpoint (consumer) over SASL_SSL.
+        status = subprocess.run(
+            [PYTHON, "-m", "streamer.cli", "rebuild", "--status", "--redis-prefix", "sec"], cwd=ROOT,
+            env={**os.environ, **tls, "HPMF_KAFKA_BOOTSTRAP": f"127.0.0.1:{tport}"},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "retention.ms 7200000" in status.stdout, status.stdout
+        assert f"checkpoint {topic_name}.checkpoints: version" in status.stdout, status.stdout
+        assert SASL_PASSWORD not in status.stdout + status.stderr and REDIS_PASSWORD not in status.stdout + status.stderr
     finally:
         os.environ.clear()
         os.environ.update(old_env)

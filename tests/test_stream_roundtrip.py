@@ -48,6 +48,10 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
         # The lag is refreshed on a timer, idle or not, per partition.
         zero_lags = [f'hpmf_stream_consumer_lag{{topic="{topic_name}",partition="{p}"}} 0' for p in range(4)]
         wait_for(lambda: all(z in scrape().splitlines() for z in zero_lags), 20, "every partition's lag at 0")
+        # The duplicates come last and change no count: the counts can be
+        # complete while their batch (already counted as consumed at poll)
+        # is still being processed. Wait for that batch, then read.
+        wait_for(lambda: 'why="duplicate"} 200' in scrape(), 30, "the duplicates' batch processed")
         metrics = scrape()
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
         live = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
