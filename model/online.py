@@ -703,6 +703,13 @@ class OnlineHPMF:
                 # Scale the loss per event so Adam's step size does not depend on N_eff.
                 loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
                 (loss / cfg.effective_data_size).backward()
+                if not cfg.learn_prior_scales:
+                    # The taste scales stay put (they shrink towards the zero
+                    # fixed point when learned); the bias scales are learned.
+                    taste = mean_mask(cfg)
+                    for leaf in (self.hp.log_s_u, self.hp.log_s_v):
+                        if leaf.grad is not None:
+                            leaf.grad.mul_(1.0 - taste)
                 self._opt.step()
 
 
