@@ -172,7 +172,7 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.events_file import EventsFileError, read_events
+    from streamer.events_file import EventsFileError, read_events_head
 
     if args.protocol == "ranking":
         return ranking_cli.run(args)
@@ -187,14 +187,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        events = read_events(args.events)
+        events = read_events_head(args.events, args.limit)
     except (OSError, EventsFileError) as exc:
         print(f"hpmf evaluate: {exc}", file=sys.stderr)
-        return 2
-    if args.limit is not None:
-        events = events.head(args.limit)
-    if len(events) == 0:
-        print(f"hpmf evaluate: {args.events}: no events", file=sys.stderr)
         return 2
     if args.batch_size < 1:
         print("hpmf evaluate: --batch-size must be >= 1", file=sys.stderr)

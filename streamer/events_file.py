@@ -95,6 +95,17 @@ def _sniff_delimiter(first_line: str) -> str:
         return "\t" if "\t" in first_line else ","
 
 
+def read_events_head(path: str | Path, limit: int | None = None) -> Events:
+    """:func:`read_events`, the first ``limit`` events in time order (all if
+    None); a file with no events is an :class:`EventsFileError` too."""
+    events = read_events(path)
+    if limit is not None:
+        events = events.head(limit)
+    if len(events) == 0:
+        raise EventsFileError(f"{path}: no events")
+    return events
+
+
 def read_events(path: str | Path) -> Events:
     """Read an events file (see module docstring), sorted by timestamp.
 

@@ -52,7 +52,7 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from model.evaluate import warm_up
-    from streamer.events_file import EventsFileError, read_events
+    from streamer.events_file import EventsFileError, read_events_head
 
     batch_size = 1 if args.batch_size is None else args.batch_size
     names = list(RANK_RUNGS) if args.models is None else list(args.models)
@@ -65,14 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print("hpmf evaluate: --batch-size and --every must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
     try:
-        events = read_events(args.events)
+        events = read_events_head(args.events, args.limit)
     except (OSError, EventsFileError) as exc:
         print(f"hpmf evaluate: {exc}", file=sys.stderr)
-        return 2
-    if args.limit is not None:
-        events = events.head(args.limit)
-    if len(events) == 0:
-        print(f"hpmf evaluate: {args.events}: no events", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
     warm_up()
