@@ -46,7 +46,7 @@ from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_mean, feature_moments, gaussian_posterior
 from model.posterior import PooledPrior, UserState
-from model.replay_sweep import replay_sweep
+from model.replay_job import SweepInputs, SweepJob, SweepThread
 from model.replay_window import ReplayWindow
 from model.transform import forward
 from model.video_step import video_batch_statistics
@@ -124,10 +124,16 @@ class OnlineHPMF:
         self._reset_videos(64)
         # Buffered batch statistics with their videos' rows (mapped once, here).
         self._svi_buffer: list[tuple[GlobalStats, np.ndarray]] = []
+        self._svi_buffered = 0  # events in _svi_buffer (a running count: summing it per batch was quadratic)
         self.learner = True  # False once globals were imported from a snapshot
         # The learner's window of recent events, revisited by replay sweeps.
         self.replay = ReplayWindow(self.config.replay_window_events)
         self._next_replay = self.config.replay_warmup_events
+        self._sweep: SweepJob | None = None  # a background sweep in flight
+        self._sweeper = SweepThread()
+        self._remaps = 0  # catalogue-cap renumberings: a sweep started before one is void
+        self.sweeps_folded = 0
+        self.sweeps_voided = 0  # started before a renumbering, so thrown away
         # b0 is the forgetting-weighted mean of the transformed values seen:
         # learned by SVI it drifts against the video biases it is confounded with.
         self._r_sum = 0.0
@@ -300,6 +306,7 @@ class OnlineHPMF:
         # them; events of a forgotten video are left out of both.
         self._svi_buffer = [(s, remap[rows]) for s, rows in self._svi_buffer]
         self.replay.remap_videos(remap)  # the replay window refers to rows too
+        self._remaps += 1
         forgotten = n - len(keep)
         self.evicted_videos += forgotten
         return forgotten
@@ -571,13 +578,14 @@ class OnlineHPMF:
         if replayed:
             users = [stats.user_ids[k] for k in stats.event_user.tolist()]
             self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
-            if self.n_seen >= self._next_replay:
-                self._replay_sweep()
+            self._replay_step()
         # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
         self._svi_buffer.append((stats, rows.numpy()))
-        if sum(len(s.target) for s, _ in self._svi_buffer) >= self.svi_interval():
+        self._svi_buffered += len(stats.target)
+        if self._svi_buffered >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
+            self._svi_buffered = 0
         self.enforce_catalogue_cap()
         self.version += 1
 
@@ -591,33 +599,73 @@ class OnlineHPMF:
         grown = int(self.n_seen * cfg.replay_interval_growth)
         return max(cfg.replay_interval_min, min(grown, cfg.replay_interval_max))
 
-    def _replay_sweep(self) -> None:
-        """Coordinate ascent over the replay window (:mod:`model.replay_sweep`):
-        the window videos' evidence is rebuilt with every window user refitted."""
+    def _replay_step(self) -> None:
+        """Fold in a background sweep that finished; start the next one when due."""
+        job = self._sweep
+        if job is not None and job.done():
+            self._sweep = None
+            self._fold_sweep(job)
+        if self._sweep is None and self.n_seen >= self._next_replay:
+            job = self._start_sweep()
+            if job is not None and job.done():
+                self._fold_sweep(job)
+            else:
+                self._sweep = job
+
+    def finish_replay(self) -> None:
+        """Wait for a background sweep in flight and fold it in (tests; a clean stop)."""
+        job, self._sweep = self._sweep, None
+        if job is not None:
+            self._fold_sweep(job)
+
+    def _start_sweep(self) -> SweepJob | None:
+        """Coordinate ascent over the replay window (:mod:`model.replay_sweep`),
+        on copies of what it needs, so it can run while batches keep coming."""
         cfg = self.config
         self._next_replay = self.n_seen + self.replay_interval()
         window = self.replay.arrays()
         if len(window[0]) == 0:
-            return
+            return None
         rows = torch.from_numpy(np.unique(window[1]))
         # Evidence outside the window (decayed to now) stays; the window's share is replaced.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
-        base_prec = decay[:, None, None] * (self._v_prec[rows] - self._w_prec[rows])
-        base_shift = decay[:, None] * (self._v_shift[rows] - self._w_shift[rows])
+        w_prec = decay[:, None, None] * self._w_prec[rows]
+        w_shift = decay[:, None] * self._w_shift[rows]
         n_drop = max(0, len(window[0]) - self.replay.capacity)
-        sweep = replay_sweep(
-            window, rows, self._v_mean[rows], self._v_cov[rows], base_prec, base_shift, self._b0(), self._noise_var(),
-            self._user_prior(), self._video_prior(), cfg.biases, float(self.n_seen),
+        inputs = SweepInputs(
+            window, rows, self._v_mean[rows], self._v_cov[rows],
+            decay[:, None, None] * self._v_prec[rows] - w_prec, decay[:, None] * self._v_shift[rows] - w_shift,
+            self._b0().clone(), self._noise_var().clone(), tuple(t.clone() for t in self._user_prior()),
+            tuple(t.clone() for t in self._video_prior()), cfg.biases, float(self.n_seen),
             cfg.effective_data_size, cfg.replay_iterations, n_drop,
         )  # fmt: skip
+        return SweepJob.start(inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None)
+
+    def _fold_sweep(self, job: SweepJob) -> None:
+        """Swap the window share a sweep replaced for its result.
+
+        The share it replaced (decayed from the sweep's start to now) comes
+        out, its result (decayed likewise) goes in; evidence the global steps
+        added while it ran stays. Folded at once (the harness), this is exactly
+        "window share := the sweep's result"."""
+        result = job.result()
+        if job.remaps != self._remaps:
+            self.sweeps_voided += 1
+            return  # the catalogue cap renumbered the rows since: the result refers to old rows
+        self.sweeps_folded += 1
+        rows, neff = job.inputs.rows, self.config.effective_data_size
+        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / neff)
+        since = float(np.exp(-(self.n_seen - job.inputs.clock) / neff))
+        kept_prec, kept_shift = since * result.kept_prec, since * result.kept_shift
+        out_prec, out_shift = since * job.window_prec, since * job.window_shift
         # Pairs leaving the window hand their last evidence to the kept part.
-        self._v_prec[rows] = base_prec + sweep.dropped_prec + sweep.kept_prec
-        self._v_shift[rows] = base_shift + sweep.dropped_shift + sweep.kept_shift
-        self._w_prec[rows] = sweep.kept_prec
-        self._w_shift[rows] = sweep.kept_shift
+        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] - out_prec + kept_prec + since * result.dropped_prec
+        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] - out_shift + kept_shift + since * result.dropped_shift
+        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] - out_prec + kept_prec
+        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] - out_shift + kept_shift
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
-        self.replay.drop_oldest(n_drop)
+        self.replay.drop_oldest(job.inputs.n_drop)
 
     def svi_interval(self) -> int:
         """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""

@@ -171,6 +171,10 @@ class StreamSettings(BaseSettings):
     """Prior mean of the global mean b0 on the model's scale (log1p minutes by
     default): what is predicted before anything is learned, e.g. 3 for ~20 minutes."""
     torch_threads: int = Field(1, ge=1)
+    replay_background: bool = True
+    """The learner runs its replay sweeps (what teaches the videos taste) in a
+    background thread and folds each in when done, so the loop does not stop
+    for them; false runs each in the loop, as the evaluation harness does."""
 
     # Operations
     metrics_port: int = Field(9108, ge=0)
@@ -257,6 +261,7 @@ class StreamSettings(BaseSettings):
             "global_mean_prior": self.global_mean_prior,
             "max_value": self.max_minutes,
             "max_videos": self.max_videos,
+            "replay_background": self.replay_background,
         }
 
     def describe(self) -> dict[str, Any]:
