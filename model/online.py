@@ -45,6 +45,7 @@ from model.globals_snapshot import GlobalsSnapshot
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_mean, feature_moments, gaussian_posterior
+from model.noise_calibration import NoiseCalibration
 from model.posterior import PooledPrior, UserState
 from model.replay_job import SweepInputs, SweepJob, SweepThread
 from model.replay_window import ReplayWindow
@@ -77,6 +78,12 @@ class GlobalStats:
     """The batch's users (``event_user`` indexes them): the learner's replay
     window needs to know whose events these are. Empty in statistics written by
     an older worker: those still update the videos, but are not replayed."""
+    served_sq_err: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    served_model_var: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per event: the squared error of the mean served from the user's state
+    before the batch, and that prediction's variance less the noise (the
+    learner's noise estimate, :mod:`model.noise_calibration`). Empty from an
+    older worker."""
 
 
 @dataclass
@@ -133,6 +140,7 @@ class OnlineHPMF:
         self._sweeper = SweepThread()
         self._remaps = 0  # catalogue-cap renumberings: a sweep started before one is void
         self.sweeps_folded = 0
+        self.noise_calibration = NoiseCalibration(self.config.noise_calibration_horizon)
         self.sweeps_voided = 0  # started before a renumbering, so thrown away
         # b0 is the forgetting-weighted mean of the transformed values seen:
         # learned by SVI it drifts against the video biases it is confounded with.
@@ -386,6 +394,8 @@ class OnlineHPMF:
         if bad.size:
             raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
         users = batch.users()
+        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
+        served = self._served_errors(batch, pairs, states) if cfg.noise_from_served_errors else None
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)
@@ -436,7 +446,6 @@ class OnlineHPMF:
         # One term per distinct (user, video) pair of the batch, valued at the
         # user's aggregated total (the batch's own sum if a history shorter
         # than the batch already dropped the video).
-        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
         uindex = {u: k for k, u in enumerate(users)}
         ev_user = np.fromiter((uindex[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
         totals: list[float] = []
@@ -545,7 +554,22 @@ class OnlineHPMF:
             event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
             user_ids=list(users),
         )  # fmt: skip
+        if served is not None:
+            stats.served_sq_err, stats.served_model_var = served
         return LocalUpdate(new_states, stats)
+
+    def _served_errors(
+        self, batch: Batch, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's squared error against the mean served from its user's
+        state before this batch, and that prediction's variance less the noise.
+        The target is the pair's value in this batch (the first time the pair
+        is seen, what was served was a prediction of exactly that)."""
+        mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
+        sums = _pair_sums(batch)
+        target = forward(self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64))
+        model_var = np.maximum(std**2 - float(self._noise_var()), 0.0)
+        return (target - mean) ** 2, model_var
 
     def apply_global(self, stats: GlobalStats) -> None:
         """The global step: natural-gradient update of the touched videos, then
@@ -586,6 +610,12 @@ class OnlineHPMF:
             self._svi_step()
             self._svi_buffer.clear()
             self._svi_buffered = 0
+        # 4. The noise from the errors of what was served (model.noise_calibration).
+        self.noise_calibration.add(stats.served_sq_err, stats.served_model_var)
+        noise_var = self.noise_calibration.noise_var() if cfg.noise_from_served_errors else None
+        if noise_var is not None:
+            with torch.no_grad():
+                self.hp.log_sigma.fill_(0.5 * float(np.log(noise_var)))
         self.enforce_catalogue_cap()
         self.version += 1
 
