@@ -12,9 +12,8 @@ Two runs:
   predictions must equal the harness's per event (``LOCKSTEP_TOL``).
 * **the service as deployed** (the learner's default publish cadence, every
   20 batches or 1 s): the reader's globals lag the ones the harness predicts
-  with by up to 20 events, which moves single predictions (by up to ~0.5 on
-  the log1p scale right after a new video's first events) but the RMSE far
-  less: measured -0.0005 on this stream (3 runs, paired standard error
+  with by up to 20 events, which moves single predictions (by up to 0.49 on
+  the log1p scale on this stream) but the RMSE far less: measured -0.0005 on this stream (3 runs, paired standard error
   0.0007), against a sampling noise (standard error) of that RMSE of 0.018.
   ``RMSE_TOL`` = 0.005: ten times what was measured, under a third of the
   noise.
