@@ -68,7 +68,22 @@ SERVICE_SETTINGS: dict[str, Any] = {
   catalogue is far below the default cap of 20,000 anyway).
 
 Everything else (transform log1p, 10 factors, priors, replay, SVI, the
-learner's publish cadence) is the service's default."""
+learner's publish cadence, its replay sweeps in a background thread) is the
+service's default."""
+
+LOCKSTEP_SETTINGS: dict[str, Any] = {
+    "publish_every_batches": 1,
+    "replay_background": False,
+}
+"""Added for a lockstep run: the learner publishes after every batch (the
+scorer then waits for each version), and folds each replay sweep in the
+moment it is due, as the harness does, instead of when its background
+thread is done. What is left between the service and the harness is then
+float32 storage in Redis."""
+
+ASYNC_FIELDS = ("replay_background",)
+"""HPMFConfig fields that say *when* the learner's work lands, not what the
+model is; the deployed service and the harness differ in them on purpose."""
 
 STATUSES = ("ok", "no_globals", "unknown_video")
 
@@ -92,15 +107,19 @@ class ServedStream:
 def config_mismatch(settings: StreamSettings, transform: str, global_mean_prior: float = 0.0) -> list[str]:
     """The HPMFConfig fields in which the worker's model (from ``settings``)
     differs from ``hpmf evaluate --models hpmf --transform T
-    --global-mean-prior B0``'s; empty when they are the same model.
+    --global-mean-prior B0``'s, sorted; empty when they are the same model,
+    learned on the same schedule.
 
-    >>> s = StreamSettings(**SERVICE_SETTINGS)
-    >>> config_mismatch(s, "log1p"), config_mismatch(StreamSettings(), "log1p")
-    ([], ['max_value', 'max_videos'])
+    >>> config_mismatch(StreamSettings(**SERVICE_SETTINGS, **LOCKSTEP_SETTINGS), "log1p")
+    []
+    >>> config_mismatch(StreamSettings(**SERVICE_SETTINGS), "log1p")
+    ['replay_background']
+    >>> config_mismatch(StreamSettings(), "log1p")
+    ['max_value', 'max_videos', 'replay_background']
     """
     service = HPMFConfig(**settings.model_config_dict())
     harness = ladder_config("hpmf", transform=transform, global_mean_prior=global_mean_prior)
-    return [f.name for f in fields(HPMFConfig) if getattr(service, f.name) != getattr(harness, f.name)]
+    return sorted(f.name for f in fields(HPMFConfig) if getattr(service, f.name) != getattr(harness, f.name))
 
 
 def wait_applied(client: redis.Redis, key: str, partition: int, offset: int, timeout_s: float,
