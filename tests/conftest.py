@@ -120,12 +120,18 @@ def redis_store(request, redis_url, redis_client, key_prefix) -> Iterator[RedisS
     and the three-master cluster."""
     if request.param == "single":
         yield RedisStore("single", redis_url, redis_client, key_prefix)
-        return
+    else:
+        yield request.getfixturevalue("cluster_store")
+
+
+@pytest.fixture
+def cluster_store(redis_cluster_url, key_prefix) -> Iterator[RedisStore]:  # type: ignore[no-untyped-def]
+    """The three-master cluster, with this test's prefix; its keys (both
+    spellings of the prefix) are deleted afterwards."""
     from redis.cluster import RedisCluster
 
-    url = request.getfixturevalue("redis_cluster_url")
-    client = RedisCluster.from_url(url)
-    yield RedisStore("cluster", url, client, key_prefix)
+    client = RedisCluster.from_url(redis_cluster_url)
+    yield RedisStore("cluster", redis_cluster_url, client, key_prefix)
     for pattern in (f"{key_prefix}:*", f"{{{key_prefix}}}:*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
