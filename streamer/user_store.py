@@ -30,8 +30,8 @@ arguments and parsing one ``QUEUED`` reply per command. So both steps are one
 **Redis Cluster** (``HPMF_REDIS_CLUSTER``). A script's keys must share one
 hash slot there. A user's keys (record and forget marker) share the hash tag
 ``{<user_id>}``, so the batch is split by slot: one read and one write script
-per slot (almost always one user each), sent through redis-py's cluster
-pipeline, which groups them per node and follows MOVED/ASK redirections. Each
+per slot (almost always one user each), packed as above and pipelined per
+node (:mod:`streamer.cluster_send`, which follows MOVED/ASK redirections). Each
 user's record stays atomic and fenced exactly as on one Redis; the batch as a
 whole is not. The global statistics live in another slot (the global hash tag,
 :func:`streamer.redis_record.global_prefix`), so they are XADDed after every
@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -60,6 +60,7 @@ import redis
 from redis.crc import key_slot
 
 from model.posterior import UserState
+from streamer.cluster_send import send_per_node
 from streamer.forget import forget_key, parse_marker
 from streamer.redis_record import (
     USER_FIELDS,
@@ -310,33 +311,20 @@ def _slot_groups(ukeys: list[bytes]) -> dict[int, list[int]]:
     return groups
 
 
-def _cluster_pipeline(client: Any, script: _Script, calls: list[tuple[list[bytes], list[bytes]]],
-                      extra: Callable[[Any], None] | None = None) -> list[Any]:  # fmt: skip
-    """Run ``script`` once per (keys, args) through a cluster pipeline (grouped
-    per node by redis-py, redirections followed), plus ``extra`` queued after
-    them; the replies in order, errors as exception objects. On NOSCRIPT (a
-    node restarted, or a new one) the script is loaded on every primary and
-    the calls that failed so are sent again: none of them ran."""
-    pending = list(range(len(calls)))
-    replies: list[Any] = [None] * len(calls)
-    tail: list[Any] = []
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for i in pending:
-            keys, args = calls[i]
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        if extra is not None and attempt == 0:
-            extra(pipe)
-        got = pipe.execute(raise_on_error=False)
-        for i, r in zip(pending, got, strict=False):
-            replies[i] = r
-        if attempt == 0:
-            tail = got[len(pending):]
-        pending = [i for i in pending if isinstance(replies[i], redis.exceptions.NoScriptError)]
-        if not pending:
-            break
+def _cluster_scripts(client: Any, script: _Script, calls: list[tuple[bytes, bytes]],
+                     extra: list[tuple[bytes, bytes]] | None = None) -> list[Any]:  # fmt: skip
+    """Run the packed script calls ``(routing_key, packed)`` (plus ``extra``
+    commands) on the cluster, pipelined per node; the replies in order, errors
+    as exception objects. On NOSCRIPT (a node restarted, or a new one) the
+    script is loaded on every primary and the calls that failed so are sent
+    again: none of them ran."""
+    replies = send_per_node(client, [*calls, *(extra or [])])
+    again = [i for i in range(len(calls)) if isinstance(replies[i], redis.exceptions.NoScriptError)]
+    if again:
         client.script_load(script.source)
-    return [*replies, *tail]
+        for i, r in zip(again, send_per_node(client, [calls[i] for i in again]), strict=True):
+            replies[i] = r
+    return replies
 
 
 def _raise_first(replies: Sequence[Any]) -> None:
@@ -347,11 +335,14 @@ def _raise_first(replies: Sequence[Any]) -> None:
 
 def _read_cluster(client: Any, ukeys: list[bytes], fkeys: list[bytes], pointer_key: bytes,
                   ) -> tuple[list[bytes], list[bytes], bytes | None]:  # fmt: skip
-    """The read script per hash slot, and the globals pointer, in one cluster pipeline."""
+    """The read script per hash slot, and the globals pointer, pipelined per node."""
     nu = len(ukeys)
     groups = list(_slot_groups(ukeys).values())
-    calls = [([ukeys[i] for i in g] + [fkeys[i] for i in g], [b"%d" % len(g)]) for g in groups]
-    replies = _cluster_pipeline(client, _read_script, calls, extra=lambda pipe: pipe.get(pointer_key))
+    calls = []
+    for g in groups:
+        keys = [ukeys[i] for i in g] + [fkeys[i] for i in g]
+        calls.append((keys[0], _pack([b"EVALSHA", _read_script.sha, b"%d" % len(keys), *keys, b"%d" % len(g)])))
+    replies = _cluster_scripts(client, _read_script, calls, extra=[(pointer_key, _pack([b"GET", pointer_key]))])
     _raise_first(replies)
     raws: list[bytes] = [b""] * nu
     markers: list[bytes] = [b""] * nu
@@ -401,7 +392,7 @@ def write_batch(
     return sid or None
 
 
-_FIELD_NAMES = tuple(n.encode() for n in (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD))
+_FIELD_NAMES = (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD)
 
 
 def _write_cluster(
@@ -412,13 +403,19 @@ def _write_cluster(
     (each user atomic and fenced), then, only if every slot was written, the
     statistics (see the module docstring for what a failure in between costs)."""
     ukeys = [user_key(prefix, u).encode() for u in uids]
+    nf = len(_FIELD_NAMES)
+    head = _bulk(b"EVALSHA") + _bulk(_write_script.sha)
+    tail = [_bulk(_b(int(ttl_s))), _bulk(_b(nf))]
     calls = []
     for g in _slot_groups(ukeys).values():
         keys = [ukeys[i] for i in g] + [forget_key(prefix, uids[i]).encode() for i in g]
-        fence = [expected.get(uids[i], b"*") if expected is not None else b"*" for i in g]
-        fields = [x for i in g for pair in zip(_FIELD_NAMES, rows[i], strict=True) for x in pair]
-        calls.append((keys, [_b(int(ttl_s)), _b(len(_FIELD_NAMES)), *fence, *fields, b"", b""]))
-    replies = _cluster_pipeline(client, _write_script, calls)
+        fence = [_bulk(expected.get(uids[i], b"*") if expected is not None else b"*") for i in g]
+        fields = [_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in rows[i])) for i in g]
+        n_args = 3 + len(keys) + 2 + len(g) + 2 * nf * len(g) + 2
+        packed = b"".join([b"*%d\r\n" % n_args, head, _bulk(b"%d" % len(keys)), *map(_bulk, keys), *tail,
+                           *fence, *fields, _bulk(b""), _bulk(b"")])  # fmt: skip
+        calls.append((keys[0], packed))
+    replies = _cluster_scripts(client, _write_script, calls)
     conflicts = [r for r in replies if isinstance(r, redis.exceptions.ResponseError) and "HPMF_CONFLICT" in str(r)]
     if conflicts:
         # The other slots are written: a retry re-reads them and skips the

@@ -145,3 +145,43 @@ def test_the_settings_build_a_cluster_client(redis_cluster_url) -> None:  # type
         assert len(client.get_primaries()) == 3
     finally:
         client.close()
+
+
+def _move_slot(client, slot: int, dst) -> None:  # type: ignore[no-untyped-def]
+    """Move ``slot`` with its keys to node ``dst``, as a reshard does."""
+    src = client.nodes_manager.get_node_from_slot(slot)
+    src_r, dst_r = client.get_redis_connection(src), client.get_redis_connection(dst)
+    src_id, dst_id = src_r.execute_command("CLUSTER MYID"), dst_r.execute_command("CLUSTER MYID")
+    dst_r.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src_r.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src_r.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        src_r.execute_command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *keys)
+    for node in client.get_primaries():
+        client.get_redis_connection(node).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
+
+@pytest.mark.integration
+def test_a_moved_slot_is_followed(redis_cluster_url, cluster_store) -> None:  # type: ignore[no-untyped-def]
+    """A reshard moved a user's slot after the worker's client mapped the
+    slots: the per-node pipeline gets MOVED, refreshes the map and resends."""
+    from redis.cluster import RedisCluster
+
+    prefix, gp = cluster_store.prefix, global_prefix(cluster_store.prefix, True)
+    stale = RedisCluster.from_url(redis_cluster_url)  # maps the slots now
+    model = OnlineHPMF(CFG)
+    _apply(stale, prefix, gp, model, _events(["mover", "stayer"], 1))
+    admin = cluster_store.client
+    slot = admin.keyslot(user_key(prefix, "mover"))
+    home = admin.nodes_manager.get_node_from_slot(slot)
+    away = next(n for n in admin.get_primaries() if n.name != home.name)
+    _move_slot(admin, slot, away)
+    try:
+        stored, _ = load_users(stale, prefix, ["mover", "stayer"], global_current_key(gp))
+        assert {u: s.state.n_events for u, s in stored.items()} == {"mover": 1, "stayer": 1}
+        _apply(stale, prefix, gp, model, _events(["mover", "stayer"], 1, start=1))
+        assert int(admin.hget(user_key(prefix, "mover"), "n")) == 2
+        assert stale.nodes_manager.get_node_from_slot(slot).name == away.name  # the map was refreshed
+    finally:
+        admin.nodes_manager.initialize()
+        _move_slot(admin, slot, home)  # leave the cluster as the other tests expect it
+    stale.close()
