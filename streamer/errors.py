@@ -49,6 +49,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    # A slot still redirected after streamer/cluster_send.py followed it a
+    # few times (MovedError is a kind of AskError): a reshard in progress.
+    redis.exceptions.AskError,
     KafkaError,
     OSError,
 )
