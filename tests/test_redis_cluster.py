@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import redis
 from pydantic import ValidationError
 from redis.crc import key_slot
 
@@ -185,3 +186,36 @@ def test_a_moved_slot_is_followed(redis_cluster_url, cluster_store) -> None:  # 
         admin.nodes_manager.initialize()
         _move_slot(admin, slot, home)  # leave the cluster as the other tests expect it
     stale.close()
+
+
+@pytest.mark.integration
+def test_a_slot_in_migration_is_waited_for_then_written(cluster_store) -> None:  # type: ignore[no-untyped-def]
+    """Mid-reshard: the source answers ASK for a user whose keys are not
+    there; cluster_send follows it with ASKING, and the importing node asks to
+    try again (a two-key script, its keys not all there yet). TRYAGAIN is a
+    transient error (the worker retries the batch); once the slot has moved,
+    the same write goes through."""
+    from streamer.errors import TRANSIENT
+
+    cl, prefix = cluster_store.client, cluster_store.prefix
+    gp = global_prefix(prefix, True)
+    slot = cl.keyslot(user_key(prefix, "newcomer"))
+    src = cl.nodes_manager.get_node_from_slot(slot)
+    dst = next(n for n in cl.get_primaries() if n.name != src.name)
+    src_r, dst_r = cl.get_redis_connection(src), cl.get_redis_connection(dst)
+    src_id, dst_id = src_r.execute_command("CLUSTER MYID"), dst_r.execute_command("CLUSTER MYID")
+    dst_r.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src_r.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    model = OnlineHPMF(CFG)
+    try:
+        with pytest.raises(TRANSIENT) as caught:
+            _apply(cl, prefix, gp, model, _events(["newcomer"], 1))
+        # The source would answer ASK (both keys missing there): TRYAGAIN
+        # comes from the importing node, so the redirection was followed.
+        assert isinstance(caught.value, redis.exceptions.TryAgainError)
+        assert cl.xlen(f"{gp}:gstats") == 0  # nothing half-done: no statistics
+    finally:
+        for node in cl.get_primaries():
+            cl.get_redis_connection(node).execute_command("CLUSTER SETSLOT", slot, "NODE", src_id)  # migration called off
+    _apply(cl, prefix, gp, model, _events(["newcomer"], 1))
+    assert int(cl.hget(user_key(prefix, "newcomer"), "n")) == 1
