@@ -219,3 +219,34 @@ def test_a_slot_in_migration_is_waited_for_then_written(cluster_store) -> None: 
             cl.get_redis_connection(node).execute_command("CLUSTER SETSLOT", slot, "NODE", src_id)  # migration called off
     _apply(cl, prefix, gp, model, _events(["newcomer"], 1))
     assert int(cl.hget(user_key(prefix, "newcomer"), "n")) == 1
+
+
+@pytest.mark.integration
+def test_acl_credentials_of_the_settings_reach_every_node(cluster_store) -> None:  # type: ignore[no-untyped-def]
+    """An ACL user on every node (added for this test, removed after): the
+    settings' user and password win over wrong ones in the URL, on every node
+    the client finds, as for one Redis (streamer/connections.py)."""
+    from streamer.connections import redis_client
+
+    admin, prefix = cluster_store.client, cluster_store.prefix
+    user, password = f"acl-{prefix}", "s3cret-cluster"
+    nodes = [admin.get_redis_connection(n) for n in admin.get_primaries()]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", user, "on", f">{password}", f"~{prefix}:*", f"~{{{prefix}}}:*", "+@all")
+    host, port = cluster_store.url.split("//")[1].split("/")[0].split(":")
+    try:
+        s = StreamSettings(redis_cluster=True, redis_url=f"redis://nobody:wrong@{host}:{port}/0",
+                           redis_username=user, redis_password=password)  # fmt: skip
+        client = redis_client(s)
+        try:
+            users = [f"acl-user-{i}" for i in range(30)]
+            for u in users:  # spread over every node
+                client.hset(user_key(prefix, u), "n", b"1")
+            assert {admin.nodes_manager.get_node_from_slot(admin.keyslot(user_key(prefix, u))).name for u in users} == {
+                n.name for n in admin.get_primaries()}  # fmt: skip
+            assert client.acl_whoami() == user
+        finally:
+            client.close()
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", user)
