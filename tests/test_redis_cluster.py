@@ -214,9 +214,11 @@ def test_a_slot_in_migration_is_waited_for_then_written(cluster_store) -> None: 
         # comes from the importing node, so the redirection was followed.
         assert isinstance(caught.value, redis.exceptions.TryAgainError)
         assert cl.xlen(f"{gp}:gstats") == 0  # nothing half-done: no statistics
-    finally:
-        for node in cl.get_primaries():
-            cl.get_redis_connection(node).execute_command("CLUSTER SETSLOT", slot, "NODE", src_id)  # migration called off
+    finally:  # the migration called off: both nodes back to a stable slot, the other tests need it
+        for r in (src_r, dst_r):
+            r.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+    for r in (src_r, dst_r):  # no slot left migrating or importing
+        assert all(not n["migrations"] for n in r.execute_command("CLUSTER NODES").values())
     _apply(cl, prefix, gp, model, _events(["newcomer"], 1))
     assert int(cl.hget(user_key(prefix, "newcomer"), "n")) == 1
 
