@@ -17,16 +17,19 @@ venv:  ## create .venv from requirements.lock (heavy dependencies cached outside
 lock:  ## regenerate requirements.lock from pyproject.toml (UPGRADE=1, or UPGRADE=pkg,pkg, to move versions)
 	@bash deploy/local/lock.sh
 
-up:  ## start the local Kafka broker and Redis server (idempotent)
+up:  ## start the local Kafka broker, Redis server and three-node Redis Cluster (idempotent)
 	@bash deploy/local/redis.sh start
+	@bash deploy/local/redis_cluster.sh start
 	@bash deploy/local/kafka.sh start
 
 down:  ## stop the local Kafka broker and Redis server started by `make up`
 	@bash deploy/local/kafka.sh stop
+	@bash deploy/local/redis_cluster.sh stop
 	@bash deploy/local/redis.sh stop
 
 status:  ## say whether the local services run
 	@bash deploy/local/redis.sh status || true
+	@bash deploy/local/redis_cluster.sh status || true
 	@bash deploy/local/kafka.sh status || true
 
 demo: venv  ## the main job: stream a simulated AVOD watch stream through Kafka into Redis, then look users up

@@ -19,6 +19,7 @@ correctness and overhead, not speed-up.
 
     .venv/bin/python -m benchmarks.scale_bench      # KAFKA_PORT / REDIS_PORT as for the tests
     HPMF_SCALE_EVENTS=30000 HPMF_SCALE_WORKERS=1,2,3 HPMF_PARTITION_ASSIGNOR=cooperative-sticky ...
+    HPMF_REDIS_CLUSTER=true HPMF_REDIS_URL=redis://127.0.0.1:7000/0 ...   # against the local Redis Cluster
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def run(n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: f
         for line in Path(w.log.name).read_text().splitlines():
             if '"msg": "stopped"' in line:
                 applied += json.loads(line)["applied"]
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    # {prefix}:* too: the global keys on a Redis Cluster (HPMF_REDIS_CLUSTER=true).
+    keys = [k for pat in (f"{prefix}:*", f"{{{prefix}}}:*") for k in r.scan_iter(match=pat, count=1000)]
     for i in range(0, len(keys), 500):
         r.delete(*keys[i : i + 500])
     delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])

@@ -72,11 +72,41 @@ def redis_options(s: StreamSettings) -> dict[str, Any]:
 
 def redis_client(s: StreamSettings | None = None, url: str | None = None, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (default: the settings' redis_url) with the
-    settings' credentials and TLS files."""
+    settings' credentials and TLS files: a ``redis.cluster.RedisCluster``
+    (the URL names one start-up node) when the settings say ``redis_cluster``."""
     s = s or StreamSettings()
     target = url or s.redis_url
+    if s.redis_cluster:
+        return redis_cluster_client(s, target, **kwargs)
     # redis-py lets the URL's own user/password win over keyword arguments;
     # the settings are meant to win (a secret file over a URL in a ConfigMap).
     pool = redis.ConnectionPool.from_url(target, **kwargs)
     pool.connection_kwargs.update(redis_options(s.model_copy(update={"redis_url": target})))
     return redis.Redis(connection_pool=pool)
+
+
+def redis_cluster_client(s: StreamSettings, url: str, **kwargs: Any) -> redis.Redis:
+    """A RedisCluster whose start-up node is ``url``; it finds the other
+    nodes itself (CLUSTER SLOTS). RedisCluster lets a URL's user and password
+    win over keyword arguments, so when the settings name credentials the
+    URL's are dropped first (the settings win, as for a single Redis)."""
+    from redis.cluster import RedisCluster
+
+    opts = redis_options(s.model_copy(update={"redis_url": url}))
+    if "username" in opts or "password" in opts:
+        url = _without_userinfo(url)
+    kwargs.pop("health_check_interval", None)  # per node connection; the cluster client re-checks on error
+    client = RedisCluster.from_url(url, **kwargs, **opts)
+    return client  # type: ignore[return-value]  # the same command API as redis.Redis
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``.
+
+    >>> _without_userinfo("redis://app:pw@127.0.0.1:7000/0")
+    'redis://127.0.0.1:7000/0'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))

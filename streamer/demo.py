@@ -85,7 +85,8 @@ def reset(topic: str, dlq: str, group: str, prefix: str, bootstrap: str, redis_u
     # an earlier run's offsets and the service skips the first events.
     had_group = delete_group(bootstrap, group, config=security)
     client = redis_client(url=redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    # {prefix}:* too: the global keys' names on a Redis Cluster (HPMF_REDIS_CLUSTER).
+    keys = [k for pattern in (f"{prefix}:*", f"{{{prefix}}}:*") for k in client.scan_iter(match=pattern, count=1000)]
     for k in range(0, len(keys), 1000):
         client.delete(*keys[k : k + 1000])
     client.close()

@@ -43,6 +43,15 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     # write, so nothing half-done is left, and waiting until memory is freed
     # or added loses nothing (a crash loop would not free any).
     redis.exceptions.OutOfMemoryError,
+    # Redis Cluster: a failover or a reshard in progress (CLUSTERDOWN,
+    # TRYAGAIN, a slot no node serves for a moment). A batch's per-slot
+    # writes are fenced, so the retry re-reads and skips what was written.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    # A slot still redirected after streamer/cluster_send.py followed it a
+    # few times (MovedError is a kind of AskError): a reshard in progress.
+    redis.exceptions.AskError,
     KafkaError,
     OSError,
 )

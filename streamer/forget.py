@@ -10,7 +10,7 @@ What a forget does, in this order:
    compacted topic ``<topic>.forget`` (``HPMF_FORGET_TOPIC``), value
    ``{"user_id", "cutoff": {partition: offset}, "requested_at"}``, flushed and
    acknowledged by the broker (``acks=all``) before anything else happens.
-3. **Redis**, in one MULTI/EXEC: the marker ``{prefix}:f:{<user>}`` (the
+3. **Redis**, in one MULTI/EXEC (one per user on a Redis Cluster): the marker ``{prefix}:f:{<user>}`` (the
    cutoff, ``p:o,p:o,...``; no expiry) is set and the user's record
    ``{prefix}:u:{<user>}`` deleted. Both keys share the hash tag ``{<user>}``.
 
@@ -51,7 +51,7 @@ from typing import Any
 
 import redis
 
-from streamer.redis_record import user_key
+from streamer.redis_record import is_cluster_client, user_key
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,16 @@ def forget_users(
     finally:
         producer.close(timeout=10)
     marker = format_marker(cutoff)
-    with client.pipeline(transaction=True) as pipe:
-        for u in users:
-            pipe.set(forget_key(prefix, u), marker)
-            pipe.delete(user_key(prefix, u))
-        pipe.execute()
+    # One transaction per user on a Redis Cluster (a user's two keys share
+    # its hash tag, different users need not share a slot); one for all
+    # users on a single Redis.
+    groups = [[u] for u in users] if is_cluster_client(client) else [users]
+    for group in groups:
+        with client.pipeline(transaction=True) as pipe:
+            for u in group:
+                pipe.set(forget_key(prefix, u), marker)
+                pipe.delete(user_key(prefix, u))
+            pipe.execute()
     log.info("users forgotten", extra={"users": len(users), "cutoff": cutoff})
     return cutoff
 

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kafka-bootstrap", default=None, help="default: HPMF_KAFKA_BOOTSTRAP")
     parser.add_argument("--redis-url", default=None, help="default: HPMF_REDIS_URL")
     parser.add_argument("--redis-prefix", default=None, help="default: HPMF_REDIS_PREFIX or hpmf")
+    parser.add_argument("--redis-cluster", default=None, help="true: redis-url names a Redis Cluster node (default: HPMF_REDIS_CLUSTER)")
 
 
 def run(args: argparse.Namespace) -> int:

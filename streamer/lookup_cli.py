@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Redis to read (env HPMF_REDIS_URL; default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--redis-cluster", action="store_true",
+        default=os.environ.get("HPMF_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on"),
+        help="--redis-url names a node of a Redis Cluster (env HPMF_REDIS_CLUSTER)",
+    )  # fmt: skip
+    parser.add_argument(
         "--prefix", default=os.environ.get("HPMF_REDIS_PREFIX", "hpmf"),
         help="key prefix the service writes under (env HPMF_REDIS_PREFIX; default %(default)s)",
     )  # fmt: skip
@@ -80,10 +85,12 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``run`` prints, as a JSON-ready dict (raises ReaderError)."""
     from streamer.connections import redis_client
     from streamer.lookup_reader import Lookup
+    from streamer.settings import StreamSettings
 
     # The ACL user, password and TLS files of HPMF_REDIS_* apply here too.
-    lk = Lookup(redis_client(url=args.redis_url), args.prefix, max_version_lag=args.max_version_lag,
-                refresh_interval_ms=0, ucb_beta=args.ucb_beta)  # fmt: skip
+    settings = StreamSettings(redis_cluster=args.redis_cluster)
+    lk = Lookup(redis_client(settings, url=args.redis_url), args.prefix, max_version_lag=args.max_version_lag,
+                refresh_interval_ms=0, ucb_beta=args.ucb_beta, cluster=args.redis_cluster)  # fmt: skip
     recs = lk.recommend(args.user, k=args.k, strategy=args.strategy,
                         exclude_watched=not args.include_watched, seed=args.seed)  # fmt: skip
     post = recs.posterior

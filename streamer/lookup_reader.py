@@ -59,6 +59,8 @@ from streamer.redis_record import (
     decode_user_record,
     global_current_key,
     global_key,
+    global_prefix,
+    is_cluster_client,
     user_key,
 )
 
@@ -175,6 +177,10 @@ class Lookup:
         refresh_interval_ms: how often the ``current`` pointer is checked
             (0: on every call).
         ucb_beta: beta of the UCB strategy.
+        cluster: whether the service writes to a Redis Cluster, where the
+            global keys carry the hash tag ``{prefix}``; None (default): a
+            ``redis.cluster.RedisCluster`` client means yes. With a URL,
+            True makes the client a RedisCluster.
 
     Thread safety: the cached model is replaced by one attribute assignment of
     an immutable object, so concurrent calls see either version, never a mix.
@@ -188,14 +194,19 @@ class Lookup:
         max_version_lag: int = 1000,
         refresh_interval_ms: float = 1000.0,
         ucb_beta: float = 2.0,
+        cluster: bool | None = None,
     ) -> None:
         if isinstance(client, str):
-            client = redis.Redis.from_url(client, decode_responses=False)
+            client = _client_from_url(client, bool(cluster))
         kwargs = getattr(client, "get_connection_kwargs", dict)()
         if kwargs.get("decode_responses"):
             raise ValueError("the Redis client must use decode_responses=False: arrays are binary")
         self.client = client
         self.prefix = prefix
+        # On a Redis Cluster the global keys sit under one hash tag, {prefix}
+        # (docs/redis_format.md); user keys are the same in both modes.
+        self.cluster = is_cluster_client(client) if cluster is None else bool(cluster)
+        self.gprefix = global_prefix(prefix, self.cluster)
         self.max_version_lag = int(max_version_lag)
         self.refresh_interval_ms = float(refresh_interval_ms)
         self.ucb_beta = float(ucb_beta)
@@ -207,8 +218,9 @@ class Lookup:
         """Why the last attempt to load a newer global record failed (the old one is kept)."""
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "hpmf", **kwargs: Any) -> Lookup:
-        return cls(redis.Redis.from_url(url, decode_responses=False), prefix, **kwargs)
+    def from_url(cls, url: str, prefix: str = "hpmf", *, cluster: bool = False, **kwargs: Any) -> Lookup:
+        """A reader of ``url``; ``cluster=True``: a node of a Redis Cluster."""
+        return cls(_client_from_url(url, cluster), prefix, cluster=cluster, **kwargs)
 
     # ------------------------------------------------------------ globals
     def model(self, refresh: bool = False) -> ServingModel:
@@ -226,14 +238,14 @@ class Lookup:
         """React to the value of ``current``: load a new version if it moved."""
         self._checked_at = time.monotonic()
         if raw is None or isinstance(raw, Exception):
-            why = f"{global_current_key(self.prefix)} is missing" if raw is None else repr(raw)
+            why = f"{global_current_key(self.gprefix)} is missing" if raw is None else repr(raw)
             self._keep_or_raise(NoGlobalsError(f"no global record published: {why}"))
             return
         try:
             version = int(raw)
         except ValueError:
             self._keep_or_raise(
-                GlobalsUnreadableError(f"{global_current_key(self.prefix)} holds {raw[:40]!r}")
+                GlobalsUnreadableError(f"{global_current_key(self.gprefix)} holds {raw[:40]!r}")
             )
             return
         if self._model is not None and self._model.version == version:
@@ -241,7 +253,7 @@ class Lookup:
         with self._lock:
             if self._model is not None and self._model.version == version:
                 return  # another thread loaded it meanwhile
-            key = global_key(self.prefix, version)
+            key = global_key(self.gprefix, version)
             try:
                 fields = self._redis(lambda: self.client.hgetall(key))
             except StoreUnavailableError as exc:
@@ -265,10 +277,10 @@ class Lookup:
 
     def _reread_current(self, missing: str) -> tuple[dict[Any, Any], str]:
         try:
-            raw = self._redis(lambda: self.client.get(global_current_key(self.prefix)))
+            raw = self._redis(lambda: self.client.get(global_current_key(self.gprefix)))
             if raw is None:
                 return {}, missing
-            key = global_key(self.prefix, int(raw))
+            key = global_key(self.gprefix, int(raw))
             if key == missing:
                 return {}, missing
             return self._redis(lambda: self.client.hgetall(key)), key
@@ -292,7 +304,7 @@ class Lookup:
         """One round trip: optionally GET current, then HGETALL of each user."""
         pipe = self.client.pipeline(transaction=False)
         if check:
-            pipe.get(global_current_key(self.prefix))
+            pipe.get(global_current_key(self.gprefix))
         for uid in ids:
             pipe.hgetall(user_key(self.prefix, uid))
         # raise_on_error=False: a WRONGTYPE key of one user must not fail the batch
@@ -457,3 +469,11 @@ class Lookup:
             for r, s, m, d in zip(best, shown, mean, std, strict=True)
         ]
         return Recommendations(post, strategy, items)
+
+
+def _client_from_url(url: str, cluster: bool) -> Any:
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, decode_responses=False)
+    return redis.Redis.from_url(url, decode_responses=False)

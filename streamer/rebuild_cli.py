@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 
-_FLAGS = ("kafka_bootstrap", "topic", "redis_url", "redis_prefix", "checkpoints_topic", "user_ttl_s",
+_FLAGS = ("kafka_bootstrap", "topic", "redis_url", "redis_prefix", "redis_cluster", "checkpoints_topic", "user_ttl_s",
           "global_keep_versions")  # fmt: skip
 
 
@@ -52,12 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from streamer.connections import kafka_security, redis_client
     from streamer.kafka_admin import topic_config
     from streamer.rebuild import marker_key
-    from streamer.redis_record import global_current_key
+    from streamer.redis_record import global_current_key, global_prefix, is_cluster_client
     from streamer.settings import StreamSettings, mask_url
 
     s = StreamSettings(**{k: v for k, v in vars(args).items() if k in _FLAGS and v is not None})
     client = redis_client(s, socket_connect_timeout=5, socket_timeout=10)
-    key = marker_key(s.redis_prefix)
+    gprefix = global_prefix(s.redis_prefix, is_cluster_client(client))  # the global keys' hash tag on a cluster
+    key = marker_key(gprefix)
     security = kafka_security(s)
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, **security)
     try:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return [f for f, v in zip(fields, vals, strict=True) if v is not None]
 
     retention = topic_config(s.kafka_bootstrap, s.topic, "retention.ms", config=security)
-    current = client.get(global_current_key(s.redis_prefix))
+    current = client.get(global_current_key(gprefix))
     ckpt = CheckpointTopic(s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, security)
     found = ckpt.read_latest()
     print(f"redis {mask_url(s.redis_url)} prefix {s.redis_prefix}: marker {'present' if client.exists(key) else 'absent'}, "
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if current is None and found is not None:
-        _publish_checkpoint(client, s.redis_prefix, found[0], s.global_keep_versions)
+        _publish_checkpoint(client, gprefix, found[0], s.global_keep_versions)
         print(f"published the checkpoint's global record (version {found[1]}): lookups serve its pooled prior")
     # A new epoch token and no partition marked: running workers see the token
     # change, workers started later see their partitions unmarked; all replay.

@@ -97,6 +97,28 @@ def global_current_key(prefix: str) -> str:
     return f"{prefix}:g:current"
 
 
+def global_prefix(prefix: str, cluster: bool) -> str:
+    """The prefix of the global and learner keys: ``prefix`` on one Redis;
+    ``{prefix}`` on a Redis Cluster, one hash tag, so that every global key
+    (``g:current``, ``g:{<version>}``, ``g:versions``, ``learner``,
+    ``learner:lease``, ``gstats``, ``epoch``) lives in one slot and the
+    learner's publish stays one transaction. Pass the result as ``prefix`` to
+    :func:`global_key` and :func:`global_current_key`; user keys keep the
+    plain prefix (their own hash tag is the user id).
+
+    >>> global_current_key(global_prefix("hpmf", True)), global_key(global_prefix("hpmf", True), 7)
+    ('{hpmf}:g:current', '{hpmf}:g:{7}')
+    >>> global_current_key(global_prefix("hpmf", False))
+    'hpmf:g:current'
+    """
+    return f"{{{prefix}}}" if cluster else prefix
+
+
+def is_cluster_client(client: object) -> bool:
+    """True for redis-py's ``RedisCluster`` (or a pipeline of one)."""
+    return getattr(client, "nodes_manager", None) is not None
+
+
 # ---------------------------------------------------------------- records
 @dataclass
 class UserRecord:

@@ -99,6 +99,10 @@ class StreamSettings(BaseSettings):
     partition_assignor: Literal["range", "roundrobin", "sticky", "cooperative-sticky"] = "range"
     """How the group spreads partitions; cooperative-sticky moves only the
     partitions that change owner on a rebalance."""
+    redis_cluster: bool = False
+    """Redis Cluster mode: redis_url names one node of the cluster (the client
+    finds the rest); users are written per hash slot and the global keys move
+    under one hash tag, ``{<prefix>}:...`` (docs/redis_format.md, Redis Cluster)."""
     redis_username: str = ""
     """Redis ACL user (overrides one in redis_url)."""
     redis_password: SecretStr = SecretStr("")
@@ -223,6 +227,10 @@ class StreamSettings(BaseSettings):
             raise ValueError("SASL needs kafka_sasl_username and kafka_sasl_password (env or secrets file)")
         if not sasl and self.kafka_sasl_mechanism:
             raise ValueError(f"kafka_sasl_mechanism is set but kafka_security_protocol is {self.kafka_security_protocol}")
+        if self.redis_cluster and ("{" in self.redis_prefix or "}" in self.redis_prefix):
+            raise ValueError("redis_prefix must not contain { or } with redis_cluster: the keys' hash tags are the service's")
+        if self.redis_cluster and _url_db(self.redis_url) not in (None, 0):
+            raise ValueError("redis_cluster: a Redis Cluster has database 0 only; drop the /<db> of redis_url")
         tls_files = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
         if any(tls_files) and not self.redis_url.startswith("rediss://"):
             raise ValueError("redis_ssl_* settings need a rediss:// redis_url")
@@ -276,6 +284,14 @@ class StreamSettings(BaseSettings):
         out["topic_retention_ms"] = self.events_retention_ms
         out["forget_topic"] = self.forget_topic_name
         return out
+
+
+def _url_db(url: str) -> int | None:
+    """The database a Redis URL names (path or ``db=``), None if none."""
+    from redis.connection import parse_url
+
+    db = parse_url(url).get("db")
+    return None if db is None else int(db)
 
 
 _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|key|cred", re.IGNORECASE)

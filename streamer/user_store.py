@@ -27,9 +27,18 @@ arguments and parsing one ``QUEUED`` reply per command. So both steps are one
   MULTI/EXEC it replaces: readers see the batch all or nothing, and user
   records and statistics become durable together.
 
-Like MULTI/EXEC, a multi-key script needs all keys on one node: on Redis
-Cluster each worker's batch would have to be split per slot (see
-docs/streaming.md, known gaps).
+**Redis Cluster** (``HPMF_REDIS_CLUSTER``). A script's keys must share one
+hash slot there. A user's keys (record and forget marker) share the hash tag
+``{<user_id>}``, so the batch is split by slot: one read and one write script
+per slot (almost always one user each), packed as above and pipelined per
+node (:mod:`streamer.cluster_send`, which follows MOVED/ASK redirections). Each
+user's record stays atomic and fenced exactly as on one Redis; the batch as a
+whole is not. The global statistics live in another slot (the global hash tag,
+:func:`streamer.redis_record.global_prefix`), so they are XADDed after every
+slot of the batch is written, and only then. A crash or a fence conflict
+between the two loses that batch's contribution to the globals (its users are
+written, so the replay skips their events and adds no statistics); it never
+adds them twice, and the users' counts stay exact either way.
 
 Nothing per-user stays in the worker's memory after a batch: churned users
 simply expire from Redis (``HPMF_USER_TTL_S``), and a missing user is a new
@@ -48,10 +57,18 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.crc import key_slot
 
 from model.posterior import UserState
+from streamer.cluster_send import send_per_node
 from streamer.forget import forget_key, parse_marker
-from streamer.redis_record import USER_FIELDS, UserRecord, encode_user_records, user_key
+from streamer.redis_record import (
+    USER_FIELDS,
+    UserRecord,
+    encode_user_records,
+    is_cluster_client,
+    user_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +101,18 @@ for i = 1, nu do
   if m then forgotten[#forgotten + 1] = i .. '=' .. m end
 end
 out[nu + 1] = table.concat(forgotten, '\\n')
-out[nu + 2] = redis.call('GET', KEYS[#KEYS]) or ''
+-- the globals pointer, when given (on Redis Cluster it lives in another
+-- slot and is read beside the script instead)
+if #KEYS > 2 * nu then out[nu + 2] = redis.call('GET', KEYS[#KEYS]) or '' else out[nu + 2] = '' end
 return out
 """
 
 _WRITE = """
 local ttl = ARGV[1]
 local nf = tonumber(ARGV[2])
-local nu = (#KEYS - 1) / 2
+-- KEYS: the users' records, their forget markers and, on one Redis, the
+-- statistics stream last (on Redis Cluster it lives in another slot)
+local nu = math.floor(#KEYS / 2)
 -- Fence: every user must still be as this worker read them (same event
 -- count 'n', '' for absent, and the same forget marker). Another worker may
 -- own the partition now -- a rebalance can complete while this batch is in
@@ -114,7 +135,7 @@ for k = 1, nu do
   redis.call('EXPIRE', KEYS[k], ttl)
   i = i + 2 * nf
 end
-if ARGV[i] == '' then return '' end
+if ARGV[i] == '' or #KEYS == 2 * nu then return '' end
 return redis.call('XADD', KEYS[#KEYS], '*', 'w', ARGV[i], 'b', ARGV[i + 1])
 """
 
@@ -236,16 +257,15 @@ def load_users(
     ``forgotten``, if given, gets the forget cutoffs of the users that were
     forgotten (:mod:`streamer.forget`)."""
     nu = len(user_ids)
-    keys = [user_key(prefix, u).encode() for u in user_ids]
-    keys += [forget_key(prefix, u).encode() for u in user_ids] + [pointer_key.encode()]
-    replies = _read_script(client, keys, [b"%d" % nu])
-    markers = [b""] * nu
-    if replies[nu]:
-        for line in replies[nu].split(b"\n"):
-            i, _, m = line.partition(b"=")
-            markers[int(i) - 1] = m
+    ukeys = [user_key(prefix, u).encode() for u in user_ids]
+    fkeys = [forget_key(prefix, u).encode() for u in user_ids]
+    if is_cluster_client(client):
+        raws, markers, pointer = _read_cluster(client, ukeys, fkeys, pointer_key.encode())
+    else:
+        replies = _read_script(client, [*ukeys, *fkeys, pointer_key.encode()], [b"%d" % nu])
+        raws, markers, pointer = replies[:nu], _markers(replies[nu], nu), replies[-1] or None
     out: dict[str, StoredUser] = {}
-    for uid, raw, marker in zip(user_ids, replies[:nu], markers, strict=True):
+    for uid, raw, marker in zip(user_ids, raws, markers, strict=True):
         if marker and forgotten is not None:
             try:
                 forgotten[uid] = parse_marker(marker)
@@ -270,8 +290,66 @@ def load_users(
                 versions[uid] = b"*"  # overwritten unconditionally, as before
             log.error("unreadable user record; the user restarts from the prior",
                       extra={"key": user_key(prefix, uid), "error": repr(exc)[:200]})  # fmt: skip
-    pointer = replies[-1] or None
     return out, pointer
+
+
+def _markers(listed: bytes, nu: int) -> list[bytes]:
+    """The read script's forget markers (``<index>=<marker>`` lines) per user."""
+    markers = [b""] * nu
+    if listed:
+        for line in listed.split(b"\n"):
+            i, _, m = line.partition(b"=")
+            markers[int(i) - 1] = m
+    return markers
+
+
+def _slot_groups(ukeys: list[bytes]) -> dict[int, list[int]]:
+    """Indexes of the users per cluster hash slot (a user's keys share its slot)."""
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(ukeys):
+        groups.setdefault(key_slot(k), []).append(i)
+    return groups
+
+
+def _cluster_scripts(client: Any, script: _Script, calls: list[tuple[bytes, bytes]],
+                     extra: list[tuple[bytes, bytes]] | None = None) -> list[Any]:  # fmt: skip
+    """Run the packed script calls ``(routing_key, packed)`` (plus ``extra``
+    commands) on the cluster, pipelined per node; the replies in order, errors
+    as exception objects. On NOSCRIPT (a node restarted, or a new one) the
+    script is loaded on every primary and the calls that failed so are sent
+    again: none of them ran."""
+    replies = send_per_node(client, [*calls, *(extra or [])])
+    again = [i for i in range(len(calls)) if isinstance(replies[i], redis.exceptions.NoScriptError)]
+    if again:
+        client.script_load(script.source)
+        for i, r in zip(again, send_per_node(client, [calls[i] for i in again]), strict=True):
+            replies[i] = r
+    return replies
+
+
+def _raise_first(replies: Sequence[Any]) -> None:
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+
+
+def _read_cluster(client: Any, ukeys: list[bytes], fkeys: list[bytes], pointer_key: bytes,
+                  ) -> tuple[list[bytes], list[bytes], bytes | None]:  # fmt: skip
+    """The read script per hash slot, and the globals pointer, pipelined per node."""
+    nu = len(ukeys)
+    groups = list(_slot_groups(ukeys).values())
+    calls = []
+    for g in groups:
+        keys = [ukeys[i] for i in g] + [fkeys[i] for i in g]
+        calls.append((keys[0], _pack([b"EVALSHA", _read_script.sha, b"%d" % len(keys), *keys, b"%d" % len(g)])))
+    replies = _cluster_scripts(client, _read_script, calls, extra=[(pointer_key, _pack([b"GET", pointer_key]))])
+    _raise_first(replies)
+    raws: list[bytes] = [b""] * nu
+    markers: list[bytes] = [b""] * nu
+    for g, rep in zip(groups, replies, strict=False):
+        for i, raw, marker in zip(g, rep[: len(g)], _markers(rep[len(g)], len(g)), strict=True):
+            raws[i], markers[i] = raw, marker
+    return raws, markers, replies[-1] or None
 
 
 def write_batch(
@@ -287,16 +365,19 @@ def write_batch(
     # The arguments are framed as they are built (the same bytes as packing
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
     # dozen fields, so each user's fields go through one framing template.
-    keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
-    keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
     values = encode_user_records(list(records.values()))
-    fields: list[bytes] = []
+    rows: list[tuple[bytes, ...]] = []
     for uid, vals in zip(records, values, strict=True):
         eids = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
         # Every user of a batch gets the same field set (the script takes one count).
         sa = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
-        fields.append(_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in (*vals, eids, sa))))
+        rows.append((*vals, eids, sa))
     nf = len(USER_FIELDS) + 2
+    if is_cluster_client(client):
+        return _write_cluster(client, prefix, list(records), rows, ttl_s, stream_key, worker_id, stats_blob, expected)
+    keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
+    keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
+    fields = [_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in row)) for row in rows]
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
     fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
@@ -308,4 +389,40 @@ def write_batch(
         if "HPMF_CONFLICT" in str(exc):
             raise WriteConflict(str(exc)) from None
         raise
+    return sid or None
+
+
+_FIELD_NAMES = (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD)
+
+
+def _write_cluster(
+    client: Any, prefix: str, uids: list[str], rows: list[tuple[bytes, ...]], ttl_s: int, stream_key: str,
+    worker_id: str, stats_blob: bytes | None, expected: dict[str, bytes] | None,
+) -> bytes | None:  # fmt: skip
+    """``write_batch`` on Redis Cluster: the write script once per hash slot
+    (each user atomic and fenced), then, only if every slot was written, the
+    statistics (see the module docstring for what a failure in between costs)."""
+    ukeys = [user_key(prefix, u).encode() for u in uids]
+    nf = len(_FIELD_NAMES)
+    head = _bulk(b"EVALSHA") + _bulk(_write_script.sha)
+    tail = [_bulk(_b(int(ttl_s))), _bulk(_b(nf))]
+    calls = []
+    for g in _slot_groups(ukeys).values():
+        keys = [ukeys[i] for i in g] + [forget_key(prefix, uids[i]).encode() for i in g]
+        fence = [_bulk(expected.get(uids[i], b"*") if expected is not None else b"*") for i in g]
+        fields = [_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in rows[i])) for i in g]
+        n_args = 3 + len(keys) + 2 + len(g) + 2 * nf * len(g) + 2
+        packed = b"".join([b"*%d\r\n" % n_args, head, _bulk(b"%d" % len(keys)), *map(_bulk, keys), *tail,
+                           *fence, *fields, _bulk(b""), _bulk(b"")])  # fmt: skip
+        calls.append((keys[0], packed))
+    replies = _cluster_scripts(client, _write_script, calls)
+    conflicts = [r for r in replies if isinstance(r, redis.exceptions.ResponseError) and "HPMF_CONFLICT" in str(r)]
+    if conflicts:
+        # The other slots are written: a retry re-reads them and skips the
+        # events applied there (stored offsets); this batch adds no statistics.
+        raise WriteConflict(f"{len(conflicts)} of {len(calls)} slots: {conflicts[0]}")
+    _raise_first(replies)
+    if stats_blob is None:
+        return None
+    sid = client.xadd(stream_key, {"w": worker_id.encode(), "b": stats_blob})
     return sid or None

@@ -61,7 +61,7 @@ from streamer.kafka_compat import lenient_header_keys
 from streamer.metrics import StreamMetrics, serve
 from streamer.model_update import ModelUpdate, SourcedEvent, update_users
 from streamer.rebuild import Rebuild
-from streamer.redis_record import user_key
+from streamer.redis_record import global_prefix, is_cluster_client, user_key
 from streamer.settings import StreamSettings
 from streamer.user_store import WriteConflict, load_users, write_batch
 
@@ -114,6 +114,8 @@ class Worker:
         s = self.s
         lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/kafka_compat.py)
         self.redis = redis_client(s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        # The global and learner keys: one hash tag on a Redis Cluster (redis_record.global_prefix).
+        self.gprefix = global_prefix(s.redis_prefix, is_cluster_client(self.redis))
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
@@ -148,13 +150,13 @@ class Worker:
                                   max_record_bytes=s.dlq_max_record_bytes, prefix_bytes=s.dlq_prefix_bytes)  # fmt: skip
         # Before a replay the forget markers come back from Kafka too: a Redis
         # that lost them must not let the replay re-create a forgotten user.
-        self.rebuild = Rebuild(self.redis, s.redis_prefix, self.consumer, s.user_ttl_s * 1000,
+        self.rebuild = Rebuild(self.redis, self.gprefix, self.consumer, s.user_ttl_s * 1000,
                                before_replay=lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name,
                                                                      self.redis, s.redis_prefix,
                                                                      config=kafka_security(s)))  # fmt: skip
         cfg = HPMFConfig(**s.model_config_dict())
         self.globals = GlobalStore(
-            self.redis, s.redis_prefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
+            self.redis, self.gprefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
             publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
             global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
             eligible=s.learner_eligible,
@@ -192,7 +194,7 @@ class Worker:
         learner moves past it."""
         self.dlq.send_raw(payload, [
             ("error", reason.encode()), ("error_detail", detail.encode("utf-8", "replace")[:1000]),
-            ("source_topic", f"{self.s.redis_prefix}:gstats".encode()), ("source_offset", stream_id.encode()),
+            ("source_topic", self.globals.stream_key.encode()), ("source_offset", stream_id.encode()),
             ("failed_at", str(int(time.time() * 1000)).encode()),
         ])  # fmt: skip
         self.dlq.flush()

@@ -48,6 +48,15 @@ def test_redis_refuses_a_taken_port(busy_port: int, tmp_path: Path) -> None:
     assert "REDIS_PORT=" in r.stderr
 
 
+def test_redis_cluster_refuses_a_taken_port(busy_port: int, tmp_path: Path) -> None:
+    r = run(ROOT / "deploy" / "local" / "redis_cluster.sh", "start",
+            env={"REDIS_CLUSTER_PORT": str(busy_port), "HPMF_RUN": str(tmp_path)})  # fmt: skip
+    assert r.returncode == 1
+    assert f"port 127.0.0.1:{busy_port} is already in use" in r.stderr
+    assert "REDIS_CLUSTER_PORT=" in r.stderr and "Traceback" not in r.stderr
+    assert not list((tmp_path / "redis-cluster").glob("*.pid"))  # nothing of ours left running
+
+
 def test_kafka_without_java_says_how_to_install_it(tmp_path: Path) -> None:
     # A PATH with the shell tools but no java.
     bindir = tmp_path / "bin"

@@ -14,6 +14,7 @@ from streamer.redis_record import (
     GlobalRecord,
     UserRecord,
     encode_user_record,
+    global_prefix,
     user_key,
     write_global_record,
 )
@@ -40,10 +41,13 @@ def fan(gv: int = 3) -> UserRecord:
 
 
 @pytest.fixture
-def published(redis_client, key_prefix, redis_url) -> list[str]:  # type: ignore[no-untyped-def]
-    write_global_record(redis_client, key_prefix, small_globals(), ttl_s=60)
-    redis_client.hset(user_key(key_prefix, "fan"), mapping=encode_user_record(fan()))
-    return ["--prefix", key_prefix, "--redis-url", redis_url]
+def published(redis_store) -> list[str]:  # type: ignore[no-untyped-def]
+    """Records written as the service writes them, on one Redis and on the
+    cluster (where the global keys carry the hash tag {prefix})."""
+    client, prefix = redis_store.client, redis_store.prefix
+    write_global_record(client, global_prefix(prefix, redis_store.cluster), small_globals(), ttl_s=60)
+    client.hset(user_key(prefix, "fan"), mapping=encode_user_record(fan()))
+    return ["--prefix", prefix, "--redis-url", redis_store.url, *(["--redis-cluster"] if redis_store.cluster else [])]
 
 
 def test_json_output(published, capsys) -> None:  # type: ignore[no-untyped-def]

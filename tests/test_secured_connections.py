@@ -142,7 +142,8 @@ def kafka_sh(action: str, env: dict[str, str]) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("openssl") is None,
                     reason="needs redis-server (with TLS) and openssl on PATH")  # fmt: skip
-def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, topic_name: str) -> None:
+def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_path: Path, topic_name: str,
+                                                                           redis_cluster_url: str) -> None:  # fmt: skip
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError
@@ -232,6 +233,29 @@ def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_
         assert "retention.ms 7200000" in status.stdout, status.stdout
         assert f"checkpoint {topic_name}.checkpoints: version" in status.stdout, status.stdout
         assert SASL_PASSWORD not in status.stdout + status.stderr and REDIS_PASSWORD not in status.stdout + status.stderr
+
+        # The same stream over SASL_SSL into the three-master Redis Cluster of
+        # deploy/local/redis_cluster.sh (issue 15 item 2; no ACL or TLS on
+        # that one), a second consumer group from the start: counts exact.
+        from redis.cluster import RedisCluster
+
+        cl_prefix = f"sec-{topic_name[-10:]}"
+        plain_redis = {"HPMF_REDIS_USERNAME": "", "HPMF_REDIS_PASSWORD": "", "HPMF_REDIS_SSL_CA_CERTS": ""}
+        cmd = worker_cmd(f"127.0.0.1:{tport}", redis_cluster_url, topic_name, cl_prefix, "--stop-when-idle-s", "3",
+                         "--redis-cluster", "true", "--group-id", f"g2-{topic_name}")  # fmt: skip
+        cluster = RedisCluster.from_url(redis_cluster_url)
+        try:
+            with running(cmd, tmp_path / "cluster-worker.log", env={**tls, **plain_redis}) as proc:
+                assert wait_exit(proc, 120, tmp_path / "cluster-worker.log") == 0
+            assert user_counts(cluster, cl_prefix, users) == dict(counts)
+            assert stopped_summaries(tmp_path / "cluster-worker.log")[-1]["applied"] == 2000
+            assert int(cluster.get(f"{{{cl_prefix}}}:g:current")) >= 1
+        finally:
+            for pattern in (f"{cl_prefix}:*", f"{{{cl_prefix}}}:*"):
+                keys = list(cluster.scan_iter(match=pattern, count=1000))
+                if keys:
+                    cluster.delete(*keys)
+            cluster.close()
     finally:
         os.environ.clear()
         os.environ.update(old_env)

@@ -1,5 +1,7 @@
 """kill -9 mid-batch, restart: every user's applied count equals the events
-produced for them -- nothing lost, nothing counted twice."""
+produced for them -- nothing lost, nothing counted twice. Against one Redis
+and against the three-master Redis Cluster (where a batch is written slot
+by slot, so a kill can land between two slots of one batch)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from test_stream_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 
-def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The worst moment: the batch is in Redis, its offsets are not committed.
     The fault hook SIGKILLs the worker right there (after its 3rd write)."""
     create_topic(kafka_bootstrap, topic_name)
@@ -31,7 +33,8 @@ def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_url, redis
     produce(kafka_bootstrap, topic_name, events)
     users = sorted(counts)
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "4")
+    redis_client, key_prefix = redis_store.client, redis_store.prefix
+    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "4", *redis_store.worker_args())
     with running(cmd, log, env={"HPMF_FAULT_KILL_AFTER_WRITE": "3"}) as proc:
         assert wait_exit(proc, 60, log) == -signal.SIGKILL
     partial = user_counts(redis_client, key_prefix, users)
@@ -46,13 +49,14 @@ def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_url, redis
     assert summary["applied"] + sum(partial.values()) == 2000
 
 
-def test_kill_9_at_a_random_moment_while_events_flow(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_at_a_random_moment_while_events_flow(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(4000, 200, seed=5)
     users = sorted(counts)
     producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 800.0))
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "4")
+    redis_client, key_prefix = redis_store.client, redis_store.prefix
+    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "4", *redis_store.worker_args())
     try:
         with running(cmd, log) as proc:
             producer.start()
@@ -60,7 +64,7 @@ def test_kill_9_at_a_random_moment_while_events_flow(kafka_bootstrap, redis_url,
             time.sleep(0.37)  # land somewhere inside a batch, not at a poll boundary
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-        gv_before = int(redis_client.get(f"{key_prefix}:g:current") or 0)
+        gv_before = int(redis_client.get(redis_store.global_key("g:current")) or 0)
         with running(cmd, log) as proc:
             producer.join(timeout=30)
             assert wait_exit(proc, 90, log) == 0
@@ -68,4 +72,4 @@ def test_kill_9_at_a_random_moment_while_events_flow(kafka_bootstrap, redis_url,
         producer.join(timeout=30)
     assert user_counts(redis_client, key_prefix, users) == dict(counts)
     # The restarted worker took over the learner role and went on publishing.
-    assert int(redis_client.get(f"{key_prefix}:g:current")) > gv_before
+    assert int(redis_client.get(redis_store.global_key("g:current"))) > gv_before

@@ -16,7 +16,7 @@ from model.online import OnlineHPMF
 from streamer.global_stats_record import encode_stats
 from streamer.global_store import GlobalStore
 from streamer.metrics import StreamMetrics
-from streamer.redis_record import decode_global_record, global_key
+from streamer.redis_record import decode_global_record, global_key, global_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 CFG = HPMFConfig(n_factors=2, transform="log1p")
@@ -42,7 +42,11 @@ def write_stats(client, s: GlobalStore, model: OnlineHPMF, b: Batch) -> None:  #
     s.written(sid, stats)
 
 
-def test_one_learner_hand_over_and_exactly_once(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_one_learner_hand_over_and_exactly_once(redis_store) -> None:  # type: ignore[no-untyped-def]
+    # On the cluster the global keys carry one hash tag: the lease-fenced
+    # publish (WATCH + MULTI) runs on the one node that owns that slot.
+    redis_client = redis_store.client
+    key_prefix = global_prefix(redis_store.prefix, redis_store.cluster)
     a, b = store(redis_client, key_prefix, "A"), store(redis_client, key_prefix, "B")
     a.maintain()
     b.maintain()
@@ -64,7 +68,7 @@ def test_one_learner_hand_over_and_exactly_once(redis_client, key_prefix) -> Non
     # A wakes up and tries to publish: fenced, it steps down.
     a.unpublished = 1
     assert a.publish() is False and not a.is_learner
-    cur = int(redis_client.get(f"{key_prefix}:g:current"))
+    cur = int(redis_client.get(redis_store.global_key("g:current")))
     assert cur == 6
     assert decode_global_record(redis_client.hgetall(global_key(key_prefix, cur))).version == 6
     # A, now a worker, imports B's snapshot with B's event clock.

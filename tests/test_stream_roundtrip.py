@@ -1,6 +1,8 @@
-"""Round trip against the real broker and Redis: events produced are in Redis
-with the right counts, in the published format, with expiry; duplicates by
-event_id are skipped; the globals are published; SIGTERM exits 0."""
+"""Round trip against the real broker and Redis (one server, and the
+three-master Redis Cluster): events produced are in Redis with the right
+counts, in the published format, with expiry; duplicates by event_id are
+skipped; the globals are published under the documented key names; SIGTERM
+exits 0."""
 
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.redis_record import decode_global_record, decode_user_record, global_key, user_key
+from streamer.lookup_reader import Lookup, Status
+from streamer.redis_record import decode_global_record, decode_user_record, user_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    redis_client, key_prefix, gk = redis_store.client, redis_store.prefix, redis_store.global_key
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(3000, 150, seed=1)
     # A producer retry: the same event ids again (must not be counted twice).
@@ -35,8 +39,8 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
     produce(kafka_bootstrap, topic_name, events + dupes)
     log = tmp_path / "worker.log"
     port = free_port()
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600",
-                     "--lag-refresh-s", "0.2")  # fmt: skip
+    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600",
+                     "--lag-refresh-s", "0.2", *redis_store.worker_args())  # fmt: skip
     t_start = time.time() * 1000
     with running(cmd, log) as proc:
         users = sorted(counts)
@@ -80,10 +84,20 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_url, redis_client, 
         assert sorted(rec.history, key=lambda h: h[2]) == rec.history  # oldest first
         assert rec.updated_ms >= t_start and rec.offset >= 0 and 0 <= rec.partition < 4
         assert 0 < redis_client.ttl(key) <= 600
-    # The learner published a global record that the reader codec accepts.
-    cur = int(redis_client.get(f"{key_prefix}:g:current"))
-    g = decode_global_record(redis_client.hgetall(global_key(key_prefix, cur)), "g")
+    # The learner published a global record that the reader codec accepts,
+    # under the documented names (on a cluster: one hash tag, {prefix}).
+    cur = int(redis_client.get(gk("g:current")))
+    g = decode_global_record(redis_client.hgetall(gk(f"g:{{{cur}}}")), "g")
     assert g.version == cur >= 1 and g.n_videos == 80 and g.transform == "log1p"
     # Its stream of statistics was trimmed at the last publish (SIGTERM publishes).
-    assert redis_client.xlen(f"{key_prefix}:gstats") == 0
-    assert redis_client.hget(f"{key_prefix}:learner", "gv") == str(cur).encode()
+    assert redis_client.xlen(gk("gstats")) == 0
+    assert redis_client.hget(gk("learner"), "gv") == str(cur).encode()
+    assert redis_client.exists(gk("epoch")) and redis_client.zscore(gk("g:versions"), str(cur)) == cur
+    # The reader library finds the records in either mode.
+    post = Lookup(redis_client, key_prefix).user_posterior(users[0])
+    assert post.status is Status.OK and post.n_events == counts[users[0]] and post.model_version == cur
+    if redis_store.cluster:
+        # Every global key in one slot: what keeps the learner's publish one transaction.
+        slots = {redis_client.keyslot(gk(n)) for n in ("g:current", f"g:{{{cur}}}", "gstats", "learner", "epoch")}
+        assert len(slots) == 1
+        assert len({redis_client.keyslot(user_key(key_prefix, u)) for u in users}) > 1  # users spread

@@ -2,7 +2,7 @@
 joins mid-stream (rebalance), then the first is stopped with SIGTERM
 (rebalance again, learner hand-over). Every user's event count in Redis
 equals what was produced for them, and the globals keep being published by
-exactly one learner."""
+exactly one learner. Against one Redis and the three-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ from test_stream_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    redis_client, key_prefix = redis_store.client, redis_store.prefix
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(6000, 300, seed=6)
     users = sorted(counts)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "5")
+    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "5", *redis_store.worker_args())
     # The producer holds its last third until B has joined: on a loaded machine B's
     # start-up (seconds of imports) could outlast the whole stream, and B would
     # join an idle topic instead of a running one.
@@ -71,8 +72,8 @@ def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, red
     assert all(n > 0 for n in applied) and sum(applied) == 6000  # both worked, none twice
     learners = [r.get("worker") for p in (log_a, log_b) for r in _records(p) if r.get("msg") == "took the learner role"]
     assert learners[0] == "A" and "B" in learners  # A learned first, B took over
-    assert int(redis_client.get(f"{key_prefix}:g:current")) >= 1
-    assert redis_client.get(f"{key_prefix}:learner:lease") is None  # released at shutdown
+    assert int(redis_client.get(redis_store.global_key("g:current"))) >= 1
+    assert redis_client.get(redis_store.global_key("learner:lease")) is None  # released at shutdown
 
 
 def _records(path):  # type: ignore[no-untyped-def]

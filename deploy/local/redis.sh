@@ -4,6 +4,7 @@
 #   deploy/local/redis.sh start    install redis-server if missing, start, wait for PONG
 #   deploy/local/redis.sh stop     stop the server we started, by its PID
 #   deploy/local/redis.sh status
+#   deploy/local/redis.sh install  install redis-server if missing (redis_cluster.sh uses it)
 #
 # Environment: REDIS_PORT (6379), HPMF_RUN (./.run: pid, log).
 set -euo pipefail
@@ -89,5 +90,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    install) mkdir -p "$RUN"; install ;;
+    *) echo "usage: $0 start|stop|status|install" >&2; exit 2 ;;
 esac

@@ -14,7 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-for svc in redis kafka; do
+for svc in redis redis_cluster kafka; do
     if ! bash "$HERE/$svc.sh" status > /dev/null 2>&1; then
         bash "$HERE/$svc.sh" start || exit 1
         started+=("$svc")
