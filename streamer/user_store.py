@@ -51,7 +51,14 @@ import redis
 
 from model.posterior import UserState
 from streamer.forget import forget_key, parse_marker
-from streamer.redis_record import USER_FIELDS, UserRecord, encode_user_records, user_key
+from streamer.redis_record import (
+    USER_CHOICE_FIELDS,
+    USER_FIELDS,
+    UserRecord,
+    encode_user_records,
+    user_field_names,
+    user_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +152,14 @@ def _bulk(a: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(a), a)
 
 
-# One user's HSET arguments: every field name framed once, each value's
-# length and bytes filled in (``%d`` then ``%b`` per value).
-_USER_FIELDS_FRAME = b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD))
+def _fields_frame(names: Sequence[str]) -> bytes:
+    """One user's HSET arguments: every field name framed once, each value's
+    length and bytes filled in (``%d`` then ``%b`` per value)."""
+    return b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*names, EIDS_FIELD, SEEN_AT_FIELD))
+
+
+_USER_FIELDS_FRAME = _fields_frame(USER_FIELDS)  # version 1
+_USER_FIELDS_FRAME_V2 = _fields_frame((*USER_FIELDS, *USER_CHOICE_FIELDS))  # version 2 (choice posterior)
 
 # json.dumps(ids, separators=(",", ":")) with one encoder instead of one per call.
 _EIDS_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -289,14 +301,20 @@ def write_batch(
     # dozen fields, so each user's fields go through one framing template.
     keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
     keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
-    values = encode_user_records(list(records.values()))
+    recs = list(records.values())
+    # Every user of a batch gets the same field set (the script takes one
+    # count): the worker writes one record format per batch.
+    names = user_field_names(recs[0]) if recs else USER_FIELDS
+    if any(user_field_names(r) != names for r in recs):
+        raise ValueError("a batch mixes version 1 and version 2 user records")
+    frame = _USER_FIELDS_FRAME if names == USER_FIELDS else _USER_FIELDS_FRAME_V2
+    values = encode_user_records(recs)
     fields: list[bytes] = []
     for uid, vals in zip(records, values, strict=True):
         eids = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
-        # Every user of a batch gets the same field set (the script takes one count).
         sa = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
-        fields.append(_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in (*vals, eids, sa))))
-    nf = len(USER_FIELDS) + 2
+        fields.append(frame % tuple(chain.from_iterable((len(v), v) for v in (*vals, eids, sa))))
+    nf = len(names) + 2
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
     fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
