@@ -306,7 +306,7 @@ class ChoiceModel:
         (U, K+1, K+1) covariances, padded. The same closed form, the same
         numbers up to rounding; one batched K x K inversion instead of U."""
         cfg = self.config
-        k, d, n_users = cfg.n_factors, cfg.dim, len(histories)
+        n_users = len(histories)
         rows_l: list[int] = []
         lens = np.zeros(n_users, dtype=np.int64)
         index = self.video_index
@@ -314,7 +314,13 @@ class ChoiceModel:
             recent = [index[v] for v in h[-cfg.history_size :] if v in index]
             rows_l.extend(recent)
             lens[u] = len(recent)
-        rows = np.asarray(rows_l, dtype=np.int64)
+        return self._posteriors_of_rows(np.asarray(rows_l, dtype=np.int64), lens)
+
+    def _posteriors_of_rows(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`user_posteriors` of users given as video rows, each user's
+        ``lens[u]`` rows contiguous and oldest first (at most history_size)."""
+        cfg = self.config
+        k, d, n_users = cfg.n_factors, cfg.dim, lens.shape[0]
         owner = np.repeat(np.arange(n_users), lens)
         # age = how many of the user's started videos came after this one
         ends = np.cumsum(lens)
@@ -408,30 +414,29 @@ class ChoiceModel:
         self.register(videos)
         vrows = np.fromiter((self.video_index[v] for v in videos), dtype=np.int64, count=len(videos))
         ey, eyy = feature_second_moment(means, covs)
-        gu = self._gu
-        for u, uid in enumerate(users):
-            old = self._users.get(uid)
-            if old is not None:
-                gu -= self._gu_weight.get(uid, 1.0) * feature_second_moment(old[0], old[1])[1]
-            gu += eyy[u]
-            self._gu_weight[uid] = 1.0
+        # G_u: each user's new E[yy^T] replaces the one it had in it.
+        olds = [(self._users[uid], self._gu_weight.get(uid, 1.0)) for uid in users if uid in self._users]
+        if olds:
+            o_eyy = feature_second_moment(np.stack([o[0][0] for o in olds]), np.stack([o[0][1] for o in olds]))[1]
+            self._gu -= np.einsum("u,uab->ab", np.array([o[1] for o in olds]), o_eyy)
+        self._gu += eyy.sum(0)
         w0, a = cfg.negative_weight, cfg.positive_weight
-        touched: list[int] = []
-        for u, j in pairs:
-            row = int(vrows[j])
+        pu = np.fromiter((u for u, _ in pairs), dtype=np.int64, count=len(pairs))
+        pr = vrows[np.fromiter((j for _, j in pairs), dtype=np.int64, count=len(pairs))]
+        np.add.at(self._prec, pr, a * eyy[pu])
+        np.add.at(self._shift, pr, (w0 + a) * ey[pu])
+        for u, row in zip(pu.tolist(), pr.tolist(), strict=True):
             self.clock += 1
             key = (users[u], row)
             self._pairs.pop(key, None)
             self._pairs[key] = self.clock
-            self._prec[row] += a * eyy[u]
-            self._shift[row] += (w0 + a) * ey[u]
-            touched.append(row)
-            self._since_sweep += 1
+        self._since_sweep += len(pairs)
         while len(self._pairs) > cfg.window:
             self._pairs.popitem(last=False)
         for u, uid in enumerate(users):
             self._users[uid] = (means[u], covs[u], self.clock)
-        self._refresh(np.unique(np.asarray(touched, dtype=np.int64)))
+            self._gu_weight[uid] = 1.0
+        self._refresh(np.unique(pr))
         if self._since_sweep >= cfg.sweep_every:
             self.sweep()
         self.version += 1
@@ -459,16 +464,26 @@ class ChoiceModel:
         """One ALS iteration over the window: every window user's posterior from
         their window history against the current videos, then every video."""
         cfg = self.config
-        hist: dict[str, list[str]] = {}
-        for (u, r), _t in self._pairs.items():  # oldest first
-            hist.setdefault(u, []).append(self.video_ids[r])
-        if cfg.own_user_factors and hist:
-            names = list(hist)
-            um, uc = self.user_posteriors([hist[u] for u in names])
-            for k, u in enumerate(names):
-                self._users[u] = (um[k], uc[k], self._users[u][2])
         uids = list(self._users)
         uindex = {u: k for k, u in enumerate(uids)}
+        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
+        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
+        if cfg.own_user_factors and pu.size:
+            # Every window user's started videos, oldest first (the window is
+            # in clock order; a stable sort by user keeps it), the latest
+            # history_size of each: no Python loop over the pairs' ids.
+            order = np.argsort(pu, kind="stable")
+            owner, rows = pu[order], pr[order]
+            counts = np.bincount(owner, minlength=len(uids))
+            from_end = np.cumsum(counts)[owner] - 1 - np.arange(owner.shape[0])
+            keep = from_end < cfg.history_size
+            owner, rows = owner[keep], rows[keep]
+            lens = np.bincount(owner, minlength=len(uids))
+            present = np.flatnonzero(lens)
+            um, uc = self._posteriors_of_rows(rows, lens[present])
+            for k, u in enumerate(present.tolist()):
+                uid = uids[u]
+                self._users[uid] = (um[k], uc[k], self._users[uid][2])
         means = np.stack([self._users[u][0] for u in uids])
         covs = np.stack([self._users[u][1] for u in uids])
         last = np.array([self._users[u][2] for u in uids], dtype=np.float64)
@@ -477,27 +492,26 @@ class ChoiceModel:
         self._gu = np.einsum("u,uab->ab", d_user, eyy)
         self._gu_weight = dict(zip(uids, d_user.tolist(), strict=True))
         n = self.n_videos
-        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
-        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
         pt = np.fromiter(self._pairs.values(), dtype=np.float64, count=len(self._pairs))
         w0, a = cfg.negative_weight, cfg.positive_weight
         c = (w0 + a) * np.exp(-(self.clock - pt) / cfg.effective_data_size)
         extra = np.maximum(c - w0 * d_user[pu], 0.0)
-        # Per (video, user) weights, then one matrix product per statistic, in
-        # chunks of users so the dense (videos x users) weights stay small.
+        # Sum each pair's term into its video: pairs sorted by video, then
+        # segment sums in blocks (O(pairs x d^2); a dense videos x users
+        # weight matrix costs O(videos x users x d^2) and dominated the sweep).
         d = cfg.dim
         eyy_flat = eyy.reshape(len(uids), d * d)
         prec = np.zeros((n, d * d))
         shift = np.zeros((n, d))
-        for lo in range(0, len(uids), 4096):
-            hi = min(lo + 4096, len(uids))
-            sel = (pu >= lo) & (pu < hi)
-            wp = np.zeros((n, hi - lo))
-            wc = np.zeros((n, hi - lo))
-            np.add.at(wp, (pr[sel], pu[sel] - lo), extra[sel])
-            np.add.at(wc, (pr[sel], pu[sel] - lo), c[sel])
-            prec += wp @ eyy_flat[lo:hi]
-            shift += wc @ ey[lo:hi]
+        order = np.argsort(pr, kind="stable")
+        pr_s, pu_s, extra_s, c_s = pr[order], pu[order], extra[order], c[order]
+        for lo in range(0, pr_s.shape[0], 8192):
+            rows_b = pr_s[lo : lo + 8192]
+            starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
+            ub = pu_s[lo : lo + 8192]
+            rows_u = rows_b[starts]  # distinct within the block: += is exact
+            prec[rows_u] += np.add.reduceat(extra_s[lo : lo + 8192, None] * eyy_flat[ub], starts, axis=0)
+            shift[rows_u] += np.add.reduceat(c_s[lo : lo + 8192, None] * ey[ub], starts, axis=0)
         self._prec[:n] = prec.reshape(n, d, d)
         self._shift[:n] = shift
         if cfg.pooled:
