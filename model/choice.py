@@ -533,6 +533,39 @@ class ChoiceModel:
         self._cov[:n] = 0.0
         self._refresh(np.arange(n))
 
+    def retain(self, video_ids: Sequence[str]) -> int:
+        """Forget every video not in ``video_ids`` (the minutes model's
+        catalogue after its cap evicted some: the learner keeps the two
+        components' catalogues the same, so memory stays bounded), with their
+        window pairs; the Gram matrix is rebuilt from the rows kept. Returns
+        how many were forgotten. A forgotten video seen again starts at the prior.
+
+        >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
+        >>> for v in "abc":
+        ...     _ = m.learn_event("ann", v, None)
+        >>> m.retain(["a", "c", "zzz"]), m.video_ids, sorted(r for _, r in m._pairs)
+        (1, ['a', 'c'], [0, 1])
+        """
+        wanted = set(video_ids)
+        keep = np.array([r for r, v in enumerate(self.video_ids) if v in wanted], dtype=np.int64)
+        n = self.n_videos
+        if keep.shape[0] == n:
+            return 0
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[keep] = np.arange(keep.shape[0])
+        cap = max(64, keep.shape[0])
+        for name in ("_mean", "_cov", "_prec", "_shift"):
+            old = getattr(self, name)
+            new = np.zeros((cap, *old.shape[1:]))
+            new[: keep.shape[0]] = old[keep]
+            setattr(self, name, new)
+        self.video_ids = [self.video_ids[r] for r in keep.tolist()]
+        self.video_index = {v: k for k, v in enumerate(self.video_ids)}
+        m, c = self._mean[: keep.shape[0]], self._cov[: keep.shape[0]]
+        self.gram = (c + m[:, :, None] * m[:, None, :]).sum(0)
+        self._pairs = OrderedDict(((u, int(remap[r])), t) for (u, r), t in self._pairs.items() if remap[r] >= 0)
+        return n - keep.shape[0]
+
     # ------------------------------------------------------------ scoring (tests, docs)
     def score_all(self, state: ChoiceState | None) -> np.ndarray:
         """E[s_ij] for every video (the mean score; serving is in streamer.lookup_math)."""

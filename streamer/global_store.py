@@ -358,6 +358,10 @@ class GlobalStore:
             return  # another component size (a worker with other settings): not applicable
         pairs = list(zip(stats.event_user.tolist(), stats.event_video.tolist(), strict=True))
         self.choice.global_batch(users, list(stats.video_ids), pairs, cm, cc)
+        if self.model.config.max_videos and self.choice.n_videos > self.model.n_videos:
+            # The minutes model's catalogue cap evicted videos: the choice
+            # component forgets the same ones (its memory stays bounded too).
+            self.choice.retain(self.model.video_ids)
 
     def _quarantine(self, sid: str, payload: bytes, reason: str, detail: str) -> None:
         """Skip a statistics entry the learner cannot use (it would otherwise
