@@ -41,6 +41,7 @@ from test_stream_support import (
 )
 
 import streamer.redis_record as redis_record
+from streamer.global_stats_record import decode_choice_checkpoint
 from streamer.lookup_reader import GlobalsUnreadableError, Lookup, Status
 from streamer.redis_record import decode_global_record, global_current_key, global_key, user_key
 
@@ -124,6 +125,11 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     grec = decode_global_record(redis_client.hgetall(global_key(key_prefix, gv)))
     assert grec.has_choice and grec.choice_video_mean is not None
     assert grec.choice_video_mean.shape == (grec.n_videos, 11)  # default 10 choice factors + 1
+
+    # The choice learner resumed from its checkpoint across the restart: it
+    # learned more (user, video) pairs than this step's 800 events hold.
+    ck = decode_choice_checkpoint(redis_client.hget(f"{key_prefix}:learner", "cckpt"))
+    assert ck.clock > 800
 
     lookup = Lookup.from_url(redis_url, key_prefix, refresh_interval_ms=0)
     posts = lookup.user_posteriors(users)
