@@ -239,18 +239,35 @@ class GlobalStore:
             self.unpublished, self.last_publish = 1, float("-inf")
         log.info("took the learner role", extra={"worker": self.worker_id, "source": source, "stream_id": self.last_id, "gv": self.model.version})
 
+    def _choice_topic(self) -> CheckpointTopic:
+        """The choice component's durable checkpoint: the checkpoints topic,
+        key ``<prefix>:choice``."""
+        kc = self.kafka_checkpoint
+        assert kc is not None
+        if getattr(self, "_choice_ckpt_topic", None) is None:
+            self._choice_ckpt_topic = CheckpointTopic(kc.bootstrap, kc.topic, kc.key.decode() + ":choice", kc.security)
+        return self._choice_ckpt_topic
+
     def _load_choice(self, source: str) -> ChoiceModel | None:
         """The choice learner's state: its checkpoint in ``{prefix}:learner``
         (written every ``checkpoint_every_s`` and at shutdown, so a new
-        learner resumes from up to that long ago), else a fresh component.
-        Not from the Kafka checkpoint (not carried there yet): after Redis
-        lost its data the choice component starts again from its prior."""
+        learner resumes from up to that long ago); when the minutes model came
+        from the Kafka checkpoint (Redis lost its data), the choice
+        component's checkpoint in the same topic; else a fresh component."""
         if self.choice_config is None:
             return None
-        raw = self.r.hget(self.learner_key, "cckpt") if source == "redis checkpoint" else None
+        raw = None
+        if source == "redis checkpoint":
+            raw = self.r.hget(self.learner_key, "cckpt")
+        elif source.startswith("kafka") and self.kafka_checkpoint is not None:
+            found = self._choice_topic().read_latest()
+            raw = found[0] if found is not None else None
         if raw:
             try:
-                return import_checkpoint(decode_choice_checkpoint(raw), self.choice_config)
+                model = import_checkpoint(decode_choice_checkpoint(raw), self.choice_config)
+                log.info("choice component restored", extra={"from": source, "clock": model.clock,
+                                                             "videos": model.n_videos})  # fmt: skip
+                return model
             except (BlobError, ValueError) as exc:
                 log.error("unreadable choice checkpoint; the choice component starts fresh", extra={"error": str(exc)[:200]})
         return ChoiceModel(self.choice_config)
@@ -480,6 +497,10 @@ class GlobalStore:
         self.last_kafka_checkpoint = time.monotonic()
         try:
             self.kafka_checkpoint.write(ckpt, version)
+            if self.choice is not None and self.choice.clock > 0:
+                # The choice component's state, under its own key in the same
+                # compacted topic (read back by _load_choice after a Redis loss).
+                self._choice_topic().write(encode_choice_checkpoint(export_checkpoint(self.choice)), version)
         except Exception as exc:  # Kafka trouble must not stop the global step
             self.last_kafka_checkpoint = float("-inf")
             log.warning("checkpoint to Kafka failed; retried at the next publish", extra={"error": repr(exc)[:300]})
