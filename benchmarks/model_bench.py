@@ -6,7 +6,9 @@ calibration figures on the simulator.
 
 Figures (all prequential: every event predicted before it is learned):
 
-    model.events_per_s          hpmf, minibatch 1024: events / s of predict + learn
+    model.events_per_s          hpmf, minibatch 1024: events / s of predict + learn, replay sweeps
+                                in a background thread (as the service's learner runs them)
+    model.events_per_s_inline_sweeps   the same with every sweep run in the loop (the harness)
     model.rmse_at_1024          hpmf RMSE at minibatch 1024
     model.river_events_per_s    River BiasedMF, predict_one + learn_one per event
     model.river_rmse            River BiasedMF RMSE
@@ -80,12 +82,12 @@ def river_prequential(users: list[str], videos: list[str], values: np.ndarray) -
 
 
 def hpmf_prequential(users: list[str], videos: list[str], values: np.ndarray, batch_size: int,
-                     rung: str = "hpmf") -> dict[str, float]:
+                     rung: str = "hpmf", **overrides: object) -> dict[str, float]:
     bar = tqdm(total=len(values), desc=f"{rung} minibatch {batch_size}", unit="ev", file=sys.stderr,
                mininterval=5.0)  # fmt: skip
     try:
-        res = run_stream(OnlineHPMF(ladder_config(rung, global_mean_prior=STAR_MIDPOINT)), users, videos, values,
-                         batch_size=batch_size, progress=bar.update)  # fmt: skip
+        model = OnlineHPMF(ladder_config(rung, global_mean_prior=STAR_MIDPOINT, **overrides))
+        res = run_stream(model, users, videos, values, batch_size=batch_size, progress=bar.update)
     finally:
         bar.close()
     return metrics(res)
@@ -167,7 +169,8 @@ def _run() -> dict[str, float]:
     # medians (a single pair moved from 0.57 to 1.01 on this shared machine).
     ours, rivers, ratios = [], [], []
     for k in range(SPEED_REPEATS):
-        m1024 = hpmf_prequential(users, videos, values, 1024)
+        # As the service's learner runs: replay sweeps in their own thread.
+        m1024 = hpmf_prequential(users, videos, values, 1024, replay_background=True)
         river_eps, river_rmse = river_prequential(users, videos, values)
         ours.append(m1024["events_per_s"])
         rivers.append(river_eps)
@@ -182,6 +185,10 @@ def _run() -> dict[str, float]:
     out["model.speed_ratio"] = float(np.median(ratios))
     out["model.speed_ratio_min"] = float(min(ratios))
     out["model.speed_ratio_max"] = float(max(ratios))
+    inline = hpmf_prequential(users, videos, values, 1024)
+    out["model.events_per_s_inline_sweeps"] = inline["events_per_s"]
+    print(f"   hpmf @1024 with each sweep run in the loop (the harness): {inline['events_per_s']:.0f} events/s",
+          flush=True)  # fmt: skip
     m256 = hpmf_prequential(users, videos, values, 256)
     print(f"   hpmf @256: RMSE {m256['rmse']:.4f}, coverage90 {m256['coverage90']:.3f}", flush=True)
     out["model.rmse_at_256"] = m256["rmse"]

@@ -2,7 +2,8 @@
 write their figures to benchmarks/results.json (a flat JSON object) and a table.
 
 Each suite is a module ``benchmarks.<name>_bench`` with ``run() -> dict[str, float]``
-whose keys are prefixed with the suite name (``model.``, ``stream.``, ``lookup.``, ``rank.``, ``redis.``).
+whose keys are prefixed with the suite name (``model.``, ``stream.``, ``lookup.``, ``rank.``, ``redis.``,
+``service.``).
 Run one suite alone with ``python -m benchmarks.run model``: the other suites'
 figures stay in the file, so each suite also records ``<suite>.commit`` (the
 git commit it ran, ``-dirty`` with uncommitted changes) and ``<suite>.date``.
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ("model", "stream", "lookup", "rank", "redis")
+SUITES = ("model", "stream", "lookup", "rank", "redis", "service")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -59,6 +59,7 @@ def state_dict(model: OnlineHPMF) -> dict[str, Any]:
         "rng": model._rng.get_state(),
         "r_sum": model._r_sum,
         "r_weight": model._r_weight,
+        "noise_calibration": model.noise_calibration.state(),
     }
 
 
@@ -88,6 +89,8 @@ def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
     model._rng.set_state(sd["rng"])
     model._r_sum = float(sd["r_sum"])
     model._r_weight = float(sd["r_weight"])
+    if "noise_calibration" in sd:  # absent from checkpoints written before it existed: start afresh
+        model.noise_calibration.load(sd["noise_calibration"])
     return model
 
 

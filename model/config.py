@@ -86,6 +86,19 @@ class HPMFConfig:
     bounded (window / interval_max) in a long-running service."""
     replay_iterations: int = 3
     """Coordinate-ascent passes (users, then videos) per replay sweep."""
+    replay_background: bool = False
+    """Run each replay sweep in a background thread and fold its result in at
+    the first global step after it finished (the service's learner: the sweep
+    stays off the loop that applies batches). False: a sweep is folded in the
+    moment it is due, so a replayed stream gives the same numbers every time
+    (the evaluation harness). Either way the evidence learned while a sweep
+    ran is kept (:meth:`model.online.OnlineHPMF.apply_global`)."""
+    noise_from_served_errors: bool = True
+    """sigma^2 from the errors of what was served, by the method of moments
+    (:mod:`model.noise_calibration`), not from SVI's ELBO, which counts the
+    posteriors' variance twice and makes the intervals too wide."""
+    noise_calibration_horizon: float = 20_000.0
+    """Events over which the served errors are averaged (exponential forgetting)."""
     svi_min_events: int = 512
     """The Pyro SVI step on the hyper-parameters runs once this many events have
     gathered, early in a stream; the interval then grows with the stream (see

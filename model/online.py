@@ -45,8 +45,9 @@ from model.globals_snapshot import GlobalsSnapshot
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model, mean_mask
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_mean, feature_moments, gaussian_posterior
+from model.noise_calibration import NoiseCalibration
 from model.posterior import PooledPrior, UserState
-from model.replay_sweep import replay_sweep
+from model.replay_job import SweepInputs, SweepJob, SweepThread
 from model.replay_window import ReplayWindow
 from model.transform import forward
 from model.video_step import video_batch_statistics
@@ -83,6 +84,12 @@ class GlobalStats:
     step, applied by the learner). None in statistics of a worker that does
     not run the choice component: those update the minutes model only."""
     choice_cov: np.ndarray | None = None
+    served_sq_err: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    served_model_var: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per event: the squared error of the mean served from the user's state
+    before the batch, and that prediction's variance less the noise (the
+    learner's noise estimate, :mod:`model.noise_calibration`). Empty from an
+    older worker."""
 
 
 @dataclass
@@ -130,10 +137,17 @@ class OnlineHPMF:
         self._reset_videos(64)
         # Buffered batch statistics with their videos' rows (mapped once, here).
         self._svi_buffer: list[tuple[GlobalStats, np.ndarray]] = []
+        self._svi_buffered = 0  # events in _svi_buffer (a running count: summing it per batch was quadratic)
         self.learner = True  # False once globals were imported from a snapshot
         # The learner's window of recent events, revisited by replay sweeps.
         self.replay = ReplayWindow(self.config.replay_window_events)
         self._next_replay = self.config.replay_warmup_events
+        self._sweep: SweepJob | None = None  # a background sweep in flight
+        self._sweeper = SweepThread()
+        self._remaps = 0  # catalogue-cap renumberings: a sweep started before one is void
+        self.sweeps_folded = 0
+        self.noise_calibration = NoiseCalibration(self.config.noise_calibration_horizon)
+        self.sweeps_voided = 0  # started before a renumbering, so thrown away
         # b0 is the forgetting-weighted mean of the transformed values seen:
         # learned by SVI it drifts against the video biases it is confounded with.
         self._r_sum = 0.0
@@ -306,6 +320,7 @@ class OnlineHPMF:
         # them; events of a forgotten video are left out of both.
         self._svi_buffer = [(s, remap[rows]) for s, rows in self._svi_buffer]
         self.replay.remap_videos(remap)  # the replay window refers to rows too
+        self._remaps += 1
         forgotten = n - len(keep)
         self.evicted_videos += forgotten
         return forgotten
@@ -385,6 +400,8 @@ class OnlineHPMF:
         if bad.size:
             raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
         users = batch.users()
+        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
+        served = self._served_errors(batch, pairs, states) if cfg.noise_from_served_errors else None
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)
@@ -435,7 +452,6 @@ class OnlineHPMF:
         # One term per distinct (user, video) pair of the batch, valued at the
         # user's aggregated total (the batch's own sum if a history shorter
         # than the batch already dropped the video).
-        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
         uindex = {u: k for k, u in enumerate(users)}
         ev_user = np.fromiter((uindex[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
         totals: list[float] = []
@@ -544,7 +560,22 @@ class OnlineHPMF:
             event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
             user_ids=list(users),
         )  # fmt: skip
+        if served is not None:
+            stats.served_sq_err, stats.served_model_var = served
         return LocalUpdate(new_states, stats)
+
+    def _served_errors(
+        self, batch: Batch, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's squared error against the mean served from its user's
+        state before this batch, and that prediction's variance less the noise.
+        The target is the pair's value in this batch (the first time the pair
+        is seen, what was served was a prediction of exactly that)."""
+        mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
+        sums = _pair_sums(batch)
+        target = forward(self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64))
+        model_var = np.maximum(std**2 - float(self._noise_var()), 0.0)
+        return (target - mean) ** 2, model_var
 
     def apply_global(self, stats: GlobalStats) -> None:
         """The global step: natural-gradient update of the touched videos, then
@@ -577,13 +608,20 @@ class OnlineHPMF:
         if replayed:
             users = [stats.user_ids[k] for k in stats.event_user.tolist()]
             self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
-            if self.n_seen >= self._next_replay:
-                self._replay_sweep()
+            self._replay_step()
         # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
         self._svi_buffer.append((stats, rows.numpy()))
-        if sum(len(s.target) for s, _ in self._svi_buffer) >= self.svi_interval():
+        self._svi_buffered += len(stats.target)
+        if self._svi_buffered >= self.svi_interval():
             self._svi_step()
             self._svi_buffer.clear()
+            self._svi_buffered = 0
+        # 4. The noise from the errors of what was served (model.noise_calibration).
+        self.noise_calibration.add(stats.served_sq_err, stats.served_model_var)
+        noise_var = self.noise_calibration.noise_var() if cfg.noise_from_served_errors else None
+        if noise_var is not None:
+            with torch.no_grad():
+                self.hp.log_sigma.fill_(0.5 * float(np.log(noise_var)))
         self.enforce_catalogue_cap()
         self.version += 1
 
@@ -597,33 +635,73 @@ class OnlineHPMF:
         grown = int(self.n_seen * cfg.replay_interval_growth)
         return max(cfg.replay_interval_min, min(grown, cfg.replay_interval_max))
 
-    def _replay_sweep(self) -> None:
-        """Coordinate ascent over the replay window (:mod:`model.replay_sweep`):
-        the window videos' evidence is rebuilt with every window user refitted."""
+    def _replay_step(self) -> None:
+        """Fold in a background sweep that finished; start the next one when due."""
+        job = self._sweep
+        if job is not None and job.done():
+            self._sweep = None
+            self._fold_sweep(job)
+        if self._sweep is None and self.n_seen >= self._next_replay:
+            job = self._start_sweep()
+            if job is not None and job.done():
+                self._fold_sweep(job)
+            else:
+                self._sweep = job
+
+    def finish_replay(self) -> None:
+        """Wait for a background sweep in flight and fold it in (tests; a clean stop)."""
+        job, self._sweep = self._sweep, None
+        if job is not None:
+            self._fold_sweep(job)
+
+    def _start_sweep(self) -> SweepJob | None:
+        """Coordinate ascent over the replay window (:mod:`model.replay_sweep`),
+        on copies of what it needs, so it can run while batches keep coming."""
         cfg = self.config
         self._next_replay = self.n_seen + self.replay_interval()
         window = self.replay.arrays()
         if len(window[0]) == 0:
-            return
+            return None
         rows = torch.from_numpy(np.unique(window[1]))
         # Evidence outside the window (decayed to now) stays; the window's share is replaced.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
-        base_prec = decay[:, None, None] * (self._v_prec[rows] - self._w_prec[rows])
-        base_shift = decay[:, None] * (self._v_shift[rows] - self._w_shift[rows])
+        w_prec = decay[:, None, None] * self._w_prec[rows]
+        w_shift = decay[:, None] * self._w_shift[rows]
         n_drop = max(0, len(window[0]) - self.replay.capacity)
-        sweep = replay_sweep(
-            window, rows, self._v_mean[rows], self._v_cov[rows], base_prec, base_shift, self._b0(), self._noise_var(),
-            self._user_prior(), self._video_prior(), cfg.biases, float(self.n_seen),
+        inputs = SweepInputs(
+            window, rows, self._v_mean[rows], self._v_cov[rows],
+            decay[:, None, None] * self._v_prec[rows] - w_prec, decay[:, None] * self._v_shift[rows] - w_shift,
+            self._b0().clone(), self._noise_var().clone(), tuple(t.clone() for t in self._user_prior()),
+            tuple(t.clone() for t in self._video_prior()), cfg.biases, float(self.n_seen),
             cfg.effective_data_size, cfg.replay_iterations, n_drop,
         )  # fmt: skip
+        return SweepJob.start(inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None)
+
+    def _fold_sweep(self, job: SweepJob) -> None:
+        """Swap the window share a sweep replaced for its result.
+
+        The share it replaced (decayed from the sweep's start to now) comes
+        out, its result (decayed likewise) goes in; evidence the global steps
+        added while it ran stays. Folded at once (the harness), this is exactly
+        "window share := the sweep's result"."""
+        result = job.result()
+        if job.remaps != self._remaps:
+            self.sweeps_voided += 1
+            return  # the catalogue cap renumbered the rows since: the result refers to old rows
+        self.sweeps_folded += 1
+        rows, neff = job.inputs.rows, self.config.effective_data_size
+        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / neff)
+        since = float(np.exp(-(self.n_seen - job.inputs.clock) / neff))
+        kept_prec, kept_shift = since * result.kept_prec, since * result.kept_shift
+        out_prec, out_shift = since * job.window_prec, since * job.window_shift
         # Pairs leaving the window hand their last evidence to the kept part.
-        self._v_prec[rows] = base_prec + sweep.dropped_prec + sweep.kept_prec
-        self._v_shift[rows] = base_shift + sweep.dropped_shift + sweep.kept_shift
-        self._w_prec[rows] = sweep.kept_prec
-        self._w_shift[rows] = sweep.kept_shift
+        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] - out_prec + kept_prec + since * result.dropped_prec
+        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] - out_shift + kept_shift + since * result.dropped_shift
+        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] - out_prec + kept_prec
+        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] - out_shift + kept_shift
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
-        self.replay.drop_oldest(n_drop)
+        self.replay.drop_oldest(job.inputs.n_drop)
 
     def svi_interval(self) -> int:
         """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""

@@ -187,6 +187,10 @@ class StreamSettings(BaseSettings):
     docs/redis_format.md). 2 carries the choice component. During a rolling
     upgrade from a release whose readers know only version 1, write 1 until
     every reader is upgraded, then 2 (docs/operations.md, rolling upgrades)."""
+    replay_background: bool = True
+    """The learner runs its replay sweeps (what teaches the videos taste) in a
+    background thread and folds each in when done, so the loop does not stop
+    for them; false runs each in the loop, as the evaluation harness does."""
 
     # Operations
     metrics_port: int = Field(9108, ge=0)
@@ -273,6 +277,7 @@ class StreamSettings(BaseSettings):
             "global_mean_prior": self.global_mean_prior,
             "max_value": self.max_minutes,
             "max_videos": self.max_videos,
+            "replay_background": self.replay_background,
         }
 
     def describe(self) -> dict[str, Any]:

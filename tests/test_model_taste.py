@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.batch import Batch
 from model.evaluate import ladder_config, metrics, run_stream
 from model.online import OnlineHPMF
 from model.replay_window import ReplayWindow
@@ -66,3 +67,37 @@ def test_replay_window_keeps_the_latest_value_per_pair_and_a_bounded_user_index(
     # Dropping renumbers the users still in the window: the index does not grow with the stream.
     assert n_users <= 4
     assert len(w) == 4
+
+
+def test_background_sweeps_learn_as_much_taste_as_sweeps_folded_at_once(
+    taste_stream: tuple[list[str], list[str], np.ndarray],
+) -> None:
+    # The service's learner runs sweeps in a thread and folds each in when it
+    # is done, a few batches later, keeping what those batches taught; the
+    # harness folds at once. The taste learned must not depend on which.
+    at_once, _ = _rmse("hpmf", taste_stream)
+    background, model = _rmse("hpmf", taste_stream, replay_background=True)
+    model.finish_replay()
+    assert model._sweep is None
+    assert abs(background - at_once) < 0.02, (background, at_once)
+    biases, _ = _rmse("biases", taste_stream)
+    assert background < biases - 0.03, (background, biases)
+
+
+def test_a_sweep_in_flight_when_the_catalogue_cap_renumbers_videos_is_dropped() -> None:
+    # Its result refers to rows that no longer mean the same videos.
+    rng = np.random.default_rng(0)
+    model = OnlineHPMF(ladder_config("hpmf", n_factors=2, replay_warmup_events=50, replay_interval_min=50,
+                                     replay_background=True, max_videos=40))  # fmt: skip
+    states: dict = {}
+    for k in range(40):
+        users = [f"u{j}" for j in rng.integers(0, 30, 8)]
+        videos = [f"v{k}-{j}" for j in range(8)]  # new videos all the time: the cap renumbers often
+        states.update(model.learn(Batch.of(users, videos, rng.exponential(size=8).tolist()),
+                                  {u: states.get(u) for u in users}))  # fmt: skip
+    model.finish_replay()
+    assert model._remaps > 0 and model.n_videos <= 40
+    # A sweep still running when its batch's global step renumbers the rows is
+    # thrown away (one that finished at once may be folded before it).
+    assert model.sweeps_voided > 0, (model.sweeps_voided, model.sweeps_folded)
+    assert np.isfinite(model._v_mean[: model.n_videos].numpy()).all()
