@@ -178,7 +178,7 @@ class StreamSettings(BaseSettings):
     the minutes model alone."""
     choice_factors: int = Field(10, ge=1)
     """Latent factors of the choice component (K_c; the records' ``cd`` is K_c + 1)."""
-    choice_sweep_every: int = Field(10_000, ge=1)
+    choice_sweep_every: int = Field(20_000, ge=1)
     """Events between the choice learner's full recomputations of every video
     from its window (model/choice.py ``sweep_every``; each costs about the
     window's size, so a longer interval keeps the learner's work per event down)."""
