@@ -5,7 +5,10 @@
    (deleted afterwards). Timed interleaved, per call, same random user key:
    a bare redis-py ``HGETALL`` versus ``Lookup.user_posterior`` (HGETALL +
    decode + the pointer check every 1000 ms, the default), and
-   ``Lookup.recommend(k=10)`` over all 10,000 videos with the cache warm.
+   ``Lookup.recommend(k=10)`` over all 10,000 videos with the cache warm,
+   in wall time and in the calling thread's CPU time (``*_cpu_*``); then the
+   same over version 2 records (the choice component; ``lookup.v2_*``).
+   ``python -m benchmarks.lookup_bench --latency-only [N]`` prints just these.
 
 2. Exploration replay. A synthetic population drawn from the model (true user
    and video factors, Gaussian noise on the log1p scale, minutes = expm1). Every
@@ -130,16 +133,23 @@ def latency(
             "lookup.user_posterior_p99_ms": _ms(post, 99),
         }
         out["lookup.posterior_vs_bare_ratio"] = out["lookup.user_posterior_p99_ms"] / out["lookup.bare_get_p99_ms"]
+        cpu_clock = time.thread_time_ns
         for strategy in ("mean", "ucb", "thompson"):
-            samples = []
+            samples, cpu = [], []
             for n, i in enumerate(picks):
-                t0 = clock()
+                c0, t0 = cpu_clock(), clock()
                 r = lk.recommend(users[i], k=10, strategy=strategy, seed=n)  # type: ignore[arg-type]
                 samples.append(clock() - t0)
+                cpu.append(cpu_clock() - c0)
                 assert len(r.items) == 10
             suffix = "" if strategy == "mean" else f"_{strategy}"
             out[f"{pre}recommend{suffix}_p50_ms"] = _ms(samples, 50)
             out[f"{pre}recommend{suffix}_p99_ms"] = _ms(samples, 99)
+            # The calling thread's CPU time of the same calls (the Redis round
+            # trip's wait and time descheduled excluded): on a shared machine
+            # the wall p99 is mostly the scheduler's; this is what the code costs.
+            out[f"{pre}recommend{suffix}_cpu_p50_ms"] = _ms(cpu, 50)
+            out[f"{pre}recommend{suffix}_cpu_p99_ms"] = _ms(cpu, 99)
         if choice:  # only the recommend figures differ from the version 1 run
             return {key: val for key, val in out.items() if key.startswith(pre)}
         return out
@@ -239,5 +249,16 @@ def run() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    for key, value in run().items():
-        print(f"{key:<36} {value:.4g}")
+    import sys
+
+    if "--latency-only" in sys.argv:
+        n = int(sys.argv[-1]) if sys.argv[-1].isdigit() else 5000
+        results = latency(n) | latency(n, choice=True)
+        target = results["lookup.v2_recommend_p99_ms"]
+        print(f"v2 recommend p99 over 10,000 videos: {target:.2f} ms wall "
+              f"({results['lookup.v2_recommend_cpu_p99_ms']:.2f} ms CPU); target <= 5 ms: "
+              f"{'met' if target <= 5 else 'missed'}; load average {os.getloadavg()[0]:.1f}")
+    else:
+        results = run()
+    for key, value in results.items():
+        print(f"{key:<40} {value:.4g}")

@@ -266,7 +266,8 @@ class ChoiceModel:
         self.gram += cov + np.outer(mean, mean) - old
 
     def _refresh(self, rows: np.ndarray) -> None:
-        """q(q_j) from the prior, the negatives' w0 G_u and the rows' own statistics."""
+        """q(q_j) from the prior, the negatives' w0 G_u and the rows' own statistics.
+        ``rows`` must not repeat (the Gram update below is per distinct row)."""
         if rows.size == 0:
             return
         w0 = self.config.negative_weight
@@ -275,8 +276,12 @@ class ChoiceModel:
         cov = np.linalg.inv(prec)
         cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
         mean = np.einsum("nab,nb->na", cov, shift)
-        for k, r in enumerate(rows.tolist()):
-            self._set_video(r, mean[k], cov[k])
+        # One vectorised Gram update instead of one per row (a sweep refreshes
+        # every video: a Python loop over 10,000 rows cost ~50 ms).
+        old = self._cov[rows] + self._mean[rows][:, :, None] * self._mean[rows][:, None, :]
+        new = cov + mean[:, :, None] * mean[:, None, :]
+        self._mean[rows], self._cov[rows] = mean, cov
+        self.gram += new.sum(0) - old.sum(0)
 
     def _user_gram(self) -> np.ndarray:
         """G_u = sum_i d_i E[y_i y_i^T] over the window's users."""
@@ -294,6 +299,56 @@ class ChoiceModel:
         mean, cov = user_step(self._mean[rows], self._cov[rows], conf, self.gram, self.prior_mean,
                               self.prior_var, cfg.negative_weight)  # fmt: skip
         return pad_user(mean, cov)
+
+    def user_posteriors(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`user_posterior` for many users at once, vectorised (the
+        worker's local step for a whole minibatch): (U, K+1) means and
+        (U, K+1, K+1) covariances, padded. The same closed form, the same
+        numbers up to rounding; one batched K x K inversion instead of U."""
+        cfg = self.config
+        n_users = len(histories)
+        rows_l: list[int] = []
+        lens = np.zeros(n_users, dtype=np.int64)
+        index = self.video_index
+        for u, h in enumerate(histories):
+            recent = [index[v] for v in h[-cfg.history_size :] if v in index]
+            rows_l.extend(recent)
+            lens[u] = len(recent)
+        return self._posteriors_of_rows(np.asarray(rows_l, dtype=np.int64), lens)
+
+    def _posteriors_of_rows(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`user_posteriors` of users given as video rows, each user's
+        ``lens[u]`` rows contiguous and oldest first (at most history_size)."""
+        cfg = self.config
+        k, d, n_users = cfg.n_factors, cfg.dim, lens.shape[0]
+        owner = np.repeat(np.arange(n_users), lens)
+        # age = how many of the user's started videos came after this one
+        ends = np.cumsum(lens)
+        ages = (ends[owner] - 1 - np.arange(rows.shape[0])).astype(np.float64)
+        w0 = cfg.negative_weight
+        conf = w0 + cfg.positive_weight * cfg.user_forgetting**ages
+        extra = conf - w0
+        qm = self._mean[rows]
+        eqq = self._cov[rows] + qm[:, :, None] * qm[:, None, :]
+        per_prec = extra[:, None, None] * eqq[:, :k, :k]
+        per_shift = conf[:, None] * qm[:, :k] - extra[:, None] * eqq[:, k, :k]
+        prec = np.zeros((n_users, k, k))
+        shift = np.zeros((n_users, k))
+        if rows.size:  # each user's entries are contiguous: segment sums (np.add.at is ~10x slower)
+            nz = lens > 0
+            starts = (ends - lens)[nz]
+            prec[nz] = np.add.reduceat(per_prec, starts, axis=0)
+            shift[nz] = np.add.reduceat(per_shift, starts, axis=0)
+        prec += np.diag(1.0 / self.prior_var) + w0 * self.gram[:k, :k]
+        shift += self.prior_mean / self.prior_var - w0 * self.gram[k, :k]
+        cov = np.linalg.inv(prec)
+        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        mean = np.einsum("uab,ub->ua", cov, shift)
+        out_m = np.zeros((n_users, d))
+        out_c = np.zeros((n_users, d, d))
+        out_m[:, :k] = mean
+        out_c[:, :k, :k] = cov
+        return out_m, out_c
 
     def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
         """What a brand-new user gets: the pooled prior, padded."""
@@ -343,6 +398,49 @@ class ChoiceModel:
             self.sweep()
         self.version += 1
 
+    def global_batch(
+        self, users: Sequence[str], videos: Sequence[str], pairs: Sequence[tuple[int, int]],
+        means: np.ndarray, covs: np.ndarray,
+    ) -> None:  # fmt: skip
+        """The learner's step for one minibatch (the service's path): ``pairs``
+        are (user index, video index) of the batch's distinct (user, video)
+        events in stream order, ``means``/``covs`` the users' new padded
+        posteriors (from the worker's :meth:`user_posteriors`). The same terms
+        as :meth:`global_step` per pair, but the touched videos are refreshed
+        once per batch, not once per event; a sweep when due."""
+        cfg = self.config
+        if not pairs:
+            return
+        self.register(videos)
+        vrows = np.fromiter((self.video_index[v] for v in videos), dtype=np.int64, count=len(videos))
+        ey, eyy = feature_second_moment(means, covs)
+        # G_u: each user's new E[yy^T] replaces the one it had in it.
+        olds = [(self._users[uid], self._gu_weight.get(uid, 1.0)) for uid in users if uid in self._users]
+        if olds:
+            o_eyy = feature_second_moment(np.stack([o[0][0] for o in olds]), np.stack([o[0][1] for o in olds]))[1]
+            self._gu -= np.einsum("u,uab->ab", np.array([o[1] for o in olds]), o_eyy)
+        self._gu += eyy.sum(0)
+        w0, a = cfg.negative_weight, cfg.positive_weight
+        pu = np.fromiter((u for u, _ in pairs), dtype=np.int64, count=len(pairs))
+        pr = vrows[np.fromiter((j for _, j in pairs), dtype=np.int64, count=len(pairs))]
+        np.add.at(self._prec, pr, a * eyy[pu])
+        np.add.at(self._shift, pr, (w0 + a) * ey[pu])
+        for u, row in zip(pu.tolist(), pr.tolist(), strict=True):
+            self.clock += 1
+            key = (users[u], row)
+            self._pairs.pop(key, None)
+            self._pairs[key] = self.clock
+        self._since_sweep += len(pairs)
+        while len(self._pairs) > cfg.window:
+            self._pairs.popitem(last=False)
+        for u, uid in enumerate(users):
+            self._users[uid] = (means[u], covs[u], self.clock)
+            self._gu_weight[uid] = 1.0
+        self._refresh(np.unique(pr))
+        if self._since_sweep >= cfg.sweep_every:
+            self.sweep()
+        self.version += 1
+
     def learn_event(self, user: str, video: str, state: ChoiceState | None) -> ChoiceState:
         """Local step then global step (one process doing both)."""
         st = self.local_step(user, video, state)
@@ -366,14 +464,26 @@ class ChoiceModel:
         """One ALS iteration over the window: every window user's posterior from
         their window history against the current videos, then every video."""
         cfg = self.config
-        hist: dict[str, list[str]] = {}
-        for (u, r), _t in self._pairs.items():  # oldest first
-            hist.setdefault(u, []).append(self.video_ids[r])
-        for u, h in hist.items() if cfg.own_user_factors else ():
-            mean, cov = self.user_posterior(h)
-            self._users[u] = (mean, cov, self._users[u][2])
         uids = list(self._users)
         uindex = {u: k for k, u in enumerate(uids)}
+        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
+        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
+        if cfg.own_user_factors and pu.size:
+            # Every window user's started videos, oldest first (the window is
+            # in clock order; a stable sort by user keeps it), the latest
+            # history_size of each: no Python loop over the pairs' ids.
+            order = np.argsort(pu, kind="stable")
+            owner, rows = pu[order], pr[order]
+            counts = np.bincount(owner, minlength=len(uids))
+            from_end = np.cumsum(counts)[owner] - 1 - np.arange(owner.shape[0])
+            keep = from_end < cfg.history_size
+            owner, rows = owner[keep], rows[keep]
+            lens = np.bincount(owner, minlength=len(uids))
+            present = np.flatnonzero(lens)
+            um, uc = self._posteriors_of_rows(rows, lens[present])
+            for k, u in enumerate(present.tolist()):
+                uid = uids[u]
+                self._users[uid] = (um[k], uc[k], self._users[uid][2])
         means = np.stack([self._users[u][0] for u in uids])
         covs = np.stack([self._users[u][1] for u in uids])
         last = np.array([self._users[u][2] for u in uids], dtype=np.float64)
@@ -382,27 +492,26 @@ class ChoiceModel:
         self._gu = np.einsum("u,uab->ab", d_user, eyy)
         self._gu_weight = dict(zip(uids, d_user.tolist(), strict=True))
         n = self.n_videos
-        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
-        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
         pt = np.fromiter(self._pairs.values(), dtype=np.float64, count=len(self._pairs))
         w0, a = cfg.negative_weight, cfg.positive_weight
         c = (w0 + a) * np.exp(-(self.clock - pt) / cfg.effective_data_size)
         extra = np.maximum(c - w0 * d_user[pu], 0.0)
-        # Per (video, user) weights, then one matrix product per statistic, in
-        # chunks of users so the dense (videos x users) weights stay small.
+        # Sum each pair's term into its video: pairs sorted by video, then
+        # segment sums in blocks (O(pairs x d^2); a dense videos x users
+        # weight matrix costs O(videos x users x d^2) and dominated the sweep).
         d = cfg.dim
         eyy_flat = eyy.reshape(len(uids), d * d)
         prec = np.zeros((n, d * d))
         shift = np.zeros((n, d))
-        for lo in range(0, len(uids), 4096):
-            hi = min(lo + 4096, len(uids))
-            sel = (pu >= lo) & (pu < hi)
-            wp = np.zeros((n, hi - lo))
-            wc = np.zeros((n, hi - lo))
-            np.add.at(wp, (pr[sel], pu[sel] - lo), extra[sel])
-            np.add.at(wc, (pr[sel], pu[sel] - lo), c[sel])
-            prec += wp @ eyy_flat[lo:hi]
-            shift += wc @ ey[lo:hi]
+        order = np.argsort(pr, kind="stable")
+        pr_s, pu_s, extra_s, c_s = pr[order], pu[order], extra[order], c[order]
+        for lo in range(0, pr_s.shape[0], 8192):
+            rows_b = pr_s[lo : lo + 8192]
+            starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
+            ub = pu_s[lo : lo + 8192]
+            rows_u = rows_b[starts]  # distinct within the block: += is exact
+            prec[rows_u] += np.add.reduceat(extra_s[lo : lo + 8192, None] * eyy_flat[ub], starts, axis=0)
+            shift[rows_u] += np.add.reduceat(c_s[lo : lo + 8192, None] * ey[ub], starts, axis=0)
         self._prec[:n] = prec.reshape(n, d, d)
         self._shift[:n] = shift
         if cfg.pooled:
@@ -424,6 +533,39 @@ class ChoiceModel:
         self._cov[:n] = 0.0
         self._refresh(np.arange(n))
 
+    def retain(self, video_ids: Sequence[str]) -> int:
+        """Forget every video not in ``video_ids`` (the minutes model's
+        catalogue after its cap evicted some: the learner keeps the two
+        components' catalogues the same, so memory stays bounded), with their
+        window pairs; the Gram matrix is rebuilt from the rows kept. Returns
+        how many were forgotten. A forgotten video seen again starts at the prior.
+
+        >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
+        >>> for v in "abc":
+        ...     _ = m.learn_event("ann", v, None)
+        >>> m.retain(["a", "c", "zzz"]), m.video_ids, sorted(r for _, r in m._pairs)
+        (1, ['a', 'c'], [0, 1])
+        """
+        wanted = set(video_ids)
+        keep = np.array([r for r, v in enumerate(self.video_ids) if v in wanted], dtype=np.int64)
+        n = self.n_videos
+        if keep.shape[0] == n:
+            return 0
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[keep] = np.arange(keep.shape[0])
+        cap = max(64, keep.shape[0])
+        for name in ("_mean", "_cov", "_prec", "_shift"):
+            old = getattr(self, name)
+            new = np.zeros((cap, *old.shape[1:]))
+            new[: keep.shape[0]] = old[keep]
+            setattr(self, name, new)
+        self.video_ids = [self.video_ids[r] for r in keep.tolist()]
+        self.video_index = {v: k for k, v in enumerate(self.video_ids)}
+        m, c = self._mean[: keep.shape[0]], self._cov[: keep.shape[0]]
+        self.gram = (c + m[:, :, None] * m[:, None, :]).sum(0)
+        self._pairs = OrderedDict(((u, int(remap[r])), t) for (u, r), t in self._pairs.items() if remap[r] >= 0)
+        return n - keep.shape[0]
+
     # ------------------------------------------------------------ scoring (tests, docs)
     def score_all(self, state: ChoiceState | None) -> np.ndarray:
         """E[s_ij] for every video (the mean score; serving is in streamer.lookup_math)."""
@@ -431,3 +573,133 @@ class ChoiceModel:
         ey = mean.copy()
         ey[-1] = 1.0
         return self.video_mean() @ ey
+
+
+# ---------------------------------------------------------------- snapshots and checkpoints
+@dataclass
+class ChoiceSnapshot:
+    """What a worker needs to run the choice local step (:meth:`ChoiceModel.user_posteriors`)
+    against the learner's choice globals: the video posteriors, the pooled
+    user prior and the video prior (for videos the worker registers itself).
+    Arrays only plus ids and numbers, so the service's generic blob codec
+    carries it. float32 video arrays: they are published as float32 anyway."""
+
+    version: int
+    n_factors: int
+    video_ids: list[str]
+    video_mean: np.ndarray  # (V, K+1)
+    video_cov: np.ndarray  # (V, K+1, K+1)
+    prior_mean: np.ndarray  # (K,)
+    prior_var: np.ndarray  # (K,)
+    video_prior_mean: np.ndarray  # (K+1,)
+    video_prior_var: np.ndarray  # (K+1,)
+
+
+@dataclass
+class ChoiceCheckpoint:
+    """The learner's choice state, enough to go on learning: the snapshot's
+    globals plus the videos' natural parameters, G_u and the replay window
+    ((user, row, clock) pairs; the window users' posteriors are recomputed
+    from their window histories on restore, as every sweep does)."""
+
+    snapshot: ChoiceSnapshot
+    prec: np.ndarray  # (V, K+1, K+1)
+    shift: np.ndarray  # (V, K+1)
+    gu: np.ndarray  # (K+1, K+1)
+    clock: int
+    since_sweep: int
+    pair_users: list[str]
+    pair_rows: np.ndarray  # (P,) int64
+    pair_clock: np.ndarray  # (P,) int64
+
+
+def export_snapshot(model: ChoiceModel, dtype: type = np.float32) -> ChoiceSnapshot:
+    """The worker's view of ``model``'s choice globals.
+
+    >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=3))
+    >>> st = m.learn_event("ann", "a", None)
+    >>> w = import_snapshot(export_snapshot(m, np.float64), ChoiceConfig(n_factors=2))
+    >>> bool(np.allclose(w.user_posteriors([["a"]])[0], m.user_posteriors([["a"]])[0]))
+    True
+    """
+    n = model.n_videos
+    return ChoiceSnapshot(
+        version=int(model.version), n_factors=int(model.config.n_factors), video_ids=list(model.video_ids),
+        video_mean=model._mean[:n].astype(dtype), video_cov=model._cov[:n].astype(dtype),
+        prior_mean=model.prior_mean.copy(), prior_var=model.prior_var.copy(),
+        video_prior_mean=model.video_prior_mean.copy(), video_prior_var=model.video_prior_var.copy(),
+    )  # fmt: skip
+
+
+def import_snapshot(snap: ChoiceSnapshot, config: ChoiceConfig) -> ChoiceModel:
+    """A model that computes local steps against ``snap`` (a worker's; it
+    learns no globals). ``config``'s factor count must match the snapshot's."""
+    if int(snap.n_factors) != config.n_factors:
+        raise ValueError(f"choice snapshot has {snap.n_factors} factors, this model {config.n_factors}")
+    m = ChoiceModel(config)
+    _load_videos(m, snap)
+    m.version = int(snap.version)
+    return m
+
+
+def _load_videos(m: ChoiceModel, snap: ChoiceSnapshot) -> None:
+    v, d = len(snap.video_ids), m.config.dim
+    cap = max(64, v)
+    m._mean, m._cov = np.zeros((cap, d)), np.zeros((cap, d, d))
+    m._prec, m._shift = np.zeros((cap, d, d)), np.zeros((cap, d))
+    m.video_ids = [str(x) for x in snap.video_ids]
+    m.video_index = {vid: k for k, vid in enumerate(m.video_ids)}
+    m._mean[:v] = np.asarray(snap.video_mean, dtype=np.float64).reshape(v, d)
+    m._cov[:v] = np.asarray(snap.video_cov, dtype=np.float64).reshape(v, d, d)
+    m.gram = (m._cov[:v] + m._mean[:v, :, None] * m._mean[:v, None, :]).sum(0)
+    m.prior_mean = np.asarray(snap.prior_mean, dtype=np.float64).copy()
+    m.prior_var = np.asarray(snap.prior_var, dtype=np.float64).copy()
+    m.video_prior_mean = np.asarray(snap.video_prior_mean, dtype=np.float64).copy()
+    m.video_prior_var = np.asarray(snap.video_prior_var, dtype=np.float64).copy()
+
+
+def export_checkpoint(model: ChoiceModel) -> ChoiceCheckpoint:
+    n = model.n_videos
+    pairs = list(model._pairs.items())
+    return ChoiceCheckpoint(
+        snapshot=export_snapshot(model, np.float64), prec=model._prec[:n].copy(), shift=model._shift[:n].copy(),
+        gu=model._gu.copy(), clock=int(model.clock), since_sweep=int(model._since_sweep),
+        pair_users=[u for (u, _), _ in pairs],
+        pair_rows=np.fromiter((r for (_, r), _ in pairs), dtype=np.int64, count=len(pairs)),
+        pair_clock=np.fromiter((t for _, t in pairs), dtype=np.int64, count=len(pairs)),
+    )  # fmt: skip
+
+
+def import_checkpoint(ck: ChoiceCheckpoint, config: ChoiceConfig) -> ChoiceModel:
+    """The learner's model back from :func:`export_checkpoint`.
+
+    >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=3))
+    >>> for u, v in [("ann", "a"), ("bob", "b"), ("ann", "b"), ("cat", "a")]:
+    ...     _ = m.learn_event(u, v, None)
+    >>> r = import_checkpoint(export_checkpoint(m), m.config)
+    >>> r.clock, r.n_videos, len(r._pairs), bool(np.allclose(r.video_mean(), m.video_mean()))
+    (4, 2, 4, True)
+    """
+    m = import_snapshot(ck.snapshot, config)
+    n, d = m.n_videos, config.dim
+    m._prec[:n] = np.asarray(ck.prec, dtype=np.float64).reshape(n, d, d)
+    m._shift[:n] = np.asarray(ck.shift, dtype=np.float64).reshape(n, d)
+    m._gu = np.asarray(ck.gu, dtype=np.float64).copy()
+    m.clock, m._since_sweep = int(ck.clock), int(ck.since_sweep)
+    m._pairs = OrderedDict(
+        ((str(u), int(r)), int(t)) for u, r, t in zip(ck.pair_users, ck.pair_rows.tolist(), ck.pair_clock.tolist(), strict=True)
+    )
+    hist: dict[str, list[str]] = {}
+    last: dict[str, int] = {}
+    for (u, r), t in m._pairs.items():
+        hist.setdefault(u, []).append(m.video_ids[r])
+        last[u] = max(last.get(u, 0), t)
+    if hist:
+        names = list(hist)
+        um, uc = m.user_posteriors([hist[u] for u in names])
+        for k, u in enumerate(names):
+            m._users[u] = (um[k], uc[k], last[u])
+    # G_u is restored as saved; each user's weight in it is not (a later
+    # replacement of a restored user subtracts with weight 1; the next sweep
+    # rebuilds G_u exactly).
+    return m

@@ -78,6 +78,12 @@ class GlobalStats:
     """The batch's users (``event_user`` indexes them): the learner's replay
     window needs to know whose events these are. Empty in statistics written by
     an older worker: those still update the videos, but are not replayed."""
+    choice_mean: np.ndarray | None = None
+    """(U, K_c+1) the batch's users' choice posteriors q(a_i), padded, in
+    ``user_ids`` order (:mod:`model.choice`; computed by the worker's local
+    step, applied by the learner). None in statistics of a worker that does
+    not run the choice component: those update the minutes model only."""
+    choice_cov: np.ndarray | None = None
     served_sq_err: np.ndarray = field(default_factory=lambda: np.zeros(0))
     served_model_var: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """Per event: the squared error of the mean served from the user's state

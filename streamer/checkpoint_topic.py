@@ -9,7 +9,8 @@ partition), keyed by the Redis prefix. Compaction keeps the newest record per
 key, so the topic stays the size of one checkpoint per deployment however
 long it runs. A learner that finds no checkpoint in Redis loads the newest
 one from here (see :class:`streamer.global_store.GlobalStore`), and
-``hpmf rebuild`` publishes the global record from it.
+``hpmf rebuild`` publishes the global record from it. The choice component's
+learner state goes to the same topic under the key ``<prefix>:choice``.
 
 Why Kafka and not a file or object store: the service already depends on
 Kafka and on nothing else durable; a compacted topic is replicated like the

@@ -7,7 +7,10 @@
 5. Follow the service's metrics endpoint until it has consumed every event.
 6. Stop the service with SIGTERM (it finishes its batch, commits, exits 0).
 7. Print what another service reads from Redis (``hpmf lookup``) for a heavy
-   watcher, a light one and a brand-new user.
+   watcher, a light one and a brand-new user; then how well the served top-5
+   lists match the simulator's truth (saved beside the events) next to "most
+   popular", and the lists of two users whose true tastes differ
+   (:mod:`streamer.demo_truth`).
 
 Every step logs what it does and where its output goes (``.run/demo/``).
 """
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     say(f"3/7 starting the streaming service (log: {log}, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")
     with log.open("w") as logf:
         worker = subprocess.Popen(
-            [*HPMF, "stream", "--metrics-port", str(args.metrics_port), "--transform", "log1p"],
+            # A short stream: the choice learner recomputes its videos every
+            # 1,000 events (the service default, 10,000, suits long streams).
+            [*HPMF, "stream", "--metrics-port", str(args.metrics_port), "--transform", "log1p",
+             "--choice-sweep-every", "1000"],
             cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -172,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                         ("brand-new user", "new-user-never-seen")):  # fmt: skip
         print(f"\n===== {label}: user {user} =====", flush=True)
         sh([*HPMF, "lookup", user, "--k", "5", "--prefix", prefix, "--redis-url", redis_url], env=env)
+    print("", flush=True)
+    say("how well the served lists match the simulator's truth (recommend through Redis vs most popular):")
+    from streamer.demo_truth import render, served_vs_truth, watched_by_user
+    from streamer.simulate_cli import truth_path
+
+    report = served_vs_truth(events, truth_path(events), redis_url, prefix)
+    print(render(report, {u: len(v) for u, v in watched_by_user(events).items()}), flush=True)
     say(f"done in {time.time() - t_start:.0f} s")
     return 0 if worker.returncode == 0 else 1
 

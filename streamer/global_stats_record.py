@@ -30,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from model.choice import ChoiceCheckpoint, ChoiceSnapshot
 from model.globals_snapshot import GlobalsSnapshot
 from model.online import GlobalStats
 
 STATS_FORMAT = "hpmf.gstats.1"
 SNAPSHOT_FORMAT = "hpmf.gsnap.1"
+CHOICE_SNAPSHOT_FORMAT = "hpmf.csnap.1"
+CHOICE_CHECKPOINT_FORMAT = "hpmf.cckpt.1"
 
 
 class BlobError(ValueError):
@@ -95,3 +98,41 @@ def encode_snapshot(snap: GlobalsSnapshot) -> bytes:
 
 def decode_snapshot(blob: bytes) -> GlobalsSnapshot:
     return _decode(blob, SNAPSHOT_FORMAT, GlobalsSnapshot)  # type: ignore[no-any-return]
+
+
+def encode_choice_snapshot(snap: ChoiceSnapshot) -> bytes:
+    """The choice component's globals for the workers (``csnap`` in ``{prefix}:learner``)."""
+    return _encode(snap, CHOICE_SNAPSHOT_FORMAT)
+
+
+def decode_choice_snapshot(blob: bytes) -> ChoiceSnapshot:
+    return _decode(blob, CHOICE_SNAPSHOT_FORMAT, ChoiceSnapshot)  # type: ignore[no-any-return]
+
+
+def encode_choice_checkpoint(ck: ChoiceCheckpoint) -> bytes:
+    """The choice learner's state (``cckpt``): its snapshot's blob, then the
+    rest, each length-prefixed (the snapshot is a dataclass of its own).
+
+    >>> import numpy as np
+    >>> from model.choice import ChoiceModel, ChoiceConfig, export_checkpoint
+    >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
+    >>> _ = m.learn_event("ann", "a", None)
+    >>> ck = decode_choice_checkpoint(encode_choice_checkpoint(export_checkpoint(m)))
+    >>> ck.snapshot.video_ids, ck.pair_users, ck.clock
+    (['a'], ['ann'], 1)
+    """
+    head = encode_choice_snapshot(ck.snapshot)
+    rest = _encode(dataclasses.replace(ck, snapshot=None), CHOICE_CHECKPOINT_FORMAT)
+    return b"%d\n" % len(head) + head + rest
+
+
+def decode_choice_checkpoint(blob: bytes) -> ChoiceCheckpoint:
+    try:
+        n_text, _, body = blob.partition(b"\n")
+        n = int(n_text)
+    except ValueError as exc:
+        raise BlobError(f"unreadable {CHOICE_CHECKPOINT_FORMAT} payload: {exc}") from exc
+    snap = decode_choice_snapshot(body[:n])
+    ck = _decode(body[n:], CHOICE_CHECKPOINT_FORMAT, ChoiceCheckpoint)
+    ck.snapshot = snap
+    return ck  # type: ignore[no-any-return]

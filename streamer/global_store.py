@@ -51,6 +51,14 @@ from model.checkpoint import (
     state_dict,
     to_bytes,
 )
+from model.choice import (
+    ChoiceConfig,
+    ChoiceModel,
+    export_checkpoint,
+    export_snapshot,
+    import_checkpoint,
+    import_snapshot,
+)
 from model.config import HPMFConfig
 from model.online import GlobalStats, OnlineHPMF
 from streamer.checkpoint_topic import CheckpointTopic
@@ -58,8 +66,12 @@ from streamer.event import valid_id
 from streamer.global_retention import queue_drop, superseded
 from streamer.global_stats_record import (
     BlobError,
+    decode_choice_checkpoint,
+    decode_choice_snapshot,
     decode_snapshot,
     decode_stats,
+    encode_choice_checkpoint,
+    encode_choice_snapshot,
     encode_snapshot,
     encode_stats,
 )
@@ -68,6 +80,7 @@ from streamer.redis_record import (
     GlobalRecord,
     global_current_key,
     global_record_from_snapshot,
+    with_choice,
     write_global_record,
 )
 
@@ -126,6 +139,7 @@ class GlobalStore:
         global_ttl_s: int = 3600, warm_start: str = "", eligible: bool = True, keep_versions: int = 2,
         kafka_checkpoint: CheckpointTopic | None = None, checkpoint_every_s: float = 60.0,
         quarantine: Callable[[str, bytes, str, str], None] | None = None,
+        choice_config: ChoiceConfig | None = None, record_format: int = 2,
     ) -> None:  # fmt: skip
         self.r = client
         self.prefix = prefix
@@ -151,6 +165,15 @@ class GlobalStore:
         self.learner_key = f"{prefix}:learner"
         self.lease_key = f"{prefix}:learner:lease"
         self.model = OnlineHPMF(config)
+        # The choice component (model/choice.py): which videos a user starts.
+        # None runs the minutes model alone (statistics without choice
+        # posteriors, version 1 records).
+        self.choice_config = choice_config
+        self.choice: ChoiceModel | None = ChoiceModel(choice_config) if choice_config is not None else None
+        self.record_format = record_format
+        """The published global record's version: 2 carries the choice
+        component, 1 is the previous layout (docs/redis_format.md, rolling upgrades)."""
+        self.last_choice_checkpoint = time.monotonic()
         self.is_learner = False
         self.last_id = "0-0"  # newest gstats entry applied (learner)
         self.own: dict[str, GlobalStats] = {}  # entries this process wrote, not yet applied
@@ -204,6 +227,7 @@ class GlobalStore:
         if self.model.config.max_videos != self.config.max_videos:
             self.model.config = dataclasses.replace(self.model.config, max_videos=self.config.max_videos)
         self.model.learner = True
+        self.choice = self._load_choice(source)
         self.is_learner = True
         self.own.clear()
         self.unpublished = 0
@@ -215,20 +239,58 @@ class GlobalStore:
             self.unpublished, self.last_publish = 1, float("-inf")
         log.info("took the learner role", extra={"worker": self.worker_id, "source": source, "stream_id": self.last_id, "gv": self.model.version})
 
+    def _choice_topic(self) -> CheckpointTopic:
+        """The choice component's durable checkpoint: the checkpoints topic,
+        key ``<prefix>:choice``."""
+        kc = self.kafka_checkpoint
+        assert kc is not None
+        if getattr(self, "_choice_ckpt_topic", None) is None:
+            self._choice_ckpt_topic = CheckpointTopic(kc.bootstrap, kc.topic, kc.key.decode() + ":choice", kc.security)
+        return self._choice_ckpt_topic
+
+    def _load_choice(self, source: str) -> ChoiceModel | None:
+        """The choice learner's state: its checkpoint in ``{prefix}:learner``
+        (written every ``checkpoint_every_s`` and at shutdown, so a new
+        learner resumes from up to that long ago); when the minutes model came
+        from the Kafka checkpoint (Redis lost its data), the choice
+        component's checkpoint in the same topic; else a fresh component."""
+        if self.choice_config is None:
+            return None
+        raw = None
+        if source == "redis checkpoint":
+            raw = self.r.hget(self.learner_key, "cckpt")
+        elif source.startswith("kafka") and self.kafka_checkpoint is not None:
+            found = self._choice_topic().read_latest()
+            raw = found[0] if found is not None else None
+        if raw:
+            try:
+                model = import_checkpoint(decode_choice_checkpoint(raw), self.choice_config)
+                log.info("choice component restored", extra={"from": source, "clock": model.clock,
+                                                             "videos": model.n_videos})  # fmt: skip
+                return model
+            except (BlobError, ValueError) as exc:
+                log.error("unreadable choice checkpoint; the choice component starts fresh", extra={"error": str(exc)[:200]})
+        return ChoiceModel(self.choice_config)
+
     def _lose_role(self, why: str) -> None:
         log.warning("gave up the learner role", extra={"why": why})
         self.is_learner = False
         self.own.clear()
         self.model = OnlineHPMF(self.config)
+        if self.choice_config is not None:
+            self.choice = ChoiceModel(self.choice_config)
         self.refresh(None, force=True)
 
     def release(self) -> None:
         """On shutdown: publish what was learned, then free the lease at once."""
         if self.is_learner:
             if self.unpublished:
-                self.publish(force_kafka_checkpoint=True)
-            elif self.kafka_checkpoint is not None and self.model.version > 0:
-                self._write_kafka_checkpoint(to_bytes(self.model), self.model.version)
+                self.publish(force_kafka_checkpoint=True, force_choice_checkpoint=True)
+            else:
+                if self.kafka_checkpoint is not None and self.model.version > 0:
+                    self._write_kafka_checkpoint(to_bytes(self.model), self.model.version)
+                if self.choice is not None and self.choice.clock > 0:  # the lease is still ours here
+                    self.r.hset(self.learner_key, "cckpt", encode_choice_checkpoint(export_checkpoint(self.choice)))
             self._release(keys=[self.lease_key], args=[self.worker_id])
             self.is_learner = False
 
@@ -245,13 +307,18 @@ class GlobalStore:
             current = self.r.get(self.current_key)
         if current is None or int(current) == self.model.version and not force:
             return
-        blob, n_seen = self.r.hmget(self.learner_key, "snap", "n_seen")
+        blob, n_seen, cblob = self.r.hmget(self.learner_key, "snap", "n_seen", "csnap")
         if blob is None:
             return
         snap = decode_snapshot(blob)
         if snap.version == self.model.version and not self.model.learner:
             return
         self.model.import_globals(snap)
+        if self.choice_config is not None and cblob is not None:
+            try:
+                self.choice = import_snapshot(decode_choice_snapshot(cblob), self.choice_config)
+            except (BlobError, ValueError) as exc:  # keep the component in hand
+                log.error("unreadable choice snapshot; kept the previous one", extra={"error": str(exc)[:200]})
         if n_seen is not None:
             # The learner's event clock: the local step stamps posteriors with it
             # (UserState.seen_at) to decay their evidence when it is withdrawn.
@@ -281,6 +348,7 @@ class GlobalStore:
                 if bad:
                     raise _Unusable("unpublishable_video_id", f"{len(bad)} video ids outside the id alphabet, e.g. {str(bad[0])[:80]!r}")
                 self.model.apply_global(stats)
+                self._apply_choice(stats)
             except BlobError as exc:
                 self._quarantine(sid, fields.get(b"b", b""), "unreadable_stats", str(exc))
             except _Unusable as exc:
@@ -294,6 +362,23 @@ class GlobalStore:
             self.publish()
         self.metrics.global_version.set(self.model.version)
         return len(entries)
+
+    def _apply_choice(self, stats: GlobalStats) -> None:
+        """The choice component's global step for one batch's statistics
+        (statistics of a worker without it carry no choice posteriors)."""
+        if self.choice is None or stats.choice_mean is None or stats.choice_cov is None:
+            return
+        users = list(stats.user_ids)
+        cm = np.asarray(stats.choice_mean, dtype=np.float64)
+        cc = np.asarray(stats.choice_cov, dtype=np.float64)
+        if not users or cm.shape != (len(users), self.choice.config.dim):
+            return  # another component size (a worker with other settings): not applicable
+        pairs = list(zip(stats.event_user.tolist(), stats.event_video.tolist(), strict=True))
+        self.choice.global_batch(users, list(stats.video_ids), pairs, cm, cc)
+        if self.model.config.max_videos and self.choice.n_videos > self.model.n_videos:
+            # The minutes model's catalogue cap evicted videos: the choice
+            # component forgets the same ones (its memory stays bounded too).
+            self.choice.retain(self.model.video_ids)
 
     def _quarantine(self, sid: str, payload: bytes, reason: str, detail: str) -> None:
         """Skip a statistics entry the learner cannot use (it would otherwise
@@ -323,9 +408,13 @@ class GlobalStore:
                 log.error("video left out of the published global record: id outside the alphabet",
                           extra={"video_id": vid[:80]})  # fmt: skip
         idx = np.asarray(keep, dtype=np.int64)
+        choice = {}
+        if record.has_choice:
+            assert record.choice_video_mean is not None and record.choice_video_cov is not None
+            choice = {"choice_video_mean": record.choice_video_mean[idx], "choice_video_cov": record.choice_video_cov[idx]}
         return dataclasses.replace(
             record, video_ids=[record.video_ids[i] for i in keep], video_mean=record.video_mean[idx],
-            video_cov=record.video_cov[idx], video_scale=record.video_scale[idx],
+            video_cov=record.video_cov[idx], video_scale=record.video_scale[idx], **choice,
         )  # fmt: skip
 
     def backlog(self) -> tuple[int, float]:
@@ -346,12 +435,27 @@ class GlobalStore:
         # The id's first part is the Redis server's clock (ms) when it was written.
         return entries, max(0.0, time.time() - int(sid.split("-")[0]) / 1000)
 
-    def publish(self, force_kafka_checkpoint: bool = False) -> bool:
+    def publish(self, force_kafka_checkpoint: bool = False, force_choice_checkpoint: bool = False) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI
-        fenced by the lease (a learner that lost its lease cannot overwrite)."""
+        fenced by the lease (a learner that lost its lease cannot overwrite).
+
+        With the choice component: its snapshot for the workers (``csnap``)
+        at every publish, its learner checkpoint (``cckpt``: the window too,
+        larger) every ``checkpoint_every_s``; the public record carries it
+        when ``record_format`` is 2."""
         snap = self.model.export_globals()
         now_ms = int(time.time() * 1000)
-        record = self._publishable(global_record_from_snapshot(snap, now_ms))
+        record = global_record_from_snapshot(snap, now_ms)
+        extra: dict[str, bytes] = {}
+        if self.choice is not None:
+            if self.record_format >= 2:
+                record = with_choice(record, self.choice)
+            extra["csnap"] = encode_choice_snapshot(export_snapshot(self.choice))
+            now = time.monotonic()
+            if force_choice_checkpoint or now - self.last_choice_checkpoint >= self.checkpoint_every_s:
+                extra["cckpt"] = encode_choice_checkpoint(export_checkpoint(self.choice))
+                self.last_choice_checkpoint = now
+        record = self._publishable(record)
         ckpt = redis_checkpoint(self.model)
         snap_blob = encode_snapshot(snap)
         with self.r.pipeline(transaction=True) as pipe:
@@ -366,7 +470,7 @@ class GlobalStore:
                 pipe.hset(self.learner_key, mapping={
                     "ckpt": ckpt, "last_id": self.last_id, "gv": snap.version, "snap": snap_blob,
                     "n_seen": int(self.model.n_seen),
-                    "owner": self.worker_id, "ts": now_ms,
+                    "owner": self.worker_id, "ts": now_ms, **extra,
                 })  # fmt: skip
                 write_global_record(pipe, self.prefix, record, self.global_ttl_s, self.published_version)
                 queue_drop(pipe, self.prefix, snap.version, drop)
@@ -393,6 +497,10 @@ class GlobalStore:
         self.last_kafka_checkpoint = time.monotonic()
         try:
             self.kafka_checkpoint.write(ckpt, version)
+            if self.choice is not None and self.choice.clock > 0:
+                # The choice component's state, under its own key in the same
+                # compacted topic (read back by _load_choice after a Redis loss).
+                self._choice_topic().write(encode_choice_checkpoint(export_checkpoint(self.choice)), version)
         except Exception as exc:  # Kafka trouble must not stop the global step
             self.last_kafka_checkpoint = float("-inf")
             log.warning("checkpoint to Kafka failed; retried at the next publish", extra={"error": repr(exc)[:300]})

@@ -115,6 +115,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "std": np.sqrt(np.clip(np.diag(post.cov), 0, None)).tolist(),
         "watched": [v for v, _, _ in post.history],
         "strategy": recs.strategy,
+        # a version 2 global record: ranked by expected minutes if shown (score)
+        "choice": lk.model().choice is not None,
         "recommendations": [
             {"video_id": r.video_id, "score": r.score, "mean": r.mean, "std": r.std}
             for r in recs.items
@@ -156,9 +158,16 @@ def render(out: dict[str, Any], seed: int | None) -> str:
         more = f" (+{len(out['watched']) - 8} older)" if len(out["watched"]) > 8 else ""
         lines.append(f"  watched {len(out['watched'])}: {shown}{more}")
     how = out["strategy"] + (f", seed {seed}" if out["strategy"] == "thompson" and seed is not None else "")
-    lines.append(f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, predicted {unit}:")
     width = max((len(r["video_id"]) for r in out["recommendations"]), default=8)
-    for i, r in enumerate(out["recommendations"], 1):
+    if out.get("choice"):  # the choice component: P(start) x E[minutes | start] is what was ranked
+        lines.append(f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, "
+                     f"expected {unit} if shown (P(start) x {unit} if started):")  # fmt: skip
+        for i, r in enumerate(out["recommendations"], 1):
+            lines.append(f"  {i:>3}. {r['video_id']:<{width}}  {r['score']:8.1f}   "
+                         f"(if started {r['mean']:.1f} ± {r['std']:.1f})")  # fmt: skip
+    else:
+        lines.append(f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, predicted {unit}:")
+    for i, r in enumerate(out["recommendations"] if not out.get("choice") else [], 1):
         score = "" if out["strategy"] == "mean" else f"   ({out['strategy']} score {r['score']:.1f})"
         lines.append(f"  {i:>3}. {r['video_id']:<{width}}  {r['mean']:8.1f} ± {r['std']:.1f}{score}")
     for p in out.get("predictions", []):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.batch import Batch
+from model.choice import ChoiceModel
 from model.online import GlobalStats, OnlineHPMF
 from streamer.event import WatchEvent
 from streamer.forget import is_forgotten
@@ -90,7 +91,18 @@ def drop_forgotten(events: list[SourcedEvent], forgotten: dict[str, dict[int, in
 def update_users(
     model: OnlineHPMF, events: list[SourcedEvent], stored: dict[str, StoredUser],
     dedupe_window: int, now_ms: int, forgotten: dict[str, dict[int, int]] | None = None,
+    choice: ChoiceModel | None = None, record_format: int = 2,
 ) -> ModelUpdate:  # fmt: skip
+    """The local step of both components for the batch's new events.
+
+    ``choice``: the choice component (:mod:`model.choice`) to refresh every
+    touched user's q(a_i) with, in closed form, from the videos they started
+    (their minutes history, which holds each started video once, most recent
+    last: the same list the choice step uses); its posteriors go to the
+    learner with the batch's statistics. ``record_format``: the user record
+    version written (docs/redis_format.md): 2 carries the choice posterior, 1
+    is the previous layout (for readers not yet upgraded; the choice posterior
+    is still computed and learned from)."""
     n_all = len(events)
     events = drop_forgotten(events, forgotten or {})
     keep, replay, dup = select_new_events(events, stored)
@@ -103,6 +115,14 @@ def update_users(
     states: dict[str, Any] = {uid: s.state for uid, s in stored.items()}
     update = model.local_update(batch, states)
     out.stats = update.stats
+    choice_post: dict[str, tuple[Any, Any]] = {}
+    if choice is not None:
+        uids = update.stats.user_ids
+        choice.register(update.stats.video_ids)  # new videos at the prior, as the learner will
+        cm, cc = choice.user_posteriors([list(update.states[u].history) for u in uids])
+        update.stats.choice_mean, update.stats.choice_cov = cm, cc
+        if record_format >= 2:
+            choice_post = {u: (cm[k], cc[k]) for k, u in enumerate(uids)}
     # Per user: the newest applied (partition, offset), event time and ids.
     last: dict[str, SourcedEvent] = {}
     newest_ts: dict[str, int] = {}
@@ -119,6 +139,8 @@ def update_users(
             update.states[uid], updated_ms=now_ms, event_ms=max(newest_ts[uid], prev.event_ms if prev is not None else 0),
             partition=se.partition, offset=se.offset,
         )  # fmt: skip
+        if uid in choice_post:  # version 2
+            out.records[uid].choice_mean, out.records[uid].choice_cov = choice_post[uid]
         sa = getattr(update.states[uid], "seen_at", None)
         if sa is not None:
             out.seen_at[uid] = float(sa)

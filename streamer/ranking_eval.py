@@ -38,7 +38,7 @@ from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.ranking import Cooccurrence, DecayedPopularity, K, Popularity, Tally, rank_of
 from streamer.lookup_math import ServingModel, served_scores, top_k
-from streamer.redis_record import GlobalRecord, global_record_from_snapshot
+from streamer.redis_record import GlobalRecord, global_record_from_snapshot, with_choice
 
 RANK_RUNGS: tuple[str, ...] = ("popularity", "decayed_popularity", "cooccurrence", "biases", "pmf", "hpmf")
 """The rungs of the ranking ladder, named as the JSON report names them. ``biases``
@@ -124,20 +124,6 @@ class ModelRanker:
         histories: list[Sequence[int]],
     ) -> None:  # fmt: skip
         self.states.update(self.model.learn(Batch.of(users, videos, values), self.states))
-
-
-def with_choice(rec: GlobalRecord, choice: ChoiceModel) -> GlobalRecord:
-    """``rec`` as a version 2 record carrying ``choice``'s component, rows in
-    ``rec.video_ids`` order (videos it does not know get its video prior)."""
-    rows = np.array([choice.video_index.get(v, -1) for v in rec.video_ids], dtype=np.int64)
-    mean = np.tile(choice.video_prior_mean, (len(rows), 1))
-    cov = np.tile(np.diag(choice.video_prior_var), (len(rows), 1, 1))
-    known = rows >= 0
-    mean[known] = choice.video_mean()[rows[known]]
-    cov[known] = choice.video_cov()[rows[known]]
-    pm, pc = choice.prior_state()
-    return dataclasses.replace(rec, choice_prior_mean=pm, choice_prior_cov=pc,
-                               choice_video_mean=mean, choice_video_cov=cov)  # fmt: skip
 
 
 class ChoiceRanker(ModelRanker):

@@ -352,11 +352,15 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     >>> recs = [UserRecord(np.full(2, k), np.eye(2), k, 5, 4, 3, 0, 9, [("v1", 2.5, 1)]) for k in range(3)]
     >>> encode_user_records(recs) == [tuple(encode_user_record(r).values()) for r in recs]
     True
+    >>> for r in recs: r.choice_mean, r.choice_cov = np.ones(3), np.eye(3)  # version 2
+    >>> encode_user_records(recs) == [tuple(encode_user_record(r).values()) for r in recs]
+    True
     """
     if not records:
         return []
-    if any(r.choice_mean is not None or r.choice_cov is not None for r in records):
-        return [tuple(encode_user_record(r).values()) for r in records]  # version 2: one by one
+    v2 = [r.choice_mean is not None or r.choice_cov is not None for r in records]
+    if any(v2) and not all(v2):
+        return [tuple(encode_user_record(r).values()) for r in records]  # mixed versions: one by one
     means = [np.asarray(r.mean, dtype=np.float64) for r in records]
     covs = [np.asarray(r.cov, dtype=np.float64) for r in records]
     d = means[0].shape[0] if means[0].ndim == 1 else -1
@@ -365,9 +369,25 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     mean_bytes = np.stack(means).astype(F32).tobytes()
     cov_bytes = np.stack(covs).astype(F32).tobytes()
     mb, cb = 4 * d, 4 * d * d
-    return [
+    out = [
         _user_field_values(rec, d, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb])
         for k, rec in enumerate(records)
+    ]
+    if not v2[0]:
+        return out
+    # Version 2, the same batching for the choice posteriors (the worker's
+    # records all carry one when it writes version 2).
+    cms = [np.asarray(r.choice_mean, dtype=np.float64) for r in records]
+    ccs = [np.asarray(r.choice_cov, dtype=np.float64) for r in records]
+    cd = cms[0].shape[0] if cms[0].ndim == 1 else -1
+    if cd < 1 or any(m.shape != (cd,) for m in cms) or any(c.shape != (cd, cd) for c in ccs):
+        return [tuple(encode_user_record(r).values()) for r in records]  # one by one (raises if malformed)
+    cm_bytes = np.stack(cms).astype(F32).tobytes()
+    cc_bytes = np.stack(ccs).astype(F32).tobytes()
+    cmb, ccb, cd_text = 4 * cd, 4 * cd * cd, b"%d" % cd
+    return [
+        (b"2", *vals[1:], cd_text, cm_bytes[k * cmb : (k + 1) * cmb], cc_bytes[k * ccb : (k + 1) * ccb])
+        for k, vals in enumerate(out)
     ]
 
 
@@ -415,6 +435,14 @@ def _decode_history(raw: bytes, key: str | None) -> list[tuple[str, float, int]]
     if not ok:
         raise CorruptRecordError(key, "field 'hist' is not a list of [video_id, value, seq]")
     return [(vid, float(val), int(seq)) for vid, val, seq in items]
+
+
+def user_field_names(rec: UserRecord) -> tuple[str, ...]:
+    """The field names of ``rec``'s encoding, in order: version 1's, then
+    version 2's choice fields if it carries a choice posterior."""
+    if rec.choice_mean is not None or rec.choice_cov is not None:
+        return (*USER_FIELDS, *USER_CHOICE_FIELDS)
+    return USER_FIELDS
 
 
 def user_record_from_state(
@@ -603,6 +631,23 @@ def global_record_from_snapshot(snap: GlobalsSnapshot, updated_ms: int) -> Globa
         video_scale=np.sqrt(np.maximum(np.diagonal(vc, axis1=1, axis2=2), 0.0)),
         updated_ms=int(updated_ms),
     )
+
+
+def with_choice(rec: GlobalRecord, choice: Any) -> GlobalRecord:
+    """``rec`` as a version 2 record carrying the choice component of
+    ``choice`` (a :class:`model.choice.ChoiceModel`), rows in ``rec``'s video
+    order; a video the component has not registered gets its video prior."""
+    import dataclasses
+
+    rows = np.array([choice.video_index.get(v, -1) for v in rec.video_ids], dtype=np.int64)
+    mean = np.tile(choice.video_prior_mean, (len(rows), 1))
+    cov = np.tile(np.diag(choice.video_prior_var), (len(rows), 1, 1))
+    known = rows >= 0
+    mean[known] = choice.video_mean()[rows[known]]
+    cov[known] = choice.video_cov()[rows[known]]
+    pm, pc = choice.prior_state()
+    return dataclasses.replace(rec, choice_prior_mean=pm, choice_prior_cov=pc,
+                               choice_video_mean=mean, choice_video_cov=cov)  # fmt: skip
 
 
 def _queue_global(pipe: Any, prefix: str, rec: GlobalRecord, ttl_s: int, previous: int | None) -> None:

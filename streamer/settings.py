@@ -175,6 +175,22 @@ class StreamSettings(BaseSettings):
     """Prior mean of the global mean b0 on the model's scale (log1p minutes by
     default): what is predicted before anything is learned, e.g. 3 for ~20 minutes."""
     torch_threads: int = Field(1, ge=1)
+    choice: bool = True
+    """Run the choice component (which videos a user starts, model/choice.py):
+    the worker refreshes each touched user's choice posterior, the learner
+    its globals, and ``recommend`` ranks by expected minutes if shown. False:
+    the minutes model alone."""
+    choice_factors: int = Field(10, ge=1)
+    """Latent factors of the choice component (K_c; the records' ``cd`` is K_c + 1)."""
+    choice_sweep_every: int = Field(20_000, ge=1)
+    """Events between the choice learner's full recomputations of every video
+    from its window (model/choice.py ``sweep_every``; each costs about the
+    window's size, so a longer interval keeps the learner's work per event down)."""
+    record_format: int = Field(2, ge=1, le=2)
+    """The Redis record format written (users and the global record,
+    docs/redis_format.md). 2 carries the choice component. During a rolling
+    upgrade from a release whose readers know only version 1, write 1 until
+    every reader is upgraded, then 2 (docs/operations.md, rolling upgrades)."""
     replay_background: bool = True
     """The learner runs its replay sweeps (what teaches the videos taste) in a
     background thread and folds each in when done, so the loop does not stop

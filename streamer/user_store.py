@@ -63,10 +63,12 @@ from model.posterior import UserState
 from streamer.cluster_send import send_per_node
 from streamer.forget import forget_key, parse_marker
 from streamer.redis_record import (
+    USER_CHOICE_FIELDS,
     USER_FIELDS,
     UserRecord,
     encode_user_records,
     is_cluster_client,
+    user_field_names,
     user_key,
 )
 
@@ -166,9 +168,14 @@ def _bulk(a: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(a), a)
 
 
-# One user's HSET arguments: every field name framed once, each value's
-# length and bytes filled in (``%d`` then ``%b`` per value).
-_USER_FIELDS_FRAME = b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD))
+def _fields_frame(names: Sequence[str]) -> bytes:
+    """One user's HSET arguments: every field name framed once, each value's
+    length and bytes filled in (``%d`` then ``%b`` per value)."""
+    return b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*names, EIDS_FIELD, SEEN_AT_FIELD))
+
+
+_USER_FIELDS_FRAME = _fields_frame(USER_FIELDS)  # version 1
+_USER_FIELDS_FRAME_V2 = _fields_frame((*USER_FIELDS, *USER_CHOICE_FIELDS))  # version 2 (choice posterior)
 
 # json.dumps(ids, separators=(",", ":")) with one encoder instead of one per call.
 _EIDS_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -365,19 +372,26 @@ def write_batch(
     # The arguments are framed as they are built (the same bytes as packing
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
     # dozen fields, so each user's fields go through one framing template.
-    values = encode_user_records(list(records.values()))
+    recs = list(records.values())
+    # Every user of a batch gets the same field set (the script takes one
+    # count): the worker writes one record format per batch.
+    names = user_field_names(recs[0]) if recs else USER_FIELDS
+    if any(user_field_names(r) != names for r in recs):
+        raise ValueError("a batch mixes version 1 and version 2 user records")
+    frame = _USER_FIELDS_FRAME if names == USER_FIELDS else _USER_FIELDS_FRAME_V2
+    values = encode_user_records(recs)
     rows: list[tuple[bytes, ...]] = []
     for uid, vals in zip(records, values, strict=True):
         eids = _EIDS_JSON.encode(event_ids.get(uid, [])).encode()
-        # Every user of a batch gets the same field set (the script takes one count).
         sa = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
         rows.append((*vals, eids, sa))
-    nf = len(USER_FIELDS) + 2
+    nf = len(names) + 2
     if is_cluster_client(client):
-        return _write_cluster(client, prefix, list(records), rows, ttl_s, stream_key, worker_id, stats_blob, expected)
+        return _write_cluster(client, prefix, list(records), rows, ttl_s, stream_key, worker_id, stats_blob, expected,
+                              frame=frame, nf=nf)  # fmt: skip
     keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
     keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
-    fields = [_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in row)) for row in rows]
+    fields = [frame % tuple(chain.from_iterable((len(v), v) for v in row)) for row in rows]
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
     fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
@@ -392,25 +406,21 @@ def write_batch(
     return sid or None
 
 
-_FIELD_NAMES = (*USER_FIELDS, EIDS_FIELD, SEEN_AT_FIELD)
-
-
 def _write_cluster(
     client: Any, prefix: str, uids: list[str], rows: list[tuple[bytes, ...]], ttl_s: int, stream_key: str,
-    worker_id: str, stats_blob: bytes | None, expected: dict[str, bytes] | None,
+    worker_id: str, stats_blob: bytes | None, expected: dict[str, bytes] | None, frame: bytes, nf: int,
 ) -> bytes | None:  # fmt: skip
     """``write_batch`` on Redis Cluster: the write script once per hash slot
     (each user atomic and fenced), then, only if every slot was written, the
     statistics (see the module docstring for what a failure in between costs)."""
     ukeys = [user_key(prefix, u).encode() for u in uids]
-    nf = len(_FIELD_NAMES)
     head = _bulk(b"EVALSHA") + _bulk(_write_script.sha)
     tail = [_bulk(_b(int(ttl_s))), _bulk(_b(nf))]
     calls = []
     for g in _slot_groups(ukeys).values():
         keys = [ukeys[i] for i in g] + [forget_key(prefix, uids[i]).encode() for i in g]
         fence = [_bulk(expected.get(uids[i], b"*") if expected is not None else b"*") for i in g]
-        fields = [_USER_FIELDS_FRAME % tuple(chain.from_iterable((len(v), v) for v in rows[i])) for i in g]
+        fields = [frame % tuple(chain.from_iterable((len(v), v) for v in rows[i])) for i in g]
         n_args = 3 + len(keys) + 2 + len(g) + 2 * nf * len(g) + 2
         packed = b"".join([b"*%d\r\n" % n_args, head, _bulk(b"%d" % len(keys)), *map(_bulk, keys), *tail,
                            *fence, *fields, _bulk(b""), _bulk(b"")])  # fmt: skip

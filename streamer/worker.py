@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from model.choice import ChoiceConfig
 from model.config import HPMFConfig
 from streamer.batch_poll import RebalanceTracker, poll_batch
 from streamer.checkpoint_topic import CheckpointTopic
@@ -163,6 +164,8 @@ class Worker:
             keep_versions=s.global_keep_versions,
             kafka_checkpoint=CheckpointTopic(s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, kafka_security(s)),
             checkpoint_every_s=s.checkpoint_every_s,
+            choice_config=ChoiceConfig(n_factors=s.choice_factors, sweep_every=s.choice_sweep_every) if s.choice else None,
+            record_format=s.record_format if s.choice else 1,
         )  # fmt: skip
         _warm_up(cfg)
         _settle_garbage_collector()
@@ -406,7 +409,8 @@ class Worker:
         forgotten: dict[str, dict[int, int]] = {}
         stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions, forgotten)
         g.refresh(current)
-        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten)
+        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten,
+                              choice=g.choice, record_format=g.record_format)  # fmt: skip
         rb = self.rebuild
         assert rb is not None
         if update.records:

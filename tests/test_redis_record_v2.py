@@ -69,6 +69,8 @@ def test_user_v2_bytes_are_pinned() -> None:
     assert encode_user_records([sample_user_v2(), sample_user()]) == [
         tuple(USER_V2_BYTES.values()), tuple(USER_BYTES.values())
     ]
+    # the batched path the worker takes when every record of a batch is version 2
+    assert encode_user_records([sample_user_v2(), sample_user_v2()]) == [tuple(USER_V2_BYTES.values())] * 2
 
 
 def test_global_v2_bytes_are_pinned() -> None:

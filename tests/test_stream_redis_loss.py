@@ -113,12 +113,14 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
     watcher = threading.Thread(target=watch, daemon=True)
     srv = start_empty_redis(port, str(data))
     ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", prefix)
+    choice_ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", f"{prefix}:choice")
     try:
         with running(cmd, log) as proc:
             watcher.start()
             produce(kafka_bootstrap, topic_name, events[:2000])
             wait_for(lambda: sum(user_counts(client, prefix, users).values()) == 2000, 90, "first half applied")
             wait_for(lambda: ckpt.read_latest() is not None, 30, "a checkpoint in Kafka")
+            wait_for(lambda: choice_ckpt.read_latest() is not None, 30, "the choice component's checkpoint in Kafka")
             producer.start()
             wait_for(lambda: sum(user_counts(client, prefix, users).values()) > 2300, 60, "second half under way")
             gv_before = int(client.get(global_current_key(prefix)))
@@ -143,6 +145,9 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
         recs = log_records(log)
         sources = [r.get("source", "") for r in recs if r.get("msg") == "took the learner role"]
         assert any(str(s).startswith("kafka checkpoint") for s in sources), sources
+        # ... and so did the choice component (its own key in the same topic).
+        restored = [r for r in recs if r.get("msg") == "choice component restored"]
+        assert any(str(r.get("from", "")).startswith("kafka checkpoint") and r.get("clock", 0) > 0 for r in restored), restored
         assert gv_after > 0 and gv_after >= min(gv_before, 1)
         assert any("rebuilding partition" in str(r.get("msg")) for r in recs)
         assert any(r.get("msg") == "partitions rebuilt" for r in recs)

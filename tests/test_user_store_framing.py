@@ -25,7 +25,8 @@ def _records() -> dict[str, UserRecord]:
     return out
 
 
-def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytest.MonkeyPatch, version: int) -> None:
     sent: list[bytes] = []
 
     def capture(self: Any, client: Any, packed: bytes) -> bytes:
@@ -34,6 +35,9 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytes
 
     monkeypatch.setattr(user_store._Script, "_send", capture)
     records = _records()
+    if version == 2:  # the choice posterior, as the worker writes it at HPMF_RECORD_FORMAT=2
+        for k, rec in enumerate(records.values()):
+            rec.choice_mean, rec.choice_cov = np.r_[np.full(3, 0.1 * k), 0.0], np.diag([0.2, 0.3, 0.4, 0.0])
     event_ids = {"a": ["e1"], "b%c": ["e2", "e3"]}  # "user-3" has none
     seen_at = {"a": 12.0, "user-3": 40.5}  # "b%c" has none
     expected = {"a": b"3", "user-3": b""}
@@ -50,7 +54,8 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(monkeypatch: pytes
             fields += [name.encode(), value]
     keys = [user_key("pre", u).encode() for u in records] + [f"pre:f:{{{u}}}".encode() for u in records] + [b"pre:g:stream"]
     fence = [expected.get(u, b"*") for u in records]
-    args = [b"EVALSHA", user_store._write_script.sha, b"%d" % len(keys), *keys, b"600", b"13", *fence, *fields, b"w1", b"stats"]
+    nf = b"13" if version == 1 else b"16"  # 11 (+3 choice fields) + eids + sa
+    args = [b"EVALSHA", user_store._write_script.sha, b"%d" % len(keys), *keys, b"600", nf, *fence, *fields, b"w1", b"stats"]
     assert sent == [user_store._pack(args)]
 
 
@@ -61,3 +66,11 @@ def test_encode_user_records_matches_one_by_one_also_for_mixed_sizes() -> None:
     same = recs[:3]
     assert encode_user_records(same) == [tuple(encode_user_record(r).values()) for r in same]
     assert encode_user_records([]) == []
+
+
+def test_a_batch_does_not_mix_record_versions() -> None:
+    records = _records()
+    first = next(iter(records.values()))
+    first.choice_mean, first.choice_cov = np.zeros(3), np.zeros((3, 3))
+    with pytest.raises(ValueError, match="mixes"):
+        user_store.write_batch(None, "pre", records, {}, 600, "pre:g:stream", "w1", None)  # type: ignore[arg-type]
