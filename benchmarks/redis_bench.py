@@ -164,10 +164,10 @@ def lag_zero(port: int) -> bool:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return False
-    for line in text.splitlines():
-        if line.startswith("hpmf_stream_consumer_lag "):
-            return float(line.split()[1]) == 0
-    return False
+    # One gauge per partition (hpmf_stream_consumer_lag{topic=...,partition=...});
+    # caught up when there is at least one and every one is 0.
+    lags = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("hpmf_stream_consumer_lag{")]
+    return bool(lags) and all(x == 0 for x in lags)
 
 
 def applied(port: int) -> float:
