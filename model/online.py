@@ -401,7 +401,10 @@ class OnlineHPMF:
             raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
         users = batch.users()
         pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
-        served = self._served_errors(batch, pairs, states) if cfg.noise_from_served_errors else None
+        # The batch's own sum per pair: the served-error target, and the value of
+        # a pair whose video a short history already dropped (computed once).
+        batch_sums = _pair_sums(batch) if cfg.noise_from_served_errors else None
+        served = self._served_errors(pairs, states, batch_sums) if batch_sums is not None else None
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)
@@ -455,7 +458,6 @@ class OnlineHPMF:
         uindex = {u: k for k, u in enumerate(users)}
         ev_user = np.fromiter((uindex[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
         totals: list[float] = []
-        batch_sums: dict[tuple[str, str], float] | None = None
         for u, v in pairs:
             entry = new_states[u].history.get(v)
             if entry is None:
@@ -565,14 +567,14 @@ class OnlineHPMF:
         return LocalUpdate(new_states, stats)
 
     def _served_errors(
-        self, batch: Batch, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None],
+        sums: dict[tuple[str, str], float],
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Each pair's squared error against the mean served from its user's
         state before this batch, and that prediction's variance less the noise.
         The target is the pair's value in this batch (the first time the pair
         is seen, what was served was a prediction of exactly that)."""
         mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
-        sums = _pair_sums(batch)
         target = forward(self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64))
         model_var = np.maximum(std**2 - float(self._noise_var()), 0.0)
         return (target - mean) ** 2, model_var
