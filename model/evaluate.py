@@ -170,13 +170,17 @@ def run_stream(
             stop = n_train  # (holdout) a minibatch never straddles the split
         bu, bv = users[start:stop], videos[start:stop]
         t0 = time.perf_counter()
+        served = None
         if stop > scored_from:
             lo = max(start, scored_from)
             m, s = model.predict([states.get(u) for u in bu[lo - start :]], bv[lo - start :])
             means[lo - scored_from : stop - scored_from] = m
             stds[lo - scored_from : stop - scored_from] = s
+            served = (m, s) if lo == start else None
         if start < n_train:
-            states.update(model.learn(Batch.of(bu, bv, vals[start:stop]), states))
+            # What was just predicted is what was served: learn reuses it for
+            # the noise calibration instead of predicting the batch again.
+            states.update(model.learn(Batch.of(bu, bv, vals[start:stop]), states, served))
         seconds += time.perf_counter() - t0
         if progress is not None:
             progress(stop - start)

@@ -380,19 +380,30 @@ class OnlineHPMF:
         return mean.numpy(), var.sqrt().numpy()
 
     # ------------------------------------------------------------ learn
-    def learn(self, batch: Batch, states: Mapping[str, UserState | None]) -> dict[str, UserState]:
+    def learn(
+        self, batch: Batch, states: Mapping[str, UserState | None],
+        served: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, UserState]:  # fmt: skip
         """Learn one minibatch: local step, then global step. Returns the new
-        state of every user in the batch; ``states`` may lack new users."""
-        update = self.local_update(batch, states)
+        state of every user in the batch; ``states`` may lack new users.
+        ``served``: see :meth:`local_update`."""
+        update = self.local_update(batch, states, served)
         self.apply_global(update.stats)
         return update.states
 
     def local_update(
-        self, batch: Batch, states: Mapping[str, UserState | None]
-    ) -> LocalUpdate:
+        self, batch: Batch, states: Mapping[str, UserState | None],
+        served: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> LocalUpdate:  # fmt: skip
         """Fold the batch into the users' histories and recompute their
         posteriors exactly (the local step). Globals are not changed, except
-        that new videos are registered at their prior."""
+        that new videos are registered at their prior.
+
+        ``served``: the predictive mean and std of each of the batch's events
+        that the caller already computed with :meth:`predict` from ``states``
+        and this model as they are now (the evaluation harness scores exactly
+        those): the served errors of the noise calibration are then taken from
+        them instead of predicting every pair a second time."""
         cfg = self.config
         if not isinstance(batch, Batch):
             raise TypeError(f"learn() takes a model.batch.Batch, got {type(batch).__name__}")
@@ -400,11 +411,20 @@ class OnlineHPMF:
         if bad.size:
             raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
         users = batch.users()
-        pairs = list(dict.fromkeys(zip(batch.user_ids, batch.video_ids, strict=True)))
+        # Each distinct (user, video) pair with its first event in the batch.
+        first: dict[tuple[str, str], int] = {}
+        for k, p in enumerate(zip(batch.user_ids, batch.video_ids, strict=True)):
+            first.setdefault(p, k)
+        pairs = list(first)
         # The batch's own sum per pair: the served-error target, and the value of
         # a pair whose video a short history already dropped (computed once).
         batch_sums = _pair_sums(batch) if cfg.noise_from_served_errors else None
-        served = self._served_errors(pairs, states, batch_sums) if batch_sums is not None else None
+        served_err = None
+        if batch_sums is not None:
+            if served is not None and len(served[0]) != len(batch):
+                raise ValueError(f"served has {len(served[0])} predictions for a batch of {len(batch)}")
+            at = np.fromiter(first.values(), dtype=np.int64, count=len(first)) if served is not None else None
+            served_err = self._served_errors(pairs, states, batch_sums, served, at)
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)
@@ -562,19 +582,25 @@ class OnlineHPMF:
             event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
             user_ids=list(users),
         )  # fmt: skip
-        if served is not None:
-            stats.served_sq_err, stats.served_model_var = served
+        if served_err is not None:
+            stats.served_sq_err, stats.served_model_var = served_err
         return LocalUpdate(new_states, stats)
 
     def _served_errors(
         self, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None],
-        sums: dict[tuple[str, str], float],
+        sums: dict[tuple[str, str], float], served: tuple[np.ndarray, np.ndarray] | None = None,
+        at: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Each pair's squared error against the mean served from its user's
         state before this batch, and that prediction's variance less the noise.
         The target is the pair's value in this batch (the first time the pair
-        is seen, what was served was a prediction of exactly that)."""
-        mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
+        is seen, what was served was a prediction of exactly that). ``served``
+        (per event) with ``at`` (each pair's first event): the caller's
+        predictions, made from the same states; otherwise predicted here."""
+        if served is not None and at is not None:
+            mean, std = np.asarray(served[0], dtype=np.float64)[at], np.asarray(served[1], dtype=np.float64)[at]
+        else:
+            mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
         target = forward(self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64))
         model_var = np.maximum(std**2 - float(self._noise_var()), 0.0)
         return (target - mean) ** 2, model_var

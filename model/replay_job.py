@@ -25,6 +25,8 @@ True
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -60,15 +62,39 @@ def _run(inputs: SweepInputs) -> SweepResult:
         return replay_sweep(*(getattr(inputs, f) for f in SweepInputs.__dataclass_fields__))  # type: ignore[arg-type]
 
 
-class SweepThread:
-    """One background thread for a model's sweeps, started on first use."""
+SWEEP_NICE = 10
+"""How much lower than the process the sweep thread's CPU priority is (Linux
+nice steps). A sweep is background work: when the machine has no idle core the
+loop that applies batches comes first, and the sweep takes what is left
+(MovieLens 100K at minibatch 1024 on a busy 2-core machine: see
+docs/evaluation.md). Its torch kernels release the GIL, so the loop is not
+stuck behind a descheduled sweep."""
 
-    def __init__(self) -> None:
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` steps (Linux: a
+    thread is a task with its own nice value; elsewhere nothing happens)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:  # not permitted or not supported: run at the process's priority
+        pass
+
+
+class SweepThread:
+    """One background thread for a model's sweeps, started on first use, at a
+    CPU priority ``nice`` steps below the process's (:data:`SWEEP_NICE`)."""
+
+    def __init__(self, nice: int = SWEEP_NICE) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self.nice = nice
 
     def submit(self, inputs: SweepInputs) -> Future[SweepResult]:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpmf-replay-sweep")
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpmf-replay-sweep",
+                                            initializer=_lower_priority, initargs=(self.nice,))  # fmt: skip
         return self._pool.submit(_run, inputs)
 
 

@@ -45,7 +45,7 @@ class Recorder:
         std = np.array([1.0 + (0 if s is None else s.n_events) for s in states])
         return mean, std
 
-    def learn(self, batch: Batch, states: Mapping[str, UserState | None]) -> dict[str, UserState]:
+    def learn(self, batch: Batch, states: Mapping[str, UserState | None], served: object = None) -> dict[str, UserState]:
         self.n_learned += len(batch)
         out: dict[str, UserState] = {}
         for u in batch.user_ids:
