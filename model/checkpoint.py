@@ -26,9 +26,7 @@ from typing import Any
 
 import torch
 
-from model.adam import Adam
 from model.config import HPMFConfig
-from model.hpmf_model import Hypers
 from model.online import OnlineHPMF
 
 SCHEMA = "hpmf.checkpoint"
@@ -40,27 +38,8 @@ class CheckpointError(ValueError):
 
 
 def state_dict(model: OnlineHPMF) -> dict[str, Any]:
-    n = model.n_videos
-    hp = model.hp
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "config": model.config.to_dict(),
-        "version": model.version,
-        "n_seen": model.n_seen,
-        "video_ids": list(model.video_ids),
-        "v_prec": model._v_prec[:n].clone(),
-        "v_shift": model._v_shift[:n].clone(),
-        "v_time": model._v_time[:n].clone(),
-        "v_mean": model._v_mean[:n].clone(),
-        "v_cov": model._v_cov[:n].clone(),
-        "hypers": None if hp is None else {k: v.detach().clone() for k, v in vars(hp).items()},
-        "optimizer": None if model._opt is None else model._opt.state_dict(),
-        "rng": model._rng.get_state(),
-        "r_sum": model._r_sum,
-        "r_weight": model._r_weight,
-        "noise_calibration": model.noise_calibration.state(),
-    }
+    """The checkpoint's dict: the schema fields, then :meth:`OnlineHPMF.state_dict`."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **model.state_dict()}
 
 
 def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
@@ -72,25 +51,7 @@ def load_state_dict(sd: dict[str, Any]) -> OnlineHPMF:
             f"code (it reads version {SCHEMA_VERSION}); re-fit with `hpmf fit` or use a matching release"
         )
     model = OnlineHPMF(HPMFConfig.from_dict(sd["config"]))
-    model.version = int(sd["version"])
-    model.n_seen = int(sd["n_seen"])
-    model._register([str(v) for v in sd["video_ids"]])
-    n = model.n_videos
-    model._v_prec[:n] = sd["v_prec"]
-    model._v_shift[:n] = sd["v_shift"]
-    model._v_time[:n] = sd["v_time"]
-    model._v_mean[:n] = sd["v_mean"]
-    model._v_cov[:n] = sd["v_cov"]
-    if sd["hypers"] is not None:
-        model.hp = Hypers(**{k: v.clone().requires_grad_(True) for k, v in sd["hypers"].items()})
-        model._opt = Adam(model.hp.learned_leaves(), lr=model.config.svi_lr)
-        if sd["optimizer"] is not None:
-            model._opt.load_state_dict(sd["optimizer"])
-    model._rng.set_state(sd["rng"])
-    model._r_sum = float(sd["r_sum"])
-    model._r_weight = float(sd["r_weight"])
-    if "noise_calibration" in sd:  # absent from checkpoints written before it existed: start afresh
-        model.noise_calibration.load(sd["noise_calibration"])
+    model.load_state_dict(sd)
     return model
 
 

@@ -1,0 +1,71 @@
+"""The hyper-parameters as the steps read them: b0, the noise, the pooled priors.
+
+Before the first batch (``hp`` None) every accessor falls back to the
+configured priors: b0's prior mean, unit noise, N(0, diag(initial scales)^2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.adam import Adam
+from model.config import HPMFConfig
+from model.hpmf_model import Hypers, mean_mask
+from model.posterior import PooledPrior
+
+DTYPE = torch.float64
+
+
+class HyperState:
+    """The hyper-parameter accessors of :class:`model.online.OnlineHPMF` (a mixin)."""
+
+    config: HPMFConfig
+    hp: Hypers | None
+    _opt: Adam | None
+
+    def _ensure_hypers(self, targets: np.ndarray) -> Hypers:
+        if self.hp is None:
+            b0 = float(np.mean(targets)) if targets.size else 0.0
+            sd = float(np.std(targets)) if targets.size > 1 else 1.0
+            self.hp = Hypers.initial(self.config, b0=b0, sigma=max(sd, 1e-2))
+            self._opt = Adam(self.hp.learned_leaves(), lr=self.config.svi_lr)
+        return self.hp
+
+    def _b0(self) -> torch.Tensor:
+        if self.hp is None:  # nothing learned yet: b0's prior mean
+            return torch.tensor(self.config.global_mean_prior, dtype=DTYPE)
+        return self.hp.b0.detach()
+
+    def _noise_var(self) -> torch.Tensor:
+        if self.hp is None:
+            return torch.tensor(1.0, dtype=DTYPE)
+        return (2 * self.hp.log_sigma.detach()).exp()
+
+    def _user_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if self.hp is None or not cfg.user_pooling:
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
+        return self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
+
+    def _video_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if self.hp is None or not cfg.video_pooling:
+            return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
+        return self.hp.mu_v.detach() * mean_mask(cfg), self.hp.log_s_v.detach().exp()
+
+    def pooled_prior(self) -> PooledPrior:
+        """What a brand-new user gets: N(E[mu_u], diag(s_u)^2 + Var[mu_u])."""
+        mean, scale = self._user_prior()
+        var = scale.pow(2)
+        if self.hp is not None and self.config.user_pooling:
+            var = var + (2 * self.hp.mu_u_log_scale.detach()).exp() * mean_mask(self.config)
+        return PooledPrior(mean.numpy().copy(), torch.diag(var).numpy())
+
+    @property
+    def sigma(self) -> float:
+        return float(self._noise_var().sqrt())
+
+    @property
+    def global_mean(self) -> float:
+        return float(self._b0())

@@ -1,0 +1,162 @@
+"""The learner's side of :class:`model.online.OnlineHPMF`: the global step.
+
+:meth:`GlobalStep.apply_global` applies one batch's statistics: the touched
+videos' natural-gradient update (decay, then add), the replay window and its
+sweeps (:class:`model.replay_schedule.ReplaySchedule`), Pyro SVI on the
+hyper-parameters (:meth:`GlobalStep._svi_step`, on a buffer of recent events),
+the noise from the served errors and the catalogue cap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import torch
+
+from model.global_stats import GlobalStats
+from model.hpmf_model import SVIData, hpmf_guide, hpmf_model, mean_mask
+from model.noise_calibration import NoiseCalibration
+from model.replay_schedule import ReplaySchedule
+
+DTYPE = torch.float64
+
+
+class GlobalStep(ReplaySchedule):
+    """The global step (a mixin of :class:`model.online.OnlineHPMF`)."""
+
+    learner: bool
+    version: int
+    _rng: torch.Generator
+    _svi_buffered: int
+    _r_sum: float
+    _r_weight: float
+    noise_calibration: NoiseCalibration
+
+    def apply_global(self, stats: GlobalStats) -> None:
+        """The global step: natural-gradient update of the touched videos, then
+        (once enough events gathered) Pyro SVI steps on the hyper-parameters."""
+        cfg = self.config
+        if not self.learner:
+            raise RuntimeError(
+                "this model's globals were imported from a snapshot; only the learner "
+                "(which owns the natural parameters) may apply a global step"
+            )
+        self._ensure_hypers(stats.target)
+        rows = self._rows(stats.video_ids, register=True)
+        self.n_seen += stats.n_events
+        keep = float(np.exp(-len(stats.target) / cfg.effective_data_size))
+        self._r_sum = keep * self._r_sum + float(np.sum(stats.target))
+        self._r_weight = keep * self._r_weight + len(stats.target)
+        with torch.no_grad():
+            self.hp.b0.fill_(self._r_sum / self._r_weight)
+        # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
+        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
+        batch_prec, batch_shift = torch.from_numpy(stats.video_prec), torch.from_numpy(stats.video_shift)
+        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + batch_prec
+        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + batch_shift
+        replayed = bool(stats.user_ids) and self.replay.capacity > 0
+        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] + (batch_prec if replayed else 0.0)
+        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] + (batch_shift if replayed else 0.0)
+        self._v_time[rows] = float(self.n_seen)
+        self._refresh_videos(rows)
+        # 2. The replay window: revisit recent events so the videos learn taste.
+        if replayed:
+            users = [stats.user_ids[k] for k in stats.event_user.tolist()]
+            self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
+            self._replay_step()
+        # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
+        self._svi_buffer.append((stats, rows.numpy()))
+        self._svi_buffered += len(stats.target)
+        if self._svi_buffered >= self.svi_interval():
+            self._svi_step()
+            self._svi_buffer.clear()
+            self._svi_buffered = 0
+        # 4. The noise from the errors of what was served (model.noise_calibration).
+        self.noise_calibration.add(stats.served_sq_err, stats.served_model_var)
+        noise_var = self.noise_calibration.noise_var() if cfg.noise_from_served_errors else None
+        if noise_var is not None:
+            with torch.no_grad():
+                self.hp.log_sigma.fill_(0.5 * float(np.log(noise_var)))
+        self.enforce_catalogue_cap()
+        self.version += 1
+
+    def svi_interval(self) -> int:
+        """Events to gather before the next SVI step (see HPMFConfig.svi_interval_max)."""
+        cfg = self.config
+        grown = int(self.n_seen * cfg.svi_interval_growth)
+        return max(cfg.svi_min_events, min(grown, cfg.svi_interval_max))
+
+    def _svi_step(self) -> None:
+        cfg = self.config
+        if cfg.svi_steps == 0 or self.hp is None or self._opt is None:
+            return
+        buf = self._svi_buffer
+        users_m, users_c, ev_u, ev_v, tgt = [], [], [], [], []
+        u_off = 0
+        for s, s_rows in buf:
+            users_m.append(s.user_mean)
+            users_c.append(s.user_cov)
+            ev_u.append(s.event_user + u_off)
+            u_off += len(s.user_mean)
+            ev_v.append(s_rows[s.event_video])
+            tgt.append(s.target)
+        ev_v_all = np.concatenate(ev_v)
+        ev_u_all = np.concatenate(ev_u)
+        tgt_all = np.concatenate(tgt)
+        live = ev_v_all >= 0  # -1: the video was forgotten by the catalogue cap since
+        if not live.all():
+            ev_v_all, ev_u_all, tgt_all = ev_v_all[live], ev_u_all[live], tgt_all[live]
+            if not len(tgt_all):
+                return
+        vrows_all = torch.from_numpy(ev_v_all)
+        vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
+        vm, vc = self._v_mean[vrows], self._v_cov[vrows]
+        event_user = torch.from_numpy(ev_u_all)
+        target = torch.from_numpy(tgt_all)
+        user_mean = torch.from_numpy(np.concatenate(users_m))
+        user_cov = torch.from_numpy(np.concatenate(users_c))
+        if not live.all():  # keep only the users that still have events
+            used_u, event_user = torch.unique(event_user, return_inverse=True)
+            user_mean, user_cov = user_mean[used_u], user_cov[used_u]
+        if len(target) > cfg.svi_max_events:
+            # The hyper-parameters are few: a random subset of the buffer gives
+            # an unbiased gradient at a cost that does not grow with the batch.
+            pick = torch.randperm(len(target), generator=self._rng)[: cfg.svi_max_events]
+            event_user, target, ev_video = event_user[pick], target[pick], ev_video[pick]
+            used_u, event_user = torch.unique(event_user, return_inverse=True)
+            user_mean, user_cov = user_mean[used_u], user_cov[used_u]
+            used_v, ev_video = torch.unique(ev_video, return_inverse=True)
+            vrows, vm, vc = vrows[used_v], vm[used_v], vc[used_v]
+        n_events = len(target)
+        n_users = len(user_mean)
+        jitter = 1e-9 * torch.eye(cfg.dim, dtype=DTYPE)
+        data = SVIData(
+            user_mean=user_mean,
+            user_tril=torch.linalg.cholesky(user_cov + jitter),
+            video_rows=vrows, video_mean=vm, video_tril=torch.linalg.cholesky(vc + jitter),
+            event_user=event_user, event_video=ev_video,
+            target=target, n_videos=max(self.n_videos, 1),
+            users_size=cfg.effective_data_size * n_users / n_events,
+            events_size=cfg.effective_data_size,
+        )  # fmt: skip
+        elbo = pyro.infer.Trace_ELBO()
+        # fork_rng(devices=[]): only the CPU generator (asking for CUDA devices
+        # loads the driver library on every call); argument validation off:
+        # the inputs are built here and checked once, not at every step.
+        with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            # The CPU generator only: torch.manual_seed also seeds every
+            # accelerator backend, a cost paid on every step.
+            torch.default_generator.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
+            for _ in range(cfg.svi_steps):
+                self._opt.zero_grad()
+                # Scale the loss per event so Adam's step size does not depend on N_eff.
+                loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
+                (loss / cfg.effective_data_size).backward()
+                if not cfg.learn_prior_scales:
+                    # The taste scales stay put (they shrink towards the zero
+                    # fixed point when learned); the bias scales are learned.
+                    taste = mean_mask(cfg)
+                    for leaf in (self.hp.log_s_u, self.hp.log_s_v):
+                        if leaf.grad is not None:
+                            leaf.grad.mul_(1.0 - taste)
+                self._opt.step()
