@@ -1,14 +1,20 @@
-"""Online HPMF: the two verbs the service calls, ``predict`` and ``learn``.
+"""Online HPMF: ``predict``, and learning one minibatch at a time.
 
-One minibatch does (see :meth:`OnlineHPMF.learn`):
+The service's workers call :meth:`~model.online_local.LocalStep.local_update`
+and its learner :meth:`~model.online_global.GlobalStep.apply_global`; the
+evaluation harness calls :meth:`OnlineHPMF.learn` (both, in one process) and
+``predict``. One minibatch does:
 
-1. **Local step, exact** (:mod:`model.local_step`): every touched user's
-   q(x_i) is recomputed from their aggregated history against the pooled prior
-   and the current video posteriors, in closed form, vectorised over the batch.
-2. **Global step** (:mod:`model.video_step`, :mod:`model.hpmf_model`): a
-   natural-gradient SVI step on the touched videos' posteriors, then Pyro SVI
-   steps on the hyper-parameters (b0, sigma, mu_u, s_u, mu_v, s_v), the
-   likelihood scaled to the effective data size N_eff.
+1. **Local step, exact** (:mod:`model.online_local`, :mod:`model.local_step`):
+   every touched user's q(x_i) is recomputed from their aggregated history
+   against the pooled prior and the current video posteriors, in closed form,
+   vectorised over the batch.
+2. **Global step** (:mod:`model.online_global`, :mod:`model.video_step`,
+   :mod:`model.hpmf_model`): a natural-gradient SVI step on the touched
+   videos' posteriors, the replay sweeps (:mod:`model.replay_schedule`), then
+   Pyro SVI steps on the hyper-parameters (mu_u, s_u, mu_v, s_v), the
+   likelihood scaled to the effective data size N_eff; b0 is a running mean
+   and sigma comes from the served errors (:mod:`model.noise_calibration`).
 
 The model holds only globals plus an id-to-row map for videos; per-user state
 (:class:`model.posterior.UserState`) is passed in and handed back, so the
