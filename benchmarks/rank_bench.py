@@ -35,6 +35,7 @@ and enough users come back (30% heavy watchers, 30 views on average over days)
 that there is taste to learn: on events scored after a user's 3rd, ranking by the
 true choice probabilities reaches hit@10 0.64 where popularity reaches 0.23 (3 days)."""
 SIM_EVERY, SIM_WARMUP = 5, 4000
+SIM_RUNGS = ("popularity", "decayed_popularity", "cooccurrence", "choice", "hpmf")
 
 
 def ranking_figures(
@@ -49,13 +50,11 @@ def ranking_figures(
 def simulated() -> dict[str, float]:
     sim = simulate(SIM)
     n, m = ranking_figures(sim.user_ids.tolist(), sim.video_ids.tolist(), sim.values,
-                           ("popularity", "choice", "hpmf"), SIM_EVERY, SIM_WARMUP, transform="log1p")  # fmt: skip
-    out = {
-        "rank.sim_n_scored": float(n),
-        "rank.sim_hpmf_hit10": m["hpmf"]["hit10"],
-        "rank.sim_choice_hit10": m["choice"]["hit10"],
-        "rank.sim_popularity_hit10": m["popularity"]["hit10"],
-    }
+                           SIM_RUNGS, SIM_EVERY, SIM_WARMUP, transform="log1p")  # fmt: skip
+    out = {"rank.sim_n_scored": float(n)}
+    for name in SIM_RUNGS:
+        out[f"rank.sim_{name}_hit10"] = m[name]["hit10"]
+        out[f"rank.sim_{name}_ndcg10"] = m[name]["ndcg10"]
     out["rank.sim_hit10_ratio"] = out["rank.sim_hpmf_hit10"] / out["rank.sim_popularity_hit10"]
     return out
 
@@ -67,9 +66,7 @@ def movielens() -> dict[str, float]:
     out = {"rank.n_scored": float(n)}
     for name in ML_RUNGS:
         out[f"rank.{name}_hit10"] = m[name]["hit10"]
-    out["rank.hpmf_ndcg10"] = m["hpmf"]["ndcg10"]
-    out["rank.popularity_ndcg10"] = m["popularity"]["ndcg10"]
-    out["rank.cooccurrence_ndcg10"] = m["cooccurrence"]["ndcg10"]
+        out[f"rank.{name}_ndcg10"] = m[name]["ndcg10"]
     return out
 
 

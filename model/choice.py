@@ -107,6 +107,11 @@ class ChoiceConfig:
     """ALS iterations (all window users, then all videos) per sweep."""
     init_jitter: float = 0.1
     """Scale of a new video's deterministic initial offset of z_j (breaks symmetry)."""
+    session_weight: float = 1.0
+    """gamma: the served user vector is E[a_i] + gamma x the mean z_j of the
+    user's latest ``session_size`` started videos (the session term; 0: off)."""
+    session_size: int = 5
+    """L: how many of the latest started videos the session term averages."""
 
     def __post_init__(self) -> None:
         if self.n_factors < 1:
@@ -119,6 +124,8 @@ class ChoiceConfig:
             raise ValueError("effective_data_size and prior_scale must be > 0")
         if self.history_size < 1 or self.window < 1 or self.sweep_every < 1:
             raise ValueError("history_size, window and sweep_every must be >= 1")
+        if self.session_weight < 0 or self.session_size < 1:
+            raise ValueError("session_weight must be >= 0 and session_size >= 1")
 
     @property
     def dim(self) -> int:
@@ -349,6 +356,31 @@ class ChoiceModel:
         out_m[:, :k] = mean
         out_c[:, :k, :k] = cov
         return out_m, out_c
+
+    def served_means(self, histories: Sequence[Sequence[str]], means: np.ndarray) -> np.ndarray:
+        """The user vectors ``recommend`` serves: each padded posterior mean
+        [E[a_i], 0] plus the session term gamma x (mean z_j over the user's
+        latest L started videos known here), so the score of video j is
+        E[a_i] . z_j + e_j + gamma x mean_k z_k . z_j: taste plus what is near
+        the videos just started (next-item choices follow the session). The
+        learner fits the videos to the posteriors alone; this is serving's.
+
+        >>> m = ChoiceModel(ChoiceConfig(n_factors=2, session_weight=2.0, session_size=1))
+        >>> m.register(["a", "b"])
+        >>> out = m.served_means([["b", "a"], []], np.zeros((2, 3)))
+        >>> bool(np.allclose(out[0, :2], 2 * m.video_mean()[0, :2])), out[1].tolist(), float(out[0, 2])
+        (True, [0.0, 0.0, 0.0], 0.0)
+        """
+        cfg = self.config
+        out = np.array(means, dtype=np.float64, copy=True)
+        if cfg.session_weight == 0 or out.shape[0] == 0:
+            return out
+        k, index = cfg.n_factors, self.video_index
+        for u, h in enumerate(histories):
+            rows = [index[v] for v in h[-cfg.session_size :] if v in index]
+            if rows:
+                out[u, :k] += cfg.session_weight * self._mean[rows, :k].mean(0)
+        return out
 
     def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
         """What a brand-new user gets: the pooled prior, padded."""
