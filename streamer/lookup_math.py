@@ -235,12 +235,13 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-CHOICE_SHARPNESS = 10.0
+CHOICE_SHARPNESS = 20.0
 """lambda of :func:`start_probability`: how steeply P(start) rises with the
-choice score (measured on the taste simulator, 3 days x 1,000 users, every 5th
-event after 4,000: hit@10 of P x E[minutes] 0.23 at lambda 0 (linear), 0.29 at
-6, 0.31 at 10, 0.32 at 20, against 0.33 for P(start) alone and 0.27 for
-popularity; docs/ranking.md)."""
+choice score. Measured on the taste simulator (3 days x 1,000 users, every 5th
+event after 4,000), hit@10 of P x E[minutes]: 0.23 at lambda 0 (linear), 0.29
+at 6, 0.31 at 10, 0.32 at 20, against 0.33 for P(start) alone and 0.27 for
+popularity; on the rank suite's 7-day simulator lambda 10 gave 0.317, 1.49x
+popularity (docs/ranking.md)."""
 
 
 def start_probability(s: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ def start_probability(s: np.ndarray) -> np.ndarray:
     twice as high, so E[minutes | start] ordered the list and hit@10 fell below
     popularity on the taste simulator (0.23 against 0.27).
 
-    >>> start_probability(np.array([0.5, 0.4, -np.inf])).round(4).tolist()
+    >>> start_probability(np.array([0.5, 0.45, -np.inf])).round(4).tolist()
     [1.0, 0.3679, 0.0]
     """
     s = np.asarray(s, dtype=np.float64)
