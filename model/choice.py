@@ -53,7 +53,9 @@ variance tr(S_j E[y y^T]) + m_j^T S_y m_j: exactly the minutes model's
 predictive with biases, b0 = 0 and a user "bias" fixed at 0. That is how
 :mod:`streamer.lookup_math` serves it (one more packed matrix pass), and why a
 user's choice posterior is stored padded to K+1 dims, [a_i, 0].
-P(start) is read as clip(s, 0, 1).
+The served user vector adds a session term, E[a_i] + gamma x mean z_k over the
+user's latest L started videos (:meth:`ChoiceModel.served_means`), and P(start)
+is read as exp(lambda (s - max s)) (:func:`streamer.lookup_math.start_probability`).
 
 >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=4))
 >>> st = {}
@@ -70,136 +72,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.choice_config import ChoiceConfig, ChoiceState
+from model.choice_sweep import sweep_window
+from model.choice_user_step import feature_second_moment, pad_user, session_means, user_step
 from model.online import video_jitter
 
-
-@dataclass(frozen=True)
-class ChoiceConfig:
-    """Settings of :class:`ChoiceModel` (see the module docstring for the symbols)."""
-
-    n_factors: int = 10
-    negative_weight: float = 1.0
-    """w0: the confidence of every not-started video (a weak negative)."""
-    positive_weight: float = 20.0
-    """alpha: the extra confidence of a started video (at age 0)."""
-    user_forgetting: float = 0.97
-    """f: a started video's extra confidence is alpha * f^(the user's later events)."""
-    effective_data_size: float = 20_000.0
-    """N_eff: the learner's evidence about videos decays as exp(-events / N_eff)."""
-    prior_scale: float = 0.3
-    """s_a at the start, and s_q (the video prior scale, fixed)."""
-    pooled: bool = True
-    """Learn mu_a and s_a from the window's users (empirical Bayes); else fixed at 0, prior_scale."""
-    history_size: int = 200
-    """The user step uses the user's latest H started videos."""
-    window: int = 60_000
-    """(user, video) pairs the learner keeps for the video step."""
-    sweep_every: int = 1000
-    """Events between full recomputations of every video from the window."""
-    own_user_factors: bool = True
-    """False: the users' factors come from elsewhere (the minutes model's u_i,
-    shared) and the learner only fits the videos' choice factors to them."""
-    sweep_iterations: int = 1
-    """ALS iterations (all window users, then all videos) per sweep."""
-    init_jitter: float = 0.1
-    """Scale of a new video's deterministic initial offset of z_j (breaks symmetry)."""
-
-    def __post_init__(self) -> None:
-        if self.n_factors < 1:
-            raise ValueError(f"n_factors must be >= 1, got {self.n_factors}")
-        if self.negative_weight <= 0 or self.positive_weight <= 0:
-            raise ValueError("negative_weight and positive_weight must be > 0")
-        if not 0.0 < self.user_forgetting <= 1.0:
-            raise ValueError(f"user_forgetting must be in (0, 1], got {self.user_forgetting}")
-        if self.effective_data_size <= 0 or self.prior_scale <= 0:
-            raise ValueError("effective_data_size and prior_scale must be > 0")
-        if self.history_size < 1 or self.window < 1 or self.sweep_every < 1:
-            raise ValueError("history_size, window and sweep_every must be >= 1")
-
-    @property
-    def dim(self) -> int:
-        """Length of a video's q_j = [z_j, e_j] (and of a stored user vector [a_i, 0])."""
-        return self.n_factors + 1
-
-
-@dataclass
-class ChoiceState:
-    """One user's choice posterior and the started videos it came from.
-
-    ``mean``/``cov`` are padded to K+1 dims ([a_i, 0], zero variance in the
-    last): the layout :mod:`streamer.lookup_math` serves. ``history``: the
-    started videos, oldest first, each once.
-    """
-
-    history: list[str] = field(default_factory=list)
-    mean: np.ndarray | None = None
-    cov: np.ndarray | None = None
-
-    def copy(self) -> ChoiceState:
-        return ChoiceState(
-            list(self.history),
-            None if self.mean is None else self.mean.copy(),
-            None if self.cov is None else self.cov.copy(),
-        )
-
-
-def user_step(
-    q_mean: np.ndarray,
-    q_cov: np.ndarray,
-    confidence: np.ndarray,
-    gram: np.ndarray,
-    prior_mean: np.ndarray,
-    prior_var: np.ndarray,
-    w0: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """q(a_i) = N(mean, cov) in closed form (see the module docstring).
-
-    ``q_mean`` (n, K+1), ``q_cov`` (n, K+1, K+1): the user's started videos;
-    ``confidence`` (n,): their c_ij; ``gram`` (K+1, K+1): sum_j E[q_j q_j^T]
-    over the whole catalogue. Returns (K,) mean and (K, K) cov.
-
-    With nothing started the negatives alone pull a towards scores of 0:
-
-    >>> g = np.array([[2.0, 1.0], [1.0, 3.0]])
-    >>> m, c = user_step(np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros(0), g,
-    ...                  np.zeros(1), np.ones(1), 1.0)
-    >>> m.tolist(), c.tolist()   # Lambda = 1 + 2 = 3, h = -1
-    ([-0.3333333333333333], [[0.3333333333333333]])
-    """
-    k = gram.shape[0] - 1
-    eqq = q_cov + q_mean[:, :, None] * q_mean[:, None, :]
-    extra = confidence - w0
-    prec = np.diag(1.0 / prior_var) + w0 * gram[:k, :k] + np.einsum("n,nab->ab", extra, eqq[:, :k, :k])
-    shift = (
-        prior_mean / prior_var
-        - w0 * gram[k, :k]
-        + confidence @ q_mean[:, :k]
-        - extra @ eqq[:, k, :k]
-    )
-    cov = np.linalg.inv(prec)
-    cov = 0.5 * (cov + cov.T)
-    return cov @ shift, cov
-
-
-def pad_user(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[a, 0] and its covariance with a zero last row/column (the served layout)."""
-    k = mean.shape[0]
-    m = np.zeros(k + 1)
-    m[:k] = mean
-    c = np.zeros((k + 1, k + 1))
-    c[:k, :k] = cov
-    return m, c
-
-
-def feature_second_moment(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """E[y] and E[y y^T] of y = [a, 1] for padded (..., K+1) posteriors."""
-    ey = mean.copy()
-    ey[..., -1] = 1.0
-    return ey, cov + ey[..., :, None] * ey[..., None, :]
+__all__ = ["ChoiceConfig", "ChoiceModel", "ChoiceState", "feature_second_moment", "pad_user", "user_step"]
 
 
 class ChoiceModel:
@@ -350,6 +231,13 @@ class ChoiceModel:
         out_c[:, :k, :k] = cov
         return out_m, out_c
 
+    def served_means(self, histories: Sequence[Sequence[str]], means: np.ndarray) -> np.ndarray:
+        """The user vectors ``recommend`` serves: :func:`model.choice_user_step.session_means`
+        against the current videos (the learner fits the videos to the posteriors alone)."""
+        cfg = self.config
+        rows = [[self.video_index[v] for v in h[-cfg.session_size :] if v in self.video_index] for h in histories]
+        return session_means(self._mean[:, : cfg.n_factors], rows, means, cfg.session_weight)
+
     def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
         """What a brand-new user gets: the pooled prior, padded."""
         return pad_user(self.prior_mean.copy(), np.diag(self.prior_var))
@@ -458,80 +346,7 @@ class ChoiceModel:
         if not self._users:
             return
         for _ in range(cfg.sweep_iterations):
-            self._sweep_once()
-
-    def _sweep_once(self) -> None:
-        """One ALS iteration over the window: every window user's posterior from
-        their window history against the current videos, then every video."""
-        cfg = self.config
-        uids = list(self._users)
-        uindex = {u: k for k, u in enumerate(uids)}
-        pu = np.fromiter((uindex[u] for u, _ in self._pairs), dtype=np.int64, count=len(self._pairs))
-        pr = np.fromiter((r for _, r in self._pairs), dtype=np.int64, count=len(self._pairs))
-        if cfg.own_user_factors and pu.size:
-            # Every window user's started videos, oldest first (the window is
-            # in clock order; a stable sort by user keeps it), the latest
-            # history_size of each: no Python loop over the pairs' ids.
-            order = np.argsort(pu, kind="stable")
-            owner, rows = pu[order], pr[order]
-            counts = np.bincount(owner, minlength=len(uids))
-            from_end = np.cumsum(counts)[owner] - 1 - np.arange(owner.shape[0])
-            keep = from_end < cfg.history_size
-            owner, rows = owner[keep], rows[keep]
-            lens = np.bincount(owner, minlength=len(uids))
-            present = np.flatnonzero(lens)
-            um, uc = self._posteriors_of_rows(rows, lens[present])
-            for k, u in enumerate(present.tolist()):
-                uid = uids[u]
-                self._users[uid] = (um[k], uc[k], self._users[uid][2])
-        means = np.stack([self._users[u][0] for u in uids])
-        covs = np.stack([self._users[u][1] for u in uids])
-        last = np.array([self._users[u][2] for u in uids], dtype=np.float64)
-        ey, eyy = feature_second_moment(means, covs)
-        d_user = np.exp(-(self.clock - last) / cfg.effective_data_size)
-        self._gu = np.einsum("u,uab->ab", d_user, eyy)
-        self._gu_weight = dict(zip(uids, d_user.tolist(), strict=True))
-        n = self.n_videos
-        pt = np.fromiter(self._pairs.values(), dtype=np.float64, count=len(self._pairs))
-        w0, a = cfg.negative_weight, cfg.positive_weight
-        c = (w0 + a) * np.exp(-(self.clock - pt) / cfg.effective_data_size)
-        extra = np.maximum(c - w0 * d_user[pu], 0.0)
-        # Sum each pair's term into its video: pairs sorted by video, then
-        # segment sums in blocks (O(pairs x d^2); a dense videos x users
-        # weight matrix costs O(videos x users x d^2) and dominated the sweep).
-        d = cfg.dim
-        eyy_flat = eyy.reshape(len(uids), d * d)
-        prec = np.zeros((n, d * d))
-        shift = np.zeros((n, d))
-        order = np.argsort(pr, kind="stable")
-        pr_s, pu_s, extra_s, c_s = pr[order], pu[order], extra[order], c[order]
-        for lo in range(0, pr_s.shape[0], 8192):
-            rows_b = pr_s[lo : lo + 8192]
-            starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
-            ub = pu_s[lo : lo + 8192]
-            rows_u = rows_b[starts]  # distinct within the block: += is exact
-            prec[rows_u] += np.add.reduceat(extra_s[lo : lo + 8192, None] * eyy_flat[ub], starts, axis=0)
-            shift[rows_u] += np.add.reduceat(c_s[lo : lo + 8192, None] * ey[ub], starts, axis=0)
-        self._prec[:n] = prec.reshape(n, d, d)
-        self._shift[:n] = shift
-        if cfg.pooled:
-            k = cfg.n_factors
-            w = d_user / d_user.sum()
-            mu = w @ means[:, :k]
-            var = w @ (np.square(means[:, :k] - mu) + np.diagonal(covs, axis1=1, axis2=2)[:, :k])
-            # The scale is not identified (a.z is unchanged by a -> ca, z -> z/c),
-            # and empirical Bayes on it alone collapses to 0 (measured): the
-            # pooled prior learns the population mean, and its variance may grow
-            # above the configured prior_scale^2 but not shrink below it.
-            self.prior_mean = mu
-            self.prior_var = np.maximum(var, cfg.prior_scale**2)
-            e = self._mean[:n, -1]
-            self.video_prior_mean = np.zeros(d)
-            self.video_prior_mean[-1] = float(e.mean()) if n else 0.0
-        self.gram = np.zeros((d, d))
-        self._mean[:n] = 0.0
-        self._cov[:n] = 0.0
-        self._refresh(np.arange(n))
+            sweep_window(self)
 
     def retain(self, video_ids: Sequence[str]) -> int:
         """Forget every video not in ``video_ids`` (the minutes model's
@@ -573,133 +388,3 @@ class ChoiceModel:
         ey = mean.copy()
         ey[-1] = 1.0
         return self.video_mean() @ ey
-
-
-# ---------------------------------------------------------------- snapshots and checkpoints
-@dataclass
-class ChoiceSnapshot:
-    """What a worker needs to run the choice local step (:meth:`ChoiceModel.user_posteriors`)
-    against the learner's choice globals: the video posteriors, the pooled
-    user prior and the video prior (for videos the worker registers itself).
-    Arrays only plus ids and numbers, so the service's generic blob codec
-    carries it. float32 video arrays: they are published as float32 anyway."""
-
-    version: int
-    n_factors: int
-    video_ids: list[str]
-    video_mean: np.ndarray  # (V, K+1)
-    video_cov: np.ndarray  # (V, K+1, K+1)
-    prior_mean: np.ndarray  # (K,)
-    prior_var: np.ndarray  # (K,)
-    video_prior_mean: np.ndarray  # (K+1,)
-    video_prior_var: np.ndarray  # (K+1,)
-
-
-@dataclass
-class ChoiceCheckpoint:
-    """The learner's choice state, enough to go on learning: the snapshot's
-    globals plus the videos' natural parameters, G_u and the replay window
-    ((user, row, clock) pairs; the window users' posteriors are recomputed
-    from their window histories on restore, as every sweep does)."""
-
-    snapshot: ChoiceSnapshot
-    prec: np.ndarray  # (V, K+1, K+1)
-    shift: np.ndarray  # (V, K+1)
-    gu: np.ndarray  # (K+1, K+1)
-    clock: int
-    since_sweep: int
-    pair_users: list[str]
-    pair_rows: np.ndarray  # (P,) int64
-    pair_clock: np.ndarray  # (P,) int64
-
-
-def export_snapshot(model: ChoiceModel, dtype: type = np.float32) -> ChoiceSnapshot:
-    """The worker's view of ``model``'s choice globals.
-
-    >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=3))
-    >>> st = m.learn_event("ann", "a", None)
-    >>> w = import_snapshot(export_snapshot(m, np.float64), ChoiceConfig(n_factors=2))
-    >>> bool(np.allclose(w.user_posteriors([["a"]])[0], m.user_posteriors([["a"]])[0]))
-    True
-    """
-    n = model.n_videos
-    return ChoiceSnapshot(
-        version=int(model.version), n_factors=int(model.config.n_factors), video_ids=list(model.video_ids),
-        video_mean=model._mean[:n].astype(dtype), video_cov=model._cov[:n].astype(dtype),
-        prior_mean=model.prior_mean.copy(), prior_var=model.prior_var.copy(),
-        video_prior_mean=model.video_prior_mean.copy(), video_prior_var=model.video_prior_var.copy(),
-    )  # fmt: skip
-
-
-def import_snapshot(snap: ChoiceSnapshot, config: ChoiceConfig) -> ChoiceModel:
-    """A model that computes local steps against ``snap`` (a worker's; it
-    learns no globals). ``config``'s factor count must match the snapshot's."""
-    if int(snap.n_factors) != config.n_factors:
-        raise ValueError(f"choice snapshot has {snap.n_factors} factors, this model {config.n_factors}")
-    m = ChoiceModel(config)
-    _load_videos(m, snap)
-    m.version = int(snap.version)
-    return m
-
-
-def _load_videos(m: ChoiceModel, snap: ChoiceSnapshot) -> None:
-    v, d = len(snap.video_ids), m.config.dim
-    cap = max(64, v)
-    m._mean, m._cov = np.zeros((cap, d)), np.zeros((cap, d, d))
-    m._prec, m._shift = np.zeros((cap, d, d)), np.zeros((cap, d))
-    m.video_ids = [str(x) for x in snap.video_ids]
-    m.video_index = {vid: k for k, vid in enumerate(m.video_ids)}
-    m._mean[:v] = np.asarray(snap.video_mean, dtype=np.float64).reshape(v, d)
-    m._cov[:v] = np.asarray(snap.video_cov, dtype=np.float64).reshape(v, d, d)
-    m.gram = (m._cov[:v] + m._mean[:v, :, None] * m._mean[:v, None, :]).sum(0)
-    m.prior_mean = np.asarray(snap.prior_mean, dtype=np.float64).copy()
-    m.prior_var = np.asarray(snap.prior_var, dtype=np.float64).copy()
-    m.video_prior_mean = np.asarray(snap.video_prior_mean, dtype=np.float64).copy()
-    m.video_prior_var = np.asarray(snap.video_prior_var, dtype=np.float64).copy()
-
-
-def export_checkpoint(model: ChoiceModel) -> ChoiceCheckpoint:
-    n = model.n_videos
-    pairs = list(model._pairs.items())
-    return ChoiceCheckpoint(
-        snapshot=export_snapshot(model, np.float64), prec=model._prec[:n].copy(), shift=model._shift[:n].copy(),
-        gu=model._gu.copy(), clock=int(model.clock), since_sweep=int(model._since_sweep),
-        pair_users=[u for (u, _), _ in pairs],
-        pair_rows=np.fromiter((r for (_, r), _ in pairs), dtype=np.int64, count=len(pairs)),
-        pair_clock=np.fromiter((t for _, t in pairs), dtype=np.int64, count=len(pairs)),
-    )  # fmt: skip
-
-
-def import_checkpoint(ck: ChoiceCheckpoint, config: ChoiceConfig) -> ChoiceModel:
-    """The learner's model back from :func:`export_checkpoint`.
-
-    >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=3))
-    >>> for u, v in [("ann", "a"), ("bob", "b"), ("ann", "b"), ("cat", "a")]:
-    ...     _ = m.learn_event(u, v, None)
-    >>> r = import_checkpoint(export_checkpoint(m), m.config)
-    >>> r.clock, r.n_videos, len(r._pairs), bool(np.allclose(r.video_mean(), m.video_mean()))
-    (4, 2, 4, True)
-    """
-    m = import_snapshot(ck.snapshot, config)
-    n, d = m.n_videos, config.dim
-    m._prec[:n] = np.asarray(ck.prec, dtype=np.float64).reshape(n, d, d)
-    m._shift[:n] = np.asarray(ck.shift, dtype=np.float64).reshape(n, d)
-    m._gu = np.asarray(ck.gu, dtype=np.float64).copy()
-    m.clock, m._since_sweep = int(ck.clock), int(ck.since_sweep)
-    m._pairs = OrderedDict(
-        ((str(u), int(r)), int(t)) for u, r, t in zip(ck.pair_users, ck.pair_rows.tolist(), ck.pair_clock.tolist(), strict=True)
-    )
-    hist: dict[str, list[str]] = {}
-    last: dict[str, int] = {}
-    for (u, r), t in m._pairs.items():
-        hist.setdefault(u, []).append(m.video_ids[r])
-        last[u] = max(last.get(u, 0), t)
-    if hist:
-        names = list(hist)
-        um, uc = m.user_posteriors([hist[u] for u in names])
-        for k, u in enumerate(names):
-            m._users[u] = (um[k], uc[k], last[u])
-    # G_u is restored as saved; each user's weight in it is not (a later
-    # replacement of a restored user subtracts with weight 1; the next sweep
-    # rebuilds G_u exactly).
-    return m

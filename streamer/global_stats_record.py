@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from model.choice import ChoiceCheckpoint, ChoiceSnapshot
+from model.choice_snapshot import ChoiceCheckpoint, ChoiceSnapshot
 from model.globals_snapshot import GlobalsSnapshot
 from model.online import GlobalStats
 
@@ -114,7 +114,8 @@ def encode_choice_checkpoint(ck: ChoiceCheckpoint) -> bytes:
     rest, each length-prefixed (the snapshot is a dataclass of its own).
 
     >>> import numpy as np
-    >>> from model.choice import ChoiceModel, ChoiceConfig, export_checkpoint
+    >>> from model.choice import ChoiceModel, ChoiceConfig
+    >>> from model.choice_snapshot import export_checkpoint
     >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
     >>> _ = m.learn_event("ann", "a", None)
     >>> ck = decode_choice_checkpoint(encode_choice_checkpoint(export_checkpoint(m)))

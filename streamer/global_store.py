@@ -51,9 +51,8 @@ from model.checkpoint import (
     state_dict,
     to_bytes,
 )
-from model.choice import (
-    ChoiceConfig,
-    ChoiceModel,
+from model.choice import ChoiceConfig, ChoiceModel
+from model.choice_snapshot import (
     export_checkpoint,
     export_snapshot,
     import_checkpoint,

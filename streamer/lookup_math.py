@@ -235,9 +235,32 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
+CHOICE_SHARPNESS = 20.0
+"""lambda of :func:`start_probability`: how steeply P(start) rises with the
+choice score. Measured on the taste simulator (3 days x 1,000 users, every 5th
+event after 4,000), hit@10 of P x E[minutes]: 0.23 at lambda 0 (linear), 0.29
+at 6, 0.31 at 10, 0.32 at 20, against 0.33 for P(start) alone and 0.27 for
+popularity; on the rank suite's 7-day simulator lambda 10 gave 0.317, 1.49x
+popularity (docs/ranking.md)."""
+
+
 def start_probability(s: np.ndarray) -> np.ndarray:
-    """P(start) read off a choice score: clip(s, 1e-4, 1) (see model/choice.py)."""
-    return np.clip(s, 1e-4, 1.0)
+    """P(start) read off a user's choice scores over the catalogue, as a softmax
+    choice model reads them, up to the user's normaliser:
+    exp(lambda (s - max s)), 1 for the user's best-scored video.
+
+    A linear read (clip(s, 1e-4, 1), before) compresses what the implicit-ALS
+    score knows: a video twice as likely to be started scores far less than
+    twice as high, so E[minutes | start] ordered the list and hit@10 fell below
+    popularity on the taste simulator (0.23 against 0.27).
+
+    >>> start_probability(np.array([0.5, 0.45, -np.inf])).round(4).tolist()
+    [1.0, 0.3679, 0.0]
+    """
+    s = np.asarray(s, dtype=np.float64)
+    finite = np.isfinite(s)
+    top = float(s[finite].max()) if finite.any() else 0.0
+    return np.exp(CHOICE_SHARPNESS * (np.where(finite, s, -np.inf) - top))
 
 
 def _minutes_scores(
@@ -276,7 +299,7 @@ def rank_scores(
 
     With one (``choice``: its serving model, rows aligned with ``model``'s, and
     the user's choice moments), expected minutes if shown,
-    P(start) x E[minutes | start], with P(start) = clip(s, 1e-4, 1) of the
+    P(start) x E[minutes | start], with P(start) = exp(lambda (s - max s)) of the
     choice score s and minutes >= 0 in original units:
 
     * ``mean``: P(E[s]) x E[minutes];

@@ -119,10 +119,12 @@ def update_users(
     if choice is not None:
         uids = update.stats.user_ids
         choice.register(update.stats.video_ids)  # new videos at the prior, as the learner will
-        cm, cc = choice.user_posteriors([list(update.states[u].history) for u in uids])
+        hists = [list(update.states[u].history) for u in uids]
+        cm, cc = choice.user_posteriors(hists)
         update.stats.choice_mean, update.stats.choice_cov = cm, cc
-        if record_format >= 2:
-            choice_post = {u: (cm[k], cc[k]) for k, u in enumerate(uids)}
+        if record_format >= 2:  # served: the posterior mean plus the session term
+            sm = choice.served_means(hists, cm)
+            choice_post = {u: (sm[k], cc[k]) for k, u in enumerate(uids)}
     # Per user: the newest applied (partition, offset), event time and ids.
     last: dict[str, SourcedEvent] = {}
     newest_ts: dict[str, int] = {}

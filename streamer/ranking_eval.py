@@ -166,7 +166,7 @@ class ChoiceRanker(ModelRanker):
         st = self.states.get(user)
         mean, cov = (rec.prior_mean, rec.prior_cov) if st is None or st.mean is None else (st.mean, st.cov)
         cst = self.choice_states.get(user)
-        cm, cc = (None, None) if cst is None else (cst.mean, cst.cov)
+        cm, cc = (None, None) if cst is None else (self.choice.served_means([cst.history], cst.mean[None])[0], cst.cov)
         s, _ = served_scores(sm, mean, cov, cm, cc, self.strategy, self.rng, self.ucb_beta)
         out = np.full(n_videos, -np.inf)
         out[self._rows] = s

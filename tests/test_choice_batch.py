@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.choice import (
-    ChoiceConfig,
-    ChoiceModel,
+from model.choice import ChoiceConfig, ChoiceModel
+from model.choice_snapshot import (
     export_checkpoint,
     export_snapshot,
     import_checkpoint,

@@ -65,7 +65,7 @@ def test_recommend_ranks_by_expected_minutes_if_shown(redis_client, key_prefix, 
         rows = [model.index[v] for v in r.video_ids]
         ey = cm.copy()
         ey[-1] = 1.0
-        p = start_probability(rec.choice_video_mean[rows] @ ey)
+        p = start_probability(rec.choice_video_mean @ ey)[rows]
         want = p * np.array([it.mean for it in r.items])
         np.testing.assert_allclose([it.score for it in r.items], want, rtol=2e-4)
         assert all(a.score >= b.score for a, b in zip(r.items, r.items[1:], strict=False))

@@ -212,3 +212,19 @@ def test_report_shape_matches_the_issue() -> None:
     rep = ranking_report(res)
     assert rep == {"protocol": "ranking", "n_scored": 1,
                    "models": {"popularity": {"hit10": 1.0, "ndcg10": 1.0, "mrr": 1.0, "catalogue_share": 1.0}}}  # fmt: skip
+
+
+def test_implicit_peers_are_skipped_with_a_message_without_the_package() -> None:
+    from benchmarks.implicit_peers import SKIP_MESSAGE, available, implicit_rankers
+
+    peers = implicit_rankers(50)
+    if not available():
+        assert peers == {} and "implicit" in SKIP_MESSAGE
+        return
+    assert set(peers) == {"implicit_als", "implicit_bpr"}
+    als = peers["implicit_als"]
+    for k in range(60):  # two groups of users, each starting its own two videos
+        als.learn([f"u{k}"], ["a"], np.zeros(1), [2 * (k % 2)], [()])
+        als.learn([f"u{k}"], ["b"], np.zeros(1), [2 * (k % 2) + 1], [(2 * (k % 2),)])
+    s = als.scores("new", [0], 4)
+    assert s.shape == (4,) and s[1] > s[3]
