@@ -33,7 +33,7 @@ status:  ## say whether the local services run
 	@bash deploy/local/kafka.sh status || true
 
 demo: venv  ## the main job: stream a simulated AVOD watch stream through Kafka into Redis, then look users up
-	@bash $(SERVICES) $(PY) -m streamer.demo
+	@bash $(SERVICES) $(PY) -m streamer.cli.demo
 
 test: venv  ## run lint and the whole test suite against the real local Kafka and Redis
 	@$(PY) -m ruff check model streamer tests

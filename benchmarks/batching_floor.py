@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.movielens import movielens_100k
 from model.evaluate import earlier_events
-from streamer.events_file import read_events
+from streamer.files.events_file import read_events
 
 
 def damped_biases_errors(

@@ -32,15 +32,15 @@ import uuid
 import numpy as np
 import redis
 
-from streamer.connections import redis_client
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import (
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     global_record_from_snapshot,
     queue_user_record,
     write_global_record,
 )
+from streamer.service.connections import redis_client
 
 REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
 

@@ -49,7 +49,7 @@ from model.online import OnlineHPMF
 from model.oracle import oracle_stream
 from model.simulate import PRESETS, SimConfig, simulate
 from model.taste_diagnostics import subspace_cosines, taste_share
-from streamer.events_file import read_events
+from streamer.files.events_file import read_events
 
 RIVER_SEED = 73
 SPEED_REPEATS = 7

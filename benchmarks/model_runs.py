@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = int(kw.pop("batch_size", 1))  # type: ignore[call-overload]
     if args.stream == "movielens":
         from benchmarks.movielens import movielens_100k
-        from streamer.events_file import read_events
+        from streamer.files.events_file import read_events
 
         ev = read_events(movielens_100k())
         users, videos, values, truth = ev.user_ids.tolist(), ev.video_ids.tolist(), ev.values, None

@@ -57,11 +57,11 @@ from pathlib import Path
 
 import redis
 
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.rebuild import marker_key
-from streamer.redis_record import global_current_key, global_key
-from streamer.replay import produce
+from streamer.reader.redis_record import global_current_key, global_key
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.rebuild import marker_key
 
 BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,11 +30,11 @@ from statistics import mean
 
 import redis
 
-from streamer.connections import redis_client
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
-from streamer.redis_record import global_current_key, global_key, user_key
-from streamer.replay import produce
+from streamer.reader.redis_record import global_current_key, global_key, user_key
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")

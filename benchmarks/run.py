@@ -42,7 +42,7 @@ def commit() -> str:
 
 
 def main(argv: list[str]) -> int:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see streamer/cli.py
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see streamer/cli/__init__.py
     suites = argv or list(SUITES)
     results: dict[str, object] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     failed = []

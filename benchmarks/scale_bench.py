@@ -36,10 +36,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from streamer.connections import redis_client
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
-from streamer.replay import produce
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")

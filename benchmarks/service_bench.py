@@ -5,9 +5,9 @@ The churn60 simulated stream (``hpmf simulate --preset churn60``) is written
 to a file; its first ``HPMF_BENCH_SERVICE_EVENTS`` events (default 20,000, in
 time order) are replayed one at a time through Kafka into a real worker
 (``hpmf stream`` subprocess, the service's defaults except
-:data:`streamer.through_service.SERVICE_SETTINGS`), each scored against the
+:data:`streamer.evaluation.through_service.SERVICE_SETTINGS`), each scored against the
 posterior the public reader served just before it
-(:func:`streamer.through_service.score_through_service`). The same events go
+(:func:`streamer.evaluation.through_service.score_through_service`). The same events go
 through the harness behind ``hpmf evaluate``, as
 
     hpmf evaluate FILE --limit N --transform log1p --batch-size 1 --models hpmf
@@ -36,7 +36,7 @@ thread, folded in when done; the harness folds each the moment it is due.
 A second run, **lockstep** (``HPMF_BENCH_SERVICE_LOCKSTEP_EVENTS``, default
 12,000, so that the learner's first replay sweeps are inside; 0 skips it):
 the worker publishes its globals after every batch, folds each sweep in when
-due (:data:`streamer.through_service.LOCKSTEP_SETTINGS`), and the scorer
+due (:data:`streamer.evaluation.through_service.LOCKSTEP_SETTINGS`), and the scorer
 waits for each version before it reads, which takes both asynchronies out. Its figures are ``service.lockstep_*`` (the same names); what is left
 is float32 storage, so ``service.lockstep_max_abs_diff`` is ~1e-7.
 """
@@ -57,11 +57,7 @@ import torch
 from model.evaluate import ladder_config, run_stream, warm_up
 from model.online import OnlineHPMF
 from model.simulate import PRESETS, SimConfig, simulate
-from streamer.connections import redis_client
-from streamer.events_file import read_events_head, write_events
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.settings import StreamSettings
-from streamer.through_service import (
+from streamer.evaluation.through_service import (
     ASYNC_FIELDS,
     LOCKSTEP_SETTINGS,
     SERVICE_SETTINGS,
@@ -69,6 +65,10 @@ from streamer.through_service import (
     config_mismatch,
     score_through_service,
 )
+from streamer.files.events_file import read_events_head, write_events
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.settings import StreamSettings
 
 BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
 REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
@@ -130,7 +130,7 @@ def through_service(
     progress: bool = True, lockstep: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """The first ``limit`` events of ``path`` through a fresh worker and through
-    the harness; :func:`streamer.through_service.compare`'s figures."""
+    the harness; :func:`streamer.evaluation.through_service.compare`'s figures."""
     mismatch = config_mismatch(StreamSettings(**worker_settings(lockstep)), TRANSFORM)
     # As deployed, the learner may differ in when its work lands (ASYNC_FIELDS); in what it learns, never.
     allowed = () if lockstep else ASYNC_FIELDS
@@ -162,7 +162,7 @@ def through_service(
         stop(proc)
         client.close()
         _cleanup(bootstrap, redis_url, topic, prefix)
-    # The harness, as hpmf evaluate runs it (streamer/evaluate_cli.py).
+    # The harness, as hpmf evaluate runs it (streamer/cli/evaluate.py).
     torch.set_num_threads(1)
     warm_up()
     model = OnlineHPMF(ladder_config("hpmf", transform=TRANSFORM))

@@ -47,11 +47,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.stream_floor import floor
-from streamer.connections import kafka_security, redis_client
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.metrics import histogram_quantile, parse_histogram
-from streamer.replay import produce
+from streamer.service.connections import kafka_security, redis_client
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.metrics import histogram_quantile, parse_histogram
 
 BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
 REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")

@@ -48,9 +48,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pydantic import TypeAdapter
 
-from streamer.connections import kafka_security, redis_client
 from streamer.event import _WireEvent
-from streamer.redis_record import UserRecord, encode_user_record
+from streamer.reader.redis_record import UserRecord, encode_user_record
+from streamer.service.connections import kafka_security, redis_client
 
 STAGES = ("bare", "validate", "read", "write", "commit")
 ROUNDS = int(os.environ.get("HPMF_BENCH_FLOOR_ROUNDS", "3"))
@@ -147,8 +147,8 @@ def floor(bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Cal
 
 def main() -> None:
     from benchmarks.stream_bench import BOOTSTRAP, REDIS_URL, THROUGHPUT_EVENTS, synthetic
-    from streamer.kafka_admin import delete_topics, ensure_topics
-    from streamer.replay import produce
+    from streamer.cli.replay import produce
+    from streamer.service.kafka_admin import delete_topics, ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     topic = f"bench-floor-{tag}"

@@ -15,7 +15,7 @@ from model.batch import Batch
 from model.checkpoint import from_bytes, to_bytes
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.redis_record import encode_global_record, global_record_from_snapshot
+from streamer.reader.redis_record import encode_global_record, global_record_from_snapshot
 
 
 def _flood(model: OnlineHPMF, n_new: int, batch: int = 500, seed: int = 0) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from streamer.dead_letter import DeadLetterSink
 from streamer.event import InvalidEvent
-from streamer.metrics import StreamMetrics
+from streamer.service.dead_letter import DeadLetterSink
+from streamer.service.metrics import StreamMetrics
 
 
 class _Future:

@@ -16,7 +16,7 @@ def test_a_taken_metrics_port_is_one_line_error_before_any_step() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "streamer.demo", "--metrics-port", str(port)], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "streamer.cli.demo", "--metrics-port", str(port)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == (f"[demo] error: port 127.0.0.1:{port} (the service's metrics) is already in use "

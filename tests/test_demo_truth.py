@@ -1,4 +1,4 @@
-"""The demo's truth report (streamer/demo_truth.py) against the real Redis: a
+"""The demo's truth report (streamer/evaluation/demo_truth.py) against the real Redis: a
 small taste-driven simulation learned by both components, published as the
 service publishes it, then scored against its own truth."""
 
@@ -14,8 +14,8 @@ from model.choice import ChoiceConfig, ChoiceModel
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.simulate import SimConfig, simulate
-from streamer.demo_truth import load_truth, render, served_vs_truth, watched_by_user
-from streamer.redis_record import (
+from streamer.evaluation.demo_truth import load_truth, render, served_vs_truth, watched_by_user
+from streamer.reader.redis_record import (
     global_record_from_snapshot,
     queue_user_record,
     user_record_from_state,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from streamer.settings import StreamSettings
+from streamer.service.settings import StreamSettings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the dev dependencies (kubernetes-validate)")
 
@@ -240,7 +240,7 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 def exported_metric_names() -> set[str]:
     """Every series name the service can export, histogram series included."""
-    from streamer.metrics import Histogram, StreamMetrics
+    from streamer.service.metrics import Histogram, StreamMetrics
 
     names: set[str] = set()
     for m in StreamMetrics().all():

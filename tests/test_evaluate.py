@@ -26,8 +26,8 @@ from model.evaluate import (
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.simulate import SimConfig, simulate
-from streamer import evaluate_cli
-from streamer.events_file import write_events
+from streamer.cli import evaluate as evaluate_cli
+from streamer.files.events_file import write_events
 
 EXACT_METRICS = ["rmse", "mae", "nll", "coverage90", "rmse_new", "rmse_lt5", "rmse_lt20", "events_per_s"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.movielens import DATA
-from streamer.events_file import EventsFileError, read_events, write_events
+from streamer.files.events_file import EventsFileError, read_events, write_events
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Which published global versions stay in Redis (streamer/global_retention.py),
+"""Which published global versions stay in Redis (streamer/service/store/global_retention.py),
 and the reader's fall-back when the version it was told about is gone."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_retention import queue_drop, superseded, versions_key
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import (
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import (
     global_current_key,
     global_key,
     global_record_from_snapshot,
     write_global_record,
 )
+from streamer.service.store.global_retention import queue_drop, superseded, versions_key
 
 
 def _publish(client, prefix: str, model: OnlineHPMF, keep: int) -> None:  # type: ignore[no-untyped-def]
@@ -67,8 +67,8 @@ def test_redis_checkpoint_without_duplicate_posteriors_restores_the_same_model()
     import torch
 
     from model.checkpoint import state_dict, to_bytes
-    from streamer.global_stats_record import encode_snapshot
-    from streamer.global_store import load_redis_checkpoint, redis_checkpoint
+    from streamer.service.store.global_stats_record import encode_snapshot
+    from streamer.service.store.global_store import load_redis_checkpoint, redis_checkpoint
 
     m = OnlineHPMF(HPMFConfig(n_factors=3, svi_min_events=8))
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
+from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -36,8 +36,8 @@ def test_service_topics_keep_the_user_ttl_and_a_compacted_checkpoints_topic(kafk
     7-day user TTL, so a rebuild could not bring users back. The service now
     creates it with retention = TTL + 1 day, and reads the effective value
     (also a broker default, which describe_configs hides unless asked)."""
-    from streamer.kafka_admin import service_topic_specs, service_topics, topic_config
-    from streamer.settings import StreamSettings
+    from streamer.service.kafka_admin import service_topic_specs, service_topics, topic_config
+    from streamer.service.settings import StreamSettings
 
     s = StreamSettings(topic=topic_name, kafka_bootstrap=kafka_bootstrap, user_ttl_s=3600)
     topics, _ = service_topic_specs(s)

@@ -23,8 +23,13 @@ from kafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedE
 from kafka.structs import OffsetAndMetadata
 from test_stream_support import ROOT, free_port
 
-from streamer import kafka_admin
-from streamer.kafka_admin import BrokerNotReadyError, delete_group, delete_topics, ensure_topics
+from streamer.service import kafka_admin
+from streamer.service.kafka_admin import (
+    BrokerNotReadyError,
+    delete_group,
+    delete_topics,
+    ensure_topics,
+)
 
 
 def _kafka_sh(action: str, env: dict[str, str]) -> None:
@@ -36,7 +41,7 @@ def _kafka_sh(action: str, env: dict[str, str]) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_demo_reset_and_admin_steps_on_a_brand_new_broker(redis_url, key_prefix, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
-    from streamer.demo import reset
+    from streamer.cli.demo import reset
 
     port, controller = free_port(), free_port()
     data = tmp_path / "kafka-data"
@@ -50,7 +55,7 @@ def test_demo_reset_and_admin_steps_on_a_brand_new_broker(redis_url, key_prefix,
         assert "__consumer_offsets" not in admin.list_topics()  # brand new: no group can exist yet
         admin.close()
         topic, group = f"fresh-{uuid.uuid4().hex[:8]}", f"fresh-group-{uuid.uuid4().hex[:8]}"
-        with caplog.at_level(logging.WARNING, logger="streamer.kafka_admin"):
+        with caplog.at_level(logging.WARNING, logger="streamer.service.kafka_admin"):
             reset(topic, f"{topic}.dlq", group, key_prefix, bootstrap, redis_url)  # step 2/7 of make demo
         # It waited for the coordinator (logged), and did not fail.
         waits = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
@@ -100,7 +105,7 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> type[_FakeAdmin]:
 def test_delete_group_waits_through_every_not_ready_answer(fake_admin, caplog) -> None:  # type: ignore[no-untyped-def]
     fake_admin.script = [CoordinatorNotAvailableError("FindCoordinatorResponse error for GROUP/g"),
                          "CoordinatorLoadInProgressError", "NotCoordinatorError", "OK"]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="streamer.kafka_admin"):
+    with caplog.at_level(logging.WARNING, logger="streamer.service.kafka_admin"):
         assert delete_group("127.0.0.1:1", "g", wait_s=10) is True
     waits = [r.getMessage() for r in caplog.records]
     assert len(waits) == 3

@@ -1,5 +1,5 @@
 """The reader library against the real local Redis, with records written by the
-codec the streamer uses (streamer.redis_record) and globals from a real OnlineHPMF."""
+codec the streamer uses (streamer.reader.redis_record) and globals from a real OnlineHPMF."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.transform import to_original_units
-from streamer.lookup_math import ServingModel, UserMoments, predictive, thompson_scores
-from streamer.lookup_reader import (
+from streamer.reader.lookup import (
     GlobalsUnreadableError,
     Lookup,
     NoGlobalsError,
     Status,
     StoreUnavailableError,
 )
-from streamer.redis_record import (
+from streamer.reader.lookup_math import ServingModel, UserMoments, predictive, thompson_scores
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     encode_user_record,
@@ -346,7 +346,7 @@ def test_recommend_many_matches_single_calls(redis_client, key_prefix, identity_
 
 def test_reader_imports_no_torch() -> None:
     code = (
-        "import sys, streamer.lookup_reader, streamer.lookup_cli\n"
+        "import sys, streamer.reader.lookup, streamer.cli.lookup\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyro', 'kafka')]\n"
         "assert not bad, bad\n"
     )

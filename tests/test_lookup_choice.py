@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from model.choice import ChoiceConfig, ChoiceModel, ChoiceState
-from streamer.lookup_math import start_probability
-from streamer.lookup_reader import Lookup, Status
-from streamer.ranking_eval import with_choice
-from streamer.redis_record import (
+from streamer.evaluation.ranking_eval import with_choice
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.lookup_math import start_probability
+from streamer.reader.redis_record import (
     decode_global_record,
     global_key,
     global_record_from_snapshot,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     encode_user_record,

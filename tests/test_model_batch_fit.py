@@ -12,8 +12,8 @@ from model.batch_fit import batch_config, fit
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.simulate import SimConfig, simulate
-from streamer import fit_cli
-from streamer.events_file import write_events
+from streamer.cli import fit as fit_cli
+from streamer.files.events_file import write_events
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from model.ranking import (
     rank_of,
     ranking_metrics,
 )
-from streamer import evaluate_cli
-from streamer.events_file import write_events
-from streamer.lookup_math import top_k
-from streamer.ranking_eval import RANK_RUNGS, make_rankers, ranking_report, run_ranking
+from streamer.cli import evaluate as evaluate_cli
+from streamer.evaluation.ranking_eval import RANK_RUNGS, make_rankers, ranking_report, run_ranking
+from streamer.files.events_file import write_events
+from streamer.reader.lookup_math import top_k
 
 
 # ---------------------------------------------------------------- metric math

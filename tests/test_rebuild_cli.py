@@ -26,9 +26,9 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.lookup_reader import Lookup, Status
-from streamer.rebuild import marker_key
-from streamer.redis_record import global_current_key
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.redis_record import global_current_key
+from streamer.service.rebuild import marker_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 

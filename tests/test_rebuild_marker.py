@@ -1,4 +1,4 @@
-"""The epoch marker's decisions (streamer/rebuild.py) against the real Redis,
+"""The epoch marker's decisions (streamer/service/rebuild.py) against the real Redis,
 with a stand-in for the Kafka consumer (which partitions were committed,
 where the replay starts and ends, where the consumer stands)."""
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 from kafka.structs import OffsetAndTimestamp
 
-from streamer.rebuild import Rebuild, marker_key
+from streamer.service.rebuild import Rebuild, marker_key
 
 T = "events"
 P0, P1 = TopicPartition(T, 0), TopicPartition(T, 1)

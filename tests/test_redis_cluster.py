@@ -14,14 +14,14 @@ from redis.crc import key_slot
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from streamer.event import WatchEvent
-from streamer.forget import forget_key, forget_users
-from streamer.global_retention import versions_key
-from streamer.global_stats_record import encode_stats
-from streamer.model_update import SourcedEvent, update_users
-from streamer.rebuild import marker_key
-from streamer.redis_record import global_current_key, global_key, global_prefix, user_key
-from streamer.settings import StreamSettings
-from streamer.user_store import WriteConflict, load_users, write_batch
+from streamer.reader.redis_record import global_current_key, global_key, global_prefix, user_key
+from streamer.service.forget import forget_key, forget_users
+from streamer.service.model_update import SourcedEvent, update_users
+from streamer.service.rebuild import marker_key
+from streamer.service.settings import StreamSettings
+from streamer.service.store.global_retention import versions_key
+from streamer.service.store.global_stats_record import encode_stats
+from streamer.service.store.user_store import WriteConflict, load_users, write_batch
 
 CFG = HPMFConfig(n_factors=2, transform="log1p")
 
@@ -137,7 +137,7 @@ def test_cluster_settings() -> None:
 def test_the_settings_build_a_cluster_client(redis_cluster_url) -> None:  # type: ignore[no-untyped-def]
     from redis.cluster import RedisCluster
 
-    from streamer.connections import redis_client
+    from streamer.service.connections import redis_client
 
     client = redis_client(StreamSettings(redis_cluster=True, redis_url=redis_cluster_url), socket_timeout=5,
                           health_check_interval=30)  # fmt: skip
@@ -195,7 +195,7 @@ def test_a_slot_in_migration_is_waited_for_then_written(cluster_store) -> None: 
     try again (a two-key script, its keys not all there yet). TRYAGAIN is a
     transient error (the worker retries the batch); once the slot has moved,
     the same write goes through."""
-    from streamer.errors import TRANSIENT
+    from streamer.service.errors import TRANSIENT
 
     cl, prefix = cluster_store.client, cluster_store.prefix
     gp = global_prefix(prefix, True)
@@ -227,8 +227,8 @@ def test_a_slot_in_migration_is_waited_for_then_written(cluster_store) -> None: 
 def test_acl_credentials_of_the_settings_reach_every_node(cluster_store) -> None:  # type: ignore[no-untyped-def]
     """An ACL user on every node (added for this test, removed after): the
     settings' user and password win over wrong ones in the URL, on every node
-    the client finds, as for one Redis (streamer/connections.py)."""
-    from streamer.connections import redis_client
+    the client finds, as for one Redis (streamer/service/connections.py)."""
+    from streamer.service.connections import redis_client
 
     admin, prefix = cluster_store.client, cluster_store.prefix
     user, password = f"acl-{prefix}", "s3cret-cluster"

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     SCHEMA_VERSION,
     CorruptRecordError,
     GlobalRecord,
@@ -328,7 +328,7 @@ def test_encode_refuses_what_cannot_be_decoded() -> None:
 
 def test_codec_imports_no_torch() -> None:
     code = (
-        "import sys, streamer.redis_record\n"
+        "import sys, streamer.reader.redis_record\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyro', 'kafka')]\n"
         "assert not bad, bad\n"
     )

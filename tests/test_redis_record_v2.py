@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     CorruptRecordError,
     decode_global_record,
     decode_user_record,

@@ -34,8 +34,8 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.connections import kafka_security, redis_client
-from streamer.settings import StreamSettings
+from streamer.service.connections import kafka_security, redis_client
+from streamer.service.settings import StreamSettings
 
 SASL_USER, SASL_PASSWORD = "hpmf", "s3cret-kafka"
 REDIS_USER, REDIS_PASSWORD = "hpmf-app", "s3cret-redis"
@@ -85,7 +85,7 @@ def test_inconsistent_security_settings_are_refused(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("assignor", ["range", "roundrobin", "sticky", "cooperative-sticky"])
 def test_group_settings_reach_the_consumer(assignor: str) -> None:
-    from streamer.connections import group_membership
+    from streamer.service.connections import group_membership
 
     s = StreamSettings(partition_assignor=assignor, group_instance_id="hpmf-worker-0")
     kwargs = group_membership(s)
@@ -202,7 +202,7 @@ def test_stream_over_sasl_and_sasl_ssl_kafka_and_tls_redis_with_an_acl_user(tmp_
         # The stream: produced by the project's producer over SASL_PLAINTEXT,
         # consumed by `hpmf stream` over SASL_SSL (TLS, the test's CA, host name checked).
         events, counts = make_events(2000, 120, seed=21)
-        from streamer.replay import produce
+        from streamer.cli.replay import produce
 
         produce(bootstrap, topic_name, events, progress=False)  # security from the environment
         users = sorted(counts)

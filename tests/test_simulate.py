@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from model.simulate import DAY, EPOCH, SimConfig, simulate
-from streamer import simulate_cli
-from streamer.events_file import read_events
+from streamer.cli import simulate as simulate_cli
+from streamer.files.events_file import read_events
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_cli_writes_events_and_truth(tmp_path: Path) -> None:
 
 def test_taste_driven_choices_follow_affinity_and_the_truth_is_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from model.simulate import SimConfig, simulate
-    from streamer.simulate_cli import truth_path
+    from streamer.cli.simulate import truth_path
 
     base = dict(days=1, users_per_day=600, n_videos=80, heavy_fraction=0.3, seed=5)
     flat = simulate(SimConfig(**base))

@@ -29,8 +29,8 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.errors import ConfigurationError, fatal_setting, retry
-from streamer.settings import StreamSettings, mask_url
+from streamer.service.errors import ConfigurationError, fatal_setting, retry
+from streamer.service.settings import StreamSettings, mask_url
 
 PASSWORD = "s3cr3t-Pw_9f1c"
 LIMITED_PASSWORD = "lim1ted-Pw_77ab"
@@ -70,7 +70,7 @@ def test_settings_as_logged_hide_the_secret() -> None:
 
 
 def test_invalid_redis_url_is_refused_without_repeating_it(capsys: pytest.CaptureFixture[str]) -> None:
-    from streamer.stream_cli import main
+    from streamer.cli.stream import main
 
     assert main(["--redis-url", f"http://:{PASSWORD}@h/0"]) == 2
     err = capsys.readouterr().err

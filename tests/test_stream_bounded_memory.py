@@ -17,8 +17,8 @@ import redis
 from test_stream_support import create_topic, produce, running, wait_exit, worker_cmd
 
 from streamer.event import encode_event
-from streamer.global_retention import versions_key
-from streamer.redis_record import decode_global_record, global_current_key, global_key
+from streamer.reader.redis_record import decode_global_record, global_current_key, global_key
+from streamer.service.store.global_retention import versions_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -1,4 +1,4 @@
-"""The globals across workers (streamer.global_store) against the real Redis:
+"""The globals across workers (streamer.service.store.global_store) against the real Redis:
 one learner by lease, statistics applied in stream order exactly once across
 a learner hand-over, publishes fenced by the lease, non-learners importing the
 snapshot (with the learner's event clock)."""
@@ -13,10 +13,10 @@ import pytest
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_stats_record import encode_stats
-from streamer.global_store import GlobalStore
-from streamer.metrics import StreamMetrics
-from streamer.redis_record import decode_global_record, global_key, global_prefix
+from streamer.reader.redis_record import decode_global_record, global_key, global_prefix
+from streamer.service.metrics import StreamMetrics
+from streamer.service.store.global_stats_record import encode_stats
+from streamer.service.store.global_store import GlobalStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 CFG = HPMFConfig(n_factors=2, transform="log1p")

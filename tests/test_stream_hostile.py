@@ -84,9 +84,9 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
     from model.batch import Batch
     from model.config import HPMFConfig
     from model.online import OnlineHPMF
-    from streamer.global_stats_record import encode_stats
-    from streamer.redis_record import global_key
-    from streamer.settings import StreamSettings
+    from streamer.reader.redis_record import global_key
+    from streamer.service.settings import StreamSettings
+    from streamer.service.store.global_stats_record import encode_stats
 
     create_topic(kafka_bootstrap, topic_name)
     before, c1 = make_events(800, 40, seed=5, id_prefix="a")

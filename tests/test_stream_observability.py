@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from test_stream_support import create_topic, free_port, running, wait_for, worker_cmd
 
-from streamer.metrics import Gauge, StreamMetrics, serve
+from streamer.service.metrics import Gauge, StreamMetrics, serve
 
 
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:

@@ -10,10 +10,10 @@ import pytest
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_stats_record import encode_stats
-from streamer.global_store import GlobalStore
-from streamer.metrics import StreamMetrics
-from streamer.redis_record import decode_global_record, global_key
+from streamer.reader.redis_record import decode_global_record, global_key
+from streamer.service.metrics import StreamMetrics
+from streamer.service.store.global_stats_record import encode_stats
+from streamer.service.store.global_store import GlobalStore
 
 pytestmark = [pytest.mark.integration]
 CFG = HPMFConfig(n_factors=2)

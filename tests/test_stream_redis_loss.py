@@ -5,10 +5,10 @@ Before: 12,877 of 24,995 users were missing at the end, 466 more had counts
 too low, the learner restarted from a fresh model (global version 0) and,
 with no traffic after the loss, every lookup failed with NoGlobalsError while
 /readyz said 200. Now the worker sees the epoch marker gone
-(streamer/rebuild.py), deletes what its batch wrote into the empty Redis,
+(streamer/service/rebuild.py), deletes what its batch wrote into the empty Redis,
 stops committing, replays its partitions from Kafka (users exact, by the
 stored offsets), and the learner restarts from its durable checkpoint in the
-compacted checkpoints topic (streamer/checkpoint_topic.py) and republishes
+compacted checkpoints topic (streamer/service/checkpoint_topic.py) and republishes
 the global record at once.
 
 Uses a private redis-server (its own port, no persistence) started and
@@ -39,9 +39,9 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.checkpoint_topic import CheckpointTopic
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import global_current_key
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import global_current_key
+from streamer.service.checkpoint_topic import CheckpointTopic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from streamer.metrics import StreamMetrics
-from streamer.worker import Worker
+from streamer.service.metrics import StreamMetrics
+from streamer.service.worker import Worker
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -40,10 +40,15 @@ from test_stream_support import (
     worker_cmd,
 )
 
-import streamer.redis_record as redis_record
-from streamer.global_stats_record import decode_choice_checkpoint
-from streamer.lookup_reader import GlobalsUnreadableError, Lookup, Status
-from streamer.redis_record import decode_global_record, global_current_key, global_key, user_key
+import streamer.reader.redis_record as redis_record
+from streamer.reader.lookup import GlobalsUnreadableError, Lookup, Status
+from streamer.reader.redis_record import (
+    decode_global_record,
+    global_current_key,
+    global_key,
+    user_key,
+)
+from streamer.service.store.global_stats_record import decode_choice_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -24,8 +24,8 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.lookup_reader import Lookup, Status
-from streamer.redis_record import decode_global_record, decode_user_record, user_key
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.redis_record import decode_global_record, decode_user_record, user_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

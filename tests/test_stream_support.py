@@ -42,13 +42,13 @@ def make_events(
 
 
 def produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float = 0.0) -> None:
-    from streamer.replay import produce as _produce
+    from streamer.cli.replay import produce as _produce
 
     _produce(bootstrap, topic, events, rate=rate, progress=False)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
-    from streamer.kafka_admin import ensure_topics
+    from streamer.service.kafka_admin import ensure_topics
 
     ensure_topics(bootstrap, {topic: partitions, f"{topic}.dlq": partitions})
 

@@ -13,19 +13,19 @@ from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.posterior import UserState
-from streamer.commit import next_offsets
 from streamer.event import WatchEvent
-from streamer.global_stats_record import (
+from streamer.service.metrics import Histogram, histogram_quantile, parse_histogram
+from streamer.service.model_update import SourcedEvent, select_new_events, update_users
+from streamer.service.offsets import next_offsets
+from streamer.service.settings import StreamSettings
+from streamer.service.store.global_stats_record import (
     BlobError,
     decode_snapshot,
     decode_stats,
     encode_snapshot,
     encode_stats,
 )
-from streamer.metrics import Histogram, histogram_quantile, parse_histogram
-from streamer.model_update import SourcedEvent, select_new_events, update_users
-from streamer.settings import StreamSettings
-from streamer.user_store import StoredUser
+from streamer.service.store.user_store import StoredUser
 
 
 def se(eid: str, uid: str, part: int, off: int, vid: str = "v", minutes: float = 1.0) -> SourcedEvent:
@@ -60,7 +60,7 @@ def test_update_users_writes_counts_offsets_and_id_window() -> None:
     assert ru.history[1][1] == pytest.approx(3.0)
     assert upd.applied == 6 and upd.stats is not None and upd.stats.n_events == 6
     # Replaying the same batch against what was written changes nothing.
-    from streamer.redis_record import user_state_from_record
+    from streamer.reader.redis_record import user_state_from_record
 
     stored = {u: StoredUser(user_state_from_record(r), r.partition, r.offset, r.event_ms, upd.event_ids[u])
               for u, r in upd.records.items()}  # fmt: skip
@@ -115,7 +115,7 @@ def test_settings_from_env_and_masking(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     from pydantic import ValidationError
 
-    from streamer.stream_cli import main
+    from streamer.cli.stream import main
 
     with pytest.raises(ValidationError, match="global_mean_prior must be finite"):
         StreamSettings(global_mean_prior=float("nan"))
@@ -125,7 +125,7 @@ def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[s
 
 
 def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
-    from streamer.user_store import _posterior_into, _split
+    from streamer.service.store.user_store import _posterior_into, _split
 
     mean = np.array([0.5, -1.0], dtype="<f4").tobytes()
     cov = np.eye(2, dtype="<f4").tobytes()

@@ -9,8 +9,8 @@ import pytest
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from streamer.event import WatchEvent
-from streamer.model_update import SourcedEvent, update_users
-from streamer.user_store import WriteConflict, load_users, write_batch
+from streamer.service.model_update import SourcedEvent, update_users
+from streamer.service.store.user_store import WriteConflict, load_users, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def test_fresh_writer_passes_the_fence(redis_client, key_prefix) -> None:  # typ
 def test_a_forget_between_read_and_write_fences_the_write(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
     """A worker read a user (absent, or present), then `hpmf forget` set the
     marker and deleted the record: the stale write must not bring them back."""
-    from streamer.forget import forget_key, format_marker
+    from streamer.service.forget import forget_key, format_marker
 
     model = OnlineHPMF(HPMFConfig(n_factors=2))
     for present in (False, True):

@@ -2,7 +2,7 @@
 simulated stream against the real local Kafka and Redis.
 
 Each event is scored against the posterior the public reader served just
-before it (streamer/through_service.py), then compared with the harness
+before it (streamer/evaluation/through_service.py), then compared with the harness
 behind ``hpmf evaluate --transform log1p --batch-size 1`` on the same events.
 
 Two runs:
@@ -30,14 +30,14 @@ import pytest
 
 from benchmarks.service_bench import TRANSFORM, through_service
 from model.simulate import PRESETS, SimConfig, simulate
-from streamer.events_file import write_events
-from streamer.settings import StreamSettings
-from streamer.through_service import (
+from streamer.evaluation.through_service import (
     ASYNC_FIELDS,
     LOCKSTEP_SETTINGS,
     SERVICE_SETTINGS,
     config_mismatch,
 )
+from streamer.files.events_file import write_events
+from streamer.service.settings import StreamSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,8 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer import user_store
-from streamer.redis_record import UserRecord, encode_user_record, encode_user_records, user_key
+from streamer.reader.redis_record import (
+    UserRecord,
+    encode_user_record,
+    encode_user_records,
+    user_key,
+)
+from streamer.service.store import user_store
 
 
 def _records() -> dict[str, UserRecord]:
