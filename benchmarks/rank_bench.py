@@ -28,8 +28,14 @@ from streamer.evaluation.ranking_eval import make_rankers, run_ranking
 from streamer.files.events_file import read_events
 
 ML_RUNGS = ("popularity", "decayed_popularity", "cooccurrence", "hpmf")
-SIM = SimConfig(days=7, users_per_day=1000, heavy_fraction=0.3, heavy_mean_views=30.0, choice_strength=3.0,
-                seed=11)  # fmt: skip
+SIM = SimConfig(
+    days=7,
+    users_per_day=1000,
+    heavy_fraction=0.3,
+    heavy_mean_views=30.0,
+    choice_strength=3.0,
+    seed=11,
+)
 """The taste simulator of the suite: taste drives what is started (choice strength 3),
 and enough users come back (30% heavy watchers, 30 views on average over days)
 that there is taste to learn: on events scored after a user's 3rd, ranking by the
@@ -38,18 +44,32 @@ SIM_EVERY, SIM_WARMUP = 5, 4000
 
 
 def ranking_figures(
-    users: list[str], videos: list[str], values: np.ndarray, names: tuple[str, ...], every: int,
-    warmup: int, **kw: Any,
-) -> tuple[int, dict[str, dict[str, float]]]:  # fmt: skip
+    users: list[str],
+    videos: list[str],
+    values: np.ndarray,
+    names: tuple[str, ...],
+    every: int,
+    warmup: int,
+    **kw: Any,
+) -> tuple[int, dict[str, dict[str, float]]]:
     cat: dict[str, int] = {}
-    res = run_ranking(users, videos, values, make_rankers(names, cat, **kw), cat, every=every, warmup=warmup)
+    res = run_ranking(
+        users, videos, values, make_rankers(names, cat, **kw), cat, every=every, warmup=warmup
+    )
     return res.n_scored, res.metrics()
 
 
 def simulated() -> dict[str, float]:
     sim = simulate(SIM)
-    n, m = ranking_figures(sim.user_ids.tolist(), sim.video_ids.tolist(), sim.values,
-                           ("popularity", "choice", "hpmf"), SIM_EVERY, SIM_WARMUP, transform="log1p")  # fmt: skip
+    n, m = ranking_figures(
+        sim.user_ids.tolist(),
+        sim.video_ids.tolist(),
+        sim.values,
+        ("popularity", "choice", "hpmf"),
+        SIM_EVERY,
+        SIM_WARMUP,
+        transform="log1p",
+    )
     out = {
         "rank.sim_n_scored": float(n),
         "rank.sim_hpmf_hit10": m["hpmf"]["hit10"],
@@ -62,8 +82,15 @@ def simulated() -> dict[str, float]:
 
 def movielens() -> dict[str, float]:
     ev = read_events(movielens_100k())
-    n, m = ranking_figures(ev.user_ids.tolist(), ev.video_ids.tolist(), ev.values, ML_RUNGS, 40, 20_000,
-                           global_mean_prior=3.0)  # fmt: skip
+    n, m = ranking_figures(
+        ev.user_ids.tolist(),
+        ev.video_ids.tolist(),
+        ev.values,
+        ML_RUNGS,
+        40,
+        20_000,
+        global_mean_prior=3.0,
+    )
     out = {"rank.n_scored": float(n)}
     for name in ML_RUNGS:
         out[f"rank.{name}_hit10"] = m[name]["hit10"]
@@ -79,8 +106,11 @@ def run() -> dict[str, float]:
     torch.set_num_threads(1)
     warm_up()
     out = simulated()
-    print(f"   simulator: hpmf hit@10 {out['rank.sim_hpmf_hit10']:.4f} vs popularity "
-          f"{out['rank.sim_popularity_hit10']:.4f}", flush=True)  # fmt: skip
+    print(
+        f"   simulator: hpmf hit@10 {out['rank.sim_hpmf_hit10']:.4f} vs popularity "
+        f"{out['rank.sim_popularity_hit10']:.4f}",
+        flush=True,
+    )
     out.update(movielens())
     return out
 

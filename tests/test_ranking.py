@@ -32,7 +32,9 @@ def test_metrics_by_hand() -> None:
     # ranks 1, 2, 4, 10, 11: hits 4 of 5; NDCG terms 1, 1/log2(3), 1/log2(5), 1/log2(11), 0
     m = ranking_metrics(np.array([1, 2, 4, 10, 11]))
     assert m["hit10"] == pytest.approx(0.8)
-    assert m["ndcg10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(11)) / 5)
+    assert m["ndcg10"] == pytest.approx(
+        (1 + 1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(11)) / 5
+    )
     assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 10 + 1 / 11) / 5)
     assert ranking_metrics(np.array([11, 50]))["hit10"] == 0.0
     assert math.isnan(ranking_metrics(np.array([], dtype=int))["hit10"])
@@ -90,8 +92,14 @@ class Spy:
         self.calls.append((user, tuple(history), n_videos, self.learned))
         return -np.arange(n_videos, dtype=np.float64)  # row 0 best
 
-    def learn(self, users: list[str], videos: list[str], values: np.ndarray, rows: list[int],
-              histories: list[Sequence[int]]) -> None:  # fmt: skip
+    def learn(
+        self,
+        users: list[str],
+        videos: list[str],
+        values: np.ndarray,
+        rows: list[int],
+        histories: list[Sequence[int]],
+    ) -> None:
         self.learned += len(users)
 
 
@@ -121,7 +129,9 @@ def test_replay_skips_unseen_videos_and_rewatches() -> None:
 
 def test_replay_minibatch_uses_states_from_before_the_batch() -> None:
     spy = Spy()
-    run_ranking(["a", "b", "c", "d"], ["x", "x", "x", "x"], np.ones(4), {"s": spy}, {}, batch_size=2)
+    run_ranking(
+        ["a", "b", "c", "d"], ["x", "x", "x", "x"], np.ones(4), {"s": spy}, {}, batch_size=2
+    )
     assert [c[3] for c in spy.calls] == [2, 2]  # events 2 and 3 both scored after learning 0-1
 
 
@@ -133,8 +143,9 @@ def test_user_step_matches_dense_weighted_least_squares() -> None:
     watched = np.array([1, 4, 7])
     conf_w = np.array([5.0, 3.0, 9.0])
     w0, prior_var = 0.5, np.full(k, 0.7)
-    mean, cov = user_step(q[watched], np.zeros((3, k + 1, k + 1)), conf_w, q.T @ q, np.zeros(k),
-                          prior_var, w0)  # fmt: skip
+    mean, cov = user_step(
+        q[watched], np.zeros((3, k + 1, k + 1)), conf_w, q.T @ q, np.zeros(k), prior_var, w0
+    )
     # the same posterior from the full (all videos) weighted least squares
     c = np.full(n_videos, w0)
     c[watched] = conf_w
@@ -196,7 +207,9 @@ def test_cli_writes_the_ranking_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "hit10" in capsys.readouterr().out
 
 
-def test_cli_rejects_unknown_rungs_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_unknown_rungs_and_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = tmp_path / "e.tsv"
     write_events(events, ["a"], ["x"], np.ones(1), np.zeros(1))
     assert evaluate_cli.run(_args(events, tmp_path / "o.json", models=["svd"])) == 2
@@ -210,5 +223,8 @@ def test_report_shape_matches_the_issue() -> None:
     rk = make_rankers(["popularity"], cat)
     res = run_ranking(["a", "b"], ["x", "x"], np.ones(2), rk, cat)
     rep = ranking_report(res)
-    assert rep == {"protocol": "ranking", "n_scored": 1,
-                   "models": {"popularity": {"hit10": 1.0, "ndcg10": 1.0, "mrr": 1.0, "catalogue_share": 1.0}}}  # fmt: skip
+    assert rep == {
+        "protocol": "ranking",
+        "n_scored": 1,
+        "models": {"popularity": {"hit10": 1.0, "ndcg10": 1.0, "mrr": 1.0, "catalogue_share": 1.0}},
+    }

@@ -23,15 +23,26 @@ CFG = HPMFConfig(n_factors=2, transform="log1p")
 
 
 def store(client, prefix: str, wid: str) -> GlobalStore:  # type: ignore[no-untyped-def]
-    return GlobalStore(client, prefix, wid, CFG, StreamMetrics(), lease_ms=600,
-                       publish_every_batches=2, publish_every_ms=60_000)  # fmt: skip
+    return GlobalStore(
+        client,
+        prefix,
+        wid,
+        CFG,
+        StreamMetrics(),
+        lease_ms=600,
+        publish_every_batches=2,
+        publish_every_ms=60_000,
+    )
 
 
 def batches(n: int) -> list[Batch]:
     rng = np.random.default_rng(0)
     return [
-        Batch.of([f"u{x}" for x in rng.integers(0, 30, 40)], [f"v{x}" for x in rng.integers(0, 12, 40)],
-                 rng.exponential(10, 40))  # fmt: skip
+        Batch.of(
+            [f"u{x}" for x in rng.integers(0, 30, 40)],
+            [f"v{x}" for x in rng.integers(0, 12, 40)],
+            rng.exponential(10, 40),
+        )
         for _ in range(n)
     ]
 
@@ -105,7 +116,9 @@ def test_an_ineligible_worker_never_takes_the_lease(redis_client, key_prefix) ->
     """HPMF_LEARNER_ELIGIBLE=false (the workers of deploy/k8s/worker.yaml):
     with the lease free it still does not become the learner; an eligible
     process then does."""
-    w = GlobalStore(redis_client, key_prefix, "W", CFG, StreamMetrics(), lease_ms=600, eligible=False)
+    w = GlobalStore(
+        redis_client, key_prefix, "W", CFG, StreamMetrics(), lease_ms=600, eligible=False
+    )
     for _ in range(3):
         w.maintain()
         time.sleep(0.35)

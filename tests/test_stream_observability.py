@@ -30,7 +30,10 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
 def test_labelled_gauge_renders_every_label_and_replace_drops_old_ones() -> None:
     g = Gauge("x_lag", "help", ("topic", "partition"))
     g.replace({("t", "0"): 5, ("t", "1"): 0})
-    assert g.render()[2:] == ['x_lag{topic="t",partition="0"} 5', 'x_lag{topic="t",partition="1"} 0']
+    assert g.render()[2:] == [
+        'x_lag{topic="t",partition="0"} 5',
+        'x_lag{topic="t",partition="1"} 0',
+    ]
     g.replace({("t", "1"): 3})  # partition 0 was revoked
     assert g.render()[2:] == ['x_lag{topic="t",partition="1"} 3']
     odd = Gauge("y", "help", "v")
@@ -38,12 +41,14 @@ def test_labelled_gauge_renders_every_label_and_replace_drops_old_ones() -> None
     assert odd.render()[2] == 'y{v="a\\"b\\\\c\\nd"} 1'
 
 
-def test_durations_are_in_seconds_and_build_info_is_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_durations_are_in_seconds_and_build_info_is_exported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HPMF_BUILD_REVISION", "abc1234")
     m = StreamMetrics()
     m.freshness.observe(0.012)
     text = m.render()
-    assert "hpmf_stream_freshness_seconds_bucket{le=\"0.015\"} 1" in text
+    assert 'hpmf_stream_freshness_seconds_bucket{le="0.015"} 1' in text
     assert "hpmf_stream_batch_duration_seconds_count 0" in text
     assert "_ms" not in text  # no millisecond names are left
     (info,) = [ln for ln in text.splitlines() if ln.startswith("hpmf_stream_build_info{")]
@@ -88,21 +93,39 @@ def test_metrics_bind_to_the_configured_address() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_a_spare_replica_without_partitions_is_ready(kafka_bootstrap, redis_url, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_spare_replica_without_partitions_is_ready(
+    kafka_bootstrap, redis_url, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name, partitions=1)
     pa, pb = free_port(), free_port()
     base = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix)
     with running([*base, "--metrics-port", str(pa), "--worker-id", "a"], tmp_path / "a.log"):
-        wait_for(lambda: "hpmf_stream_assigned_partitions 1" in get(pa, "/metrics")[1], 60, "worker a owns the partition")
+        wait_for(
+            lambda: "hpmf_stream_assigned_partitions 1" in get(pa, "/metrics")[1],
+            60,
+            "worker a owns the partition",
+        )
         with running([*base, "--metrics-port", str(pb), "--worker-id", "b"], tmp_path / "b.log"):
 
             def assigned() -> list[str]:
-                return sorted(ln for p in (pa, pb) for ln in get(p, "/metrics")[1].splitlines()
-                              if ln.startswith("hpmf_stream_assigned_partitions "))  # fmt: skip
+                return sorted(
+                    ln
+                    for p in (pa, pb)
+                    for ln in get(p, "/metrics")[1].splitlines()
+                    if ln.startswith("hpmf_stream_assigned_partitions ")
+                )
 
             # After b's join the group settles with the one partition on one of them.
-            wait_for(lambda: assigned() == ["hpmf_stream_assigned_partitions 0", "hpmf_stream_assigned_partitions 1"],
-                     60, "one owner, one spare")  # fmt: skip
+            wait_for(
+                lambda: (
+                    assigned()
+                    == ["hpmf_stream_assigned_partitions 0", "hpmf_stream_assigned_partitions 1"]
+                ),
+                60,
+                "one owner, one spare",
+            )
             # Both are ready, the spare included.
-            wait_for(lambda: get(pa, "/readyz")[0] == get(pb, "/readyz")[0] == 200, 30, "both ready")
+            wait_for(
+                lambda: get(pa, "/readyz")[0] == get(pb, "/readyz")[0] == 200, 30, "both ready"
+            )
             assert get(pa, "/healthz")[0] == get(pb, "/healthz")[0] == 200

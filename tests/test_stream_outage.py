@@ -36,10 +36,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 def start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir, "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            data_dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     wait_for(lambda: _pings(client), 10, "private redis up")
     return proc
@@ -84,14 +100,28 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
     log = tmp_path / "worker.log"
     mport = free_port()
     # Liveness within 2 s, and an outage twice as long: /healthz must hold.
-    cmd = worker_cmd(kafka_bootstrap, url, topic_name, "outage", "--stop-when-idle-s", "4", "--retry-max-backoff-s", "0.5",
-                     "--metrics-port", str(mport), "--live-after-s", "2")  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        url,
+        topic_name,
+        "outage",
+        "--stop-when-idle-s",
+        "4",
+        "--retry-max-backoff-s",
+        "0.5",
+        "--metrics-port",
+        str(mport),
+        "--live-after-s",
+        "2",
+    )
     producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 500.0))
     srv = start_redis(port, str(data))
     try:
         with running(cmd, log) as proc:
             producer.start()
-            wait_for(lambda: sum(user_counts(client, "outage", users).values()) > 500, 60, "progress")
+            wait_for(
+                lambda: sum(user_counts(client, "outage", users).values()) > 500, 60, "progress"
+            )
             srv.send_signal(signal.SIGKILL)  # Redis gone mid-stream
             srv.wait(timeout=10)
             probes = probe_for(mport, 4.0)
@@ -107,7 +137,11 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
         text = log.read_text()
         # Whichever Redis call the outage hit (user read/write, global step,
         # lease) was retried with backoff and logged.
-        retried = [r for r in log_records(log) if "failed, retrying" in str(r.get("msg")) and "ConnectionError" in str(r.get("error"))]
+        retried = [
+            r
+            for r in log_records(log)
+            if "failed, retrying" in str(r.get("msg")) and "ConnectionError" in str(r.get("error"))
+        ]
         assert retried, text[-2000:]
         summary = stopped_summaries(log)[-1]
         # Every event applied once; a write whose reply was lost would show as a replay skip.
@@ -135,8 +169,18 @@ def test_a_full_redis_is_waited_for_not_crashed_on(kafka_bootstrap, topic_name, 
     events, counts = make_events(3000, 1500, seed=8)
     users = sorted(counts)
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, f"redis://127.0.0.1:{port}/0", topic_name, "full", "--stop-when-idle-s", "3",
-                     "--retry-max-backoff-s", "0.3", "--metrics-port", str(mport))  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        f"redis://127.0.0.1:{port}/0",
+        topic_name,
+        "full",
+        "--stop-when-idle-s",
+        "3",
+        "--retry-max-backoff-s",
+        "0.3",
+        "--metrics-port",
+        str(mport),
+    )
     try:
         with running(cmd, log) as proc:
             wait_for(lambda: probe(mport, "/readyz") == 200, 60, "worker ready")

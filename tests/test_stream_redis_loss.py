@@ -48,10 +48,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def start_empty_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir, "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            data_dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
 
     def pings() -> bool:
@@ -82,7 +96,9 @@ def _rebuilding(metrics: str) -> float:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
-def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(
+    kafka_bootstrap, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port, mport = free_port(), free_port()
     data = tmp_path / "redis"
     data.mkdir()
@@ -93,10 +109,24 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
     users = sorted(counts)
     client = redis.Redis(port=port)
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, url, topic_name, prefix, "--stop-when-idle-s", "5", "--retry-max-backoff-s", "0.5",
-                     "--checkpoint-every-s", "1", "--metrics-port", str(mport))  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        url,
+        topic_name,
+        prefix,
+        "--stop-when-idle-s",
+        "5",
+        "--retry-max-backoff-s",
+        "0.5",
+        "--checkpoint-every-s",
+        "1",
+        "--metrics-port",
+        str(mport),
+    )
     # Half before, half while Redis is killed and restarted: truly mid-stream.
-    producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events[2000:], 300.0))
+    producer = threading.Thread(
+        target=produce, args=(kafka_bootstrap, topic_name, events[2000:], 300.0)
+    )
     samples: list[tuple[float, int]] = []  # (hpmf_stream_rebuilding, /readyz status) after the loss
     watching = threading.Event()
     done = threading.Event()
@@ -118,11 +148,23 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
         with running(cmd, log) as proc:
             watcher.start()
             produce(kafka_bootstrap, topic_name, events[:2000])
-            wait_for(lambda: sum(user_counts(client, prefix, users).values()) == 2000, 90, "first half applied")
+            wait_for(
+                lambda: sum(user_counts(client, prefix, users).values()) == 2000,
+                90,
+                "first half applied",
+            )
             wait_for(lambda: ckpt.read_latest() is not None, 30, "a checkpoint in Kafka")
-            wait_for(lambda: choice_ckpt.read_latest() is not None, 30, "the choice component's checkpoint in Kafka")
+            wait_for(
+                lambda: choice_ckpt.read_latest() is not None,
+                30,
+                "the choice component's checkpoint in Kafka",
+            )
             producer.start()
-            wait_for(lambda: sum(user_counts(client, prefix, users).values()) > 2300, 60, "second half under way")
+            wait_for(
+                lambda: sum(user_counts(client, prefix, users).values()) > 2300,
+                60,
+                "second half under way",
+            )
             gv_before = int(client.get(global_current_key(prefix)))
             srv.send_signal(signal.SIGKILL)  # Redis gone, with all its data
             srv.wait(timeout=10)
@@ -131,7 +173,11 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
             watching.set()
             # Lookups work again before the rebuild is over: the learner
             # republished the checkpoint's global record.
-            wait_for(lambda: client.get(global_current_key(prefix)) is not None, 30, "globals republished")
+            wait_for(
+                lambda: client.get(global_current_key(prefix)) is not None,
+                30,
+                "globals republished",
+            )
             post = Lookup(client, prefix).user_posterior("user-never-seen")
             assert post.model_version > 0 and post.mean.shape[0] == 4
             producer.join(timeout=60)
@@ -147,7 +193,10 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
         assert any(str(s).startswith("kafka checkpoint") for s in sources), sources
         # ... and so did the choice component (its own key in the same topic).
         restored = [r for r in recs if r.get("msg") == "choice component restored"]
-        assert any(str(r.get("from", "")).startswith("kafka checkpoint") and r.get("clock", 0) > 0 for r in restored), restored
+        assert any(
+            str(r.get("from", "")).startswith("kafka checkpoint") and r.get("clock", 0) > 0
+            for r in restored
+        ), restored
         assert gv_after > 0 and gv_after >= min(gv_before, 1)
         assert any("rebuilding partition" in str(r.get("msg")) for r in recs)
         assert any(r.get("msg") == "partitions rebuilt" for r in recs)

@@ -24,7 +24,9 @@ class RecordingConsumer:
         self.async_commits.append({tp: om.offset for tp, om in offsets.items()})
 
     def commit(self, offsets: Any = None, timeout_ms: Any = None) -> None:
-        raise RuntimeError("Cannot block on net.run() from the IO thread itself.")  # as kafka-python 3 does
+        raise RuntimeError(
+            "Cannot block on net.run() from the IO thread itself."
+        )  # as kafka-python 3 does
 
 
 def _worker() -> tuple[Worker, RecordingConsumer]:

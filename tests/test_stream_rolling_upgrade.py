@@ -76,8 +76,15 @@ def _read_all(redis_url: str, prefix: str, users: list[str]) -> list:  # type: i
     return Lookup.from_url(redis_url, prefix, refresh_interval_ms=0).user_posteriors(users)
 
 
-def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix,  # type: ignore[no-untyped-def]
-                                            tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_rolling_upgrade_from_format_1_to_2(
+    kafka_bootstrap,
+    redis_url,
+    redis_client,
+    topic_name,
+    key_prefix,  # type: ignore[no-untyped-def]
+    tmp_path,
+    monkeypatch,
+) -> None:
     create_topic(kafka_bootstrap, topic_name)
     base = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--lag-refresh-s", "0.5")
     counts: collections.Counter[str] = collections.Counter()
@@ -91,7 +98,9 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     events, c0 = make_events(1500, 120, seed=1, id_prefix="a")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c0)
-    _run_until([*base, "--choice", "false"], tmp_path / "w0.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--choice", "false"], tmp_path / "w0.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     assert _versions(redis_client, key_prefix, users) == {b"1": len(users)}
     assert _global_version_field(redis_client, key_prefix) == b"1"
@@ -106,7 +115,9 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     events, c1 = make_events(1500, 120, seed=2, id_prefix="b")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c1)
-    _run_until([*base, "--record-format", "1"], tmp_path / "w1.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--record-format", "1"], tmp_path / "w1.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     assert _versions(redis_client, key_prefix, users) == {b"1": len(users)}
     assert _global_version_field(redis_client, key_prefix) == b"1"
@@ -121,7 +132,9 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     events, c2 = make_events(800, 60, seed=3, id_prefix="c")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c2)
-    _run_until([*base, "--record-format", "2"], tmp_path / "w2.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--record-format", "2"], tmp_path / "w2.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     versions = _versions(redis_client, key_prefix, users)
     assert versions[b"2"] == len(c2) and versions[b"1"] == len(users) - len(c2)

@@ -28,7 +28,9 @@ from streamer.service.store.global_stats_record import (
 from streamer.service.store.user_store import StoredUser
 
 
-def se(eid: str, uid: str, part: int, off: int, vid: str = "v", minutes: float = 1.0) -> SourcedEvent:
+def se(
+    eid: str, uid: str, part: int, off: int, vid: str = "v", minutes: float = 1.0
+) -> SourcedEvent:
     return SourcedEvent(WatchEvent(eid, uid, vid, minutes, 1000 + off), part, off, 5000 + off)
 
 
@@ -62,14 +64,21 @@ def test_update_users_writes_counts_offsets_and_id_window() -> None:
     # Replaying the same batch against what was written changes nothing.
     from streamer.reader.redis_record import user_state_from_record
 
-    stored = {u: StoredUser(user_state_from_record(r), r.partition, r.offset, r.event_ms, upd.event_ids[u])
-              for u, r in upd.records.items()}  # fmt: skip
+    stored = {
+        u: StoredUser(
+            user_state_from_record(r), r.partition, r.offset, r.event_ms, upd.event_ids[u]
+        )
+        for u, r in upd.records.items()
+    }
     again = update_users(model, events, stored, dedupe_window=3, now_ms=100)
     assert again.records == {} and again.stats is None and again.skipped_replay == 6
 
 
 def test_next_offsets_is_one_past_the_highest_per_partition() -> None:
-    recs = [SimpleNamespace(topic="t", partition=p, offset=o) for p, o in [(0, 5), (0, 3), (1, 9), (0, 7)]]
+    recs = [
+        SimpleNamespace(topic="t", partition=p, offset=o)
+        for p, o in [(0, 5), (0, 3), (1, 9), (0, 7)]
+    ]
     assert next_offsets(recs) == {TopicPartition("t", 0): 8, TopicPartition("t", 1): 10}
 
 
@@ -77,7 +86,15 @@ def test_global_stats_round_trip_exactly() -> None:
     m = OnlineHPMF(HPMFConfig(n_factors=2))
     upd = m.local_update(Batch.of(["a", "b", "a"], ["x", "y", "y"], [3.0, 1.0, 2.0]), {})
     back = decode_stats(encode_stats(upd.stats))
-    for name in ("video_prec", "video_shift", "user_mean", "user_cov", "event_user", "event_video", "target"):
+    for name in (
+        "video_prec",
+        "video_shift",
+        "user_mean",
+        "user_cov",
+        "event_user",
+        "event_video",
+        "target",
+    ):
         a, b = getattr(upd.stats, name), getattr(back, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name  # bit-exact: N workers == 1 worker
     assert back.video_ids == upd.stats.video_ids and back.n_events == 3

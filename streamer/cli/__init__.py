@@ -16,15 +16,39 @@ from pathlib import Path
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "stream": ("streamer.cli.stream", "run the streaming service: Kafka watch events in, posteriors in Redis out"),
-    "replay": ("streamer.cli.replay", "produce an events file into Kafka, keyed by user, at a given rate"),
-    "lookup": ("streamer.cli.lookup", "print a user's posterior, predictions and recommendations from Redis"),
-    "evaluate": ("streamer.cli.evaluate", "evaluate the model ladder on an events file (prequential or holdout)"),
-    "simulate": ("streamer.cli.simulate", "write a synthetic AVOD watch stream drawn from the model itself"),
-    "fit": ("streamer.cli.fit", "batch-fit the model on an events file and write a checkpoint (warm start)"),
+    "stream": (
+        "streamer.cli.stream",
+        "run the streaming service: Kafka watch events in, posteriors in Redis out",
+    ),
+    "replay": (
+        "streamer.cli.replay",
+        "produce an events file into Kafka, keyed by user, at a given rate",
+    ),
+    "lookup": (
+        "streamer.cli.lookup",
+        "print a user's posterior, predictions and recommendations from Redis",
+    ),
+    "evaluate": (
+        "streamer.cli.evaluate",
+        "evaluate the model ladder on an events file (prequential or holdout)",
+    ),
+    "simulate": (
+        "streamer.cli.simulate",
+        "write a synthetic AVOD watch stream drawn from the model itself",
+    ),
+    "fit": (
+        "streamer.cli.fit",
+        "batch-fit the model on an events file and write a checkpoint (warm start)",
+    ),
     "topics": ("streamer.cli.topics", "create the Kafka topics the service uses"),
-    "rebuild": ("streamer.cli.rebuild", "rebuild Redis from Kafka (after Redis lost its data): users replayed, globals from the durable checkpoint"),
-    "forget": ("streamer.cli.forget", "delete users' records and keep a replay of the topic from bringing them back"),
+    "rebuild": (
+        "streamer.cli.rebuild",
+        "rebuild Redis from Kafka (after Redis lost its data): users replayed, globals from the durable checkpoint",
+    ),
+    "forget": (
+        "streamer.cli.forget",
+        "delete users' records and keep a replay of the topic from bringing them back",
+    ),
 }
 
 
@@ -42,10 +66,20 @@ def version() -> str:
     if (root / ".git").exists():
         try:
             git = ["git", "-C", str(root)]
-            sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 check=True, timeout=5).stdout.strip()  # fmt: skip
-            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
+            sha = subprocess.run(
+                [*git, "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=5,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=5,
+            ).stdout.strip()
             text += f" (git {sha}{'-dirty' if dirty else ''})"
         except (OSError, subprocess.SubprocessError):
             pass
@@ -55,9 +89,16 @@ def version() -> str:
 class _VersionAction(argparse.Action):
     """``--version``: works out the text only when asked (git is a subprocess)."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="print the version (and git commit) and exit")  # fmt: skip
+    def __init__(
+        self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: object
+    ) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="print the version (and git commit) and exit",
+        )
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
         print(version())

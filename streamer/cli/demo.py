@@ -89,25 +89,44 @@ def reset(topic: str, dlq: str, group: str, prefix: str, bootstrap: str, redis_u
     had_group = delete_group(bootstrap, group, config=security)
     client = redis_client(url=redis_url)
     # {prefix}:* too: the global keys' names on a Redis Cluster (HPMF_REDIS_CLUSTER).
-    keys = [k for pattern in (f"{prefix}:*", f"{{{prefix}}}:*") for k in client.scan_iter(match=pattern, count=1000)]
+    keys = [
+        k
+        for pattern in (f"{prefix}:*", f"{{{prefix}}}:*")
+        for k in client.scan_iter(match=pattern, count=1000)
+    ]
     for k in range(0, len(keys), 1000):
         client.delete(*keys[k : k + 1000])
     client.close()
     group_note = f", consumer group {group!r}" if had_group else ""
-    say(f"reset: deleted topics {topic!r}, {dlq!r}{group_note} and {len(keys)} Redis keys under {prefix!r}:*")
+    say(
+        f"reset: deleted topics {topic!r}, {dlq!r}{group_note} and {len(keys)} Redis keys under {prefix!r}:*"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamer.cli.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m streamer.cli.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--days", type=int, default=2, help="days of simulated traffic (default 2)")
-    p.add_argument("--users-per-day", type=int, default=1500, help="new users per day (default 1500)")
+    p.add_argument(
+        "--users-per-day", type=int, default=1500, help="new users per day (default 1500)"
+    )
     p.add_argument("--rate", type=int, default=4000, help="replay rate, events/s (default 4000)")
-    p.add_argument("--choice-strength", type=float, default=2.0,
-                   help="how much taste drives which videos the simulated users start "
-                   "(hpmf simulate --choice-strength; default 2, 0 = popularity alone)")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("DEMO_METRICS_PORT", "9464")),
-                   help="the service's metrics port (default: DEMO_METRICS_PORT or 9464)")
+    p.add_argument(
+        "--choice-strength",
+        type=float,
+        default=2.0,
+        help="how much taste drives which videos the simulated users start "
+        "(hpmf simulate --choice-strength; default 2, 0 = popularity alone)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("DEMO_METRICS_PORT", "9464")),
+        help="the service's metrics port (default: DEMO_METRICS_PORT or 9464)",
+    )
     args = p.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -115,21 +134,49 @@ def main(argv: list[str] | None = None) -> int:
     dlq = os.environ.get("HPMF_DLQ_TOPIC", f"{topic}.dlq")
     group = os.environ.get("HPMF_GROUP_ID", "hpmf-stream")
     prefix = os.environ.get("HPMF_REDIS_PREFIX", "hpmf")
-    bootstrap = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-    redis_url = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
-    env = {**os.environ, "HPMF_TOPIC": topic, "HPMF_DLQ_TOPIC": dlq, "HPMF_GROUP_ID": group, "HPMF_REDIS_PREFIX": prefix,
-           "HPMF_KAFKA_BOOTSTRAP": bootstrap, "HPMF_REDIS_URL": redis_url}  # fmt: skip
-    if port_taken(args.metrics_port):  # before anything is done: the service would die on it at step 3
-        raise RuntimeError(f"port 127.0.0.1:{args.metrics_port} (the service's metrics) is already in use by another "
-                           f"process; choose another: DEMO_METRICS_PORT=<port> make demo")  # fmt: skip
+    bootstrap = os.environ.get(
+        "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    )
+    redis_url = os.environ.get(
+        "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
+    )
+    env = {
+        **os.environ,
+        "HPMF_TOPIC": topic,
+        "HPMF_DLQ_TOPIC": dlq,
+        "HPMF_GROUP_ID": group,
+        "HPMF_REDIS_PREFIX": prefix,
+        "HPMF_KAFKA_BOOTSTRAP": bootstrap,
+        "HPMF_REDIS_URL": redis_url,
+    }
+    if port_taken(
+        args.metrics_port
+    ):  # before anything is done: the service would die on it at step 3
+        raise RuntimeError(
+            f"port 127.0.0.1:{args.metrics_port} (the service's metrics) is already in use by another "
+            f"process; choose another: DEMO_METRICS_PORT=<port> make demo"
+        )
     RUN.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
     events = RUN / "events.tsv"
     say(f"1/7 simulating {args.days} days of AVOD traffic into {events}")
-    sh([*HPMF, "simulate", str(events), "--days", str(args.days),
-        "--users-per-day", str(args.users_per_day), "--seed", "7",
-        "--choice-strength", str(args.choice_strength)], env=env)  # fmt: skip
+    sh(
+        [
+            *HPMF,
+            "simulate",
+            str(events),
+            "--days",
+            str(args.days),
+            "--users-per-day",
+            str(args.users_per_day),
+            "--seed",
+            "7",
+            "--choice-strength",
+            str(args.choice_strength),
+        ],
+        env=env,
+    )
     n_events = sum(1 for _ in events.open()) - 1
     heavy, light = pick_users(events)
 
@@ -137,15 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     reset(topic, dlq, group, prefix, bootstrap, redis_url)
 
     log = RUN / "stream.log"
-    say(f"3/7 starting the streaming service (log: {log}, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")
+    say(
+        f"3/7 starting the streaming service (log: {log}, metrics: http://127.0.0.1:{args.metrics_port}/metrics)"
+    )
     with log.open("w") as logf:
         worker = subprocess.Popen(
             # A short stream: the choice learner recomputes its videos every
             # 1,000 events (the service default, 10,000, suits long streams).
-            [*HPMF, "stream", "--metrics-port", str(args.metrics_port), "--transform", "log1p",
-             "--choice-sweep-every", "1000"],
-            cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                *HPMF,
+                "stream",
+                "--metrics-port",
+                str(args.metrics_port),
+                "--transform",
+                "log1p",
+                "--choice-sweep-every",
+                "1000",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
     try:
         say(f"4/7 replaying {n_events} watch events into Kafka topic {topic!r} at {args.rate}/s")
         sh([*HPMF, "replay", str(events), "--rate", str(args.rate), "--topic", topic], env=env)
@@ -156,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             while (seen := consumed(args.metrics_port)) < n_events:
                 bar.update(int(seen) - bar.n)
                 if worker.poll() is not None:
-                    raise RuntimeError(f"the service exited early with code {worker.returncode}; see {log}")
+                    raise RuntimeError(
+                        f"the service exited early with code {worker.returncode}; see {log}"
+                    )
                 if time.time() > deadline:
-                    raise RuntimeError(f"the service consumed {seen:.0f} of {n_events} events in 5 min; see {log}")
+                    raise RuntimeError(
+                        f"the service consumed {seen:.0f} of {n_events} events in 5 min; see {log}"
+                    )
                 time.sleep(0.5)
             bar.update(n_events - bar.n)
         time.sleep(1.0)  # the last batch's Redis write and commit follow its consumption
@@ -174,12 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         say(f"service exited with code {worker.returncode}")
 
     say("7/7 what another service reads from Redis:")
-    for label, user in (("heavy watcher", heavy), ("light watcher (2 views)", light),
-                        ("brand-new user", "new-user-never-seen")):  # fmt: skip
+    for label, user in (
+        ("heavy watcher", heavy),
+        ("light watcher (2 views)", light),
+        ("brand-new user", "new-user-never-seen"),
+    ):
         print(f"\n===== {label}: user {user} =====", flush=True)
-        sh([*HPMF, "lookup", user, "--k", "5", "--prefix", prefix, "--redis-url", redis_url], env=env)
+        sh(
+            [*HPMF, "lookup", user, "--k", "5", "--prefix", prefix, "--redis-url", redis_url],
+            env=env,
+        )
     print("", flush=True)
-    say("how well the served lists match the simulator's truth (recommend through Redis vs most popular):")
+    say(
+        "how well the served lists match the simulator's truth (recommend through Redis vs most popular):"
+    )
     from streamer.cli.simulate import truth_path
     from streamer.evaluation.demo_truth import render, served_vs_truth, watched_by_user
 
@@ -201,8 +273,11 @@ def cli() -> int:
     except (BrokerNotReadyError, RuntimeError) as exc:
         print(f"[demo] error: {exc}", file=sys.stderr, flush=True)
     except subprocess.CalledProcessError as exc:
-        print(f"[demo] error: hpmf {exc.cmd[3]} exited with code {exc.returncode} (its output is above)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"[demo] error: hpmf {exc.cmd[3]} exited with code {exc.returncode} (its output is above)",
+            file=sys.stderr,
+            flush=True,
+        )
     return 1
 
 

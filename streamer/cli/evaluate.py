@@ -62,42 +62,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "event), coverage90 (share within mean +- 1.6449 std), rmse_new / rmse_lt5 / rmse_lt20\n"
         "(events whose user had 0 / <5 / <20 earlier events), events_per_s (predict+learn)."
     )
-    parser.add_argument("events", type=Path, help="events file: CSV/TSV with user_id, video_id, "
-                        "value, timestamp (or MovieLens/recbole headers)")  # fmt: skip
-    parser.add_argument("--protocol", choices=(*PROTOCOLS, "ranking"), default="prequential",
-                        help="evaluation protocol (default: prequential)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
-                        help="events per minibatch of predict/learn (default: 256; ranking: 1)")  # fmt: skip
-    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                        help=f"ladder rungs to run (default: all: {' '.join(LADDER)}; "
-                        f"ranking: {' '.join(RANK_RUNGS)})")  # fmt: skip
+    parser.add_argument(
+        "events",
+        type=Path,
+        help="events file: CSV/TSV with user_id, video_id, "
+        "value, timestamp (or MovieLens/recbole headers)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=(*PROTOCOLS, "ranking"),
+        default="prequential",
+        help="evaluation protocol (default: prequential)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="events per minibatch of predict/learn (default: 256; ranking: 1)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"ladder rungs to run (default: all: {' '.join(LADDER)}; "
+        f"ranking: {' '.join(RANK_RUNGS)})",
+    )
     ranking_cli.add_arguments(parser)
-    parser.add_argument("--transform", choices=TRANSFORMS, default="identity",
-                        help="scale the Gaussian lives on: identity (ratings) or log1p "
-                        "(minutes watched); metrics are on this scale (default: identity)")  # fmt: skip
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N events in time order (quick runs)")  # fmt: skip
-    parser.add_argument("--train-fraction", type=float, default=0.8,
-                        help="holdout only: share of events (by time) learned (default: 0.8)")  # fmt: skip
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default="identity",
+        help="scale the Gaussian lives on: identity (ratings) or log1p "
+        "(minutes watched); metrics are on this scale (default: identity)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N events in time order (quick runs)",
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.8,
+        help="holdout only: share of events (by time) learned (default: 0.8)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
-    parser.add_argument("--global-mean-prior", type=float, default=0.0, metavar="B0",
-                        help="prior mean of the global mean b0 on the transformed scale: what every "
-                             "rung predicts before it has learned anything, e.g. 3 (the midpoint) "
-                             "for 1-5 star ratings (default: 0)")  # fmt: skip
-    parser.add_argument("--truth", type=Path, default=None, metavar="SIM.truth.npz",
-                        help="a simulated stream's truth (written by `hpmf simulate`): adds the "
-                             "'oracle' rung, which knows the true video factors, prior and noise and "
-                             "learns only the users; needs --transform log1p")  # fmt: skip
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
-                        help="write the report here: {protocol, batch_size, n_events, models: "
-                        "{name: {rmse, mae, nll, coverage90, rmse_new, rmse_lt5, rmse_lt20, "
-                        "events_per_s}}}")  # fmt: skip
-    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
-                        help="write a PNG: rolling RMSE over the stream, and RMSE / predictive "
-                        "spread by the user's number of earlier events")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default: 1; the model's tensors are small, "
-                        "and extra threads mostly add synchronisation, badly so on a busy CPU)")  # fmt: skip
+    parser.add_argument(
+        "--global-mean-prior",
+        type=float,
+        default=0.0,
+        metavar="B0",
+        help="prior mean of the global mean b0 on the transformed scale: what every "
+        "rung predicts before it has learned anything, e.g. 3 (the midpoint) "
+        "for 1-5 star ratings (default: 0)",
+    )
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        default=None,
+        metavar="SIM.truth.npz",
+        help="a simulated stream's truth (written by `hpmf simulate`): adds the "
+        "'oracle' rung, which knows the true video factors, prior and noise and "
+        "learns only the users; needs --transform log1p",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the report here: {protocol, batch_size, n_events, models: "
+        "{name: {rmse, mae, nll, coverage90, rmse_new, rmse_lt5, rmse_lt20, "
+        "events_per_s}}}",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="OUT.png",
+        help="write a PNG: rolling RMSE over the stream, and RMSE / predictive "
+        "spread by the user's number of earlier events",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default: 1; the model's tensors are small, "
+        "and extra threads mostly add synchronisation, badly so on a busy CPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -138,8 +193,10 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
         xs = range(len(bins))
         ax2.plot(xs, [b["rmse"] for b in bins], "o-", color=color)
         ax2.plot(xs, [b["spread"] for b in bins], "s--", color=color, alpha=0.7, ms=4)
-    ys = [np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) >= 2 * window]
-          for line in ax1.get_lines()]  # fmt: skip
+    ys = [
+        np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) >= 2 * window]
+        for line in ax1.get_lines()
+    ]
     ys = [y for y in ys if len(y)]
     if ys:  # the first minibatch (no globals yet) would squash the rest of the curve
         top = float(np.quantile(np.concatenate(ys), 0.995))
@@ -161,9 +218,19 @@ def plot(results: dict[str, StreamResult], out: Path, title: str) -> None:
     ax2.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
-    styles = [Line2D([], [], color="k", marker="o", label="RMSE"),
-              Line2D([], [], color="k", ls="--", marker="s", ms=4, alpha=0.7,
-                     label="sqrt(mean predictive var)")]  # fmt: skip
+    styles = [
+        Line2D([], [], color="k", marker="o", label="RMSE"),
+        Line2D(
+            [],
+            [],
+            color="k",
+            ls="--",
+            marker="s",
+            ms=4,
+            alpha=0.7,
+            label="sqrt(mean predictive var)",
+        ),
+    ]
     ax2.legend(handles=styles, fontsize=8, title="colours as left", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -182,8 +249,10 @@ def run(args: argparse.Namespace) -> int:
         args.models = list(LADDER)
     bad = [m for m in args.models if m not in LADDER]
     if bad:
-        print(f"hpmf evaluate: unknown model(s) {', '.join(bad)}; choose from: {', '.join(LADDER)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"hpmf evaluate: unknown model(s) {', '.join(bad)}; choose from: {', '.join(LADDER)}",
+            file=sys.stderr,
+        )
         return 2
 
     try:
@@ -200,8 +269,10 @@ def run(args: argparse.Namespace) -> int:
             print("hpmf evaluate: --truth (the oracle rung) is prequential only", file=sys.stderr)
             return 2
         if args.transform != "log1p":
-            print("hpmf evaluate: --truth needs --transform log1p (the simulator draws log1p(minutes))",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "hpmf evaluate: --truth needs --transform log1p (the simulator draws log1p(minutes))",
+                file=sys.stderr,
+            )
             return 2
         try:
             with np.load(args.truth, allow_pickle=False) as f:
@@ -220,18 +291,32 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(events), desc=f"{name:<12}", unit="ev", file=sys.stderr,
-                       mininterval=1.0, leave=True)  # fmt: skip
+            bar = tqdm(
+                total=len(events),
+                desc=f"{name:<12}",
+                unit="ev",
+                file=sys.stderr,
+                mininterval=1.0,
+                leave=True,
+            )
         try:
             model = _new_model(name, args)
             res = run_stream(
-                model, users, videos, events.values, batch_size=args.batch_size,
-                protocol=args.protocol, train_fraction=args.train_fraction,
+                model,
+                users,
+                videos,
+                events.values,
+                batch_size=args.batch_size,
+                protocol=args.protocol,
+                train_fraction=args.train_fraction,
                 progress=None if bar is None else bar.update,
-            )  # fmt: skip
+            )
         except (RuntimeError, ValueError, IndexError) as exc:
             failed.append(name)
-            print(f"hpmf evaluate: model {name!r} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"hpmf evaluate: model {name!r} failed: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
             traceback.print_exc(limit=-3, file=sys.stderr)
             scores[name] = {k: math.nan for k in ("rmse",)}
             continue
@@ -241,12 +326,15 @@ def run(args: argparse.Namespace) -> int:
         scores[name] = metrics(res)
         streams[name] = res
     if truth is not None:
-        res = oracle_stream(users, videos, forward(args.transform, events.values), truth,
-                            batch_size=args.batch_size)  # fmt: skip
+        res = oracle_stream(
+            users, videos, forward(args.transform, events.values), truth, batch_size=args.batch_size
+        )
         scores["oracle"] = metrics(res)
         streams["oracle"] = res
-    print(f"{args.protocol}, batch size {args.batch_size}, {len(events)} events from {args.events}"
-          f" (transform {args.transform})")  # fmt: skip
+    print(
+        f"{args.protocol}, batch size {args.batch_size}, {len(events)} events from {args.events}"
+        f" (transform {args.transform})"
+    )
     print(format_table(scores))
     if failed:
         print(f"failed (metrics null in the JSON): {', '.join(failed)}")
@@ -255,13 +343,18 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")
         print(f"report written to {args.json}")
     if args.plot is not None and streams:
-        title = (f"{args.events.name}: {args.protocol}, minibatch {args.batch_size}, "
-                 f"{len(events)} events")  # fmt: skip
+        title = (
+            f"{args.events.name}: {args.protocol}, minibatch {args.batch_size}, "
+            f"{len(events)} events"
+        )
         plot(streams, args.plot, title)
         print(f"plot written to {args.plot}")
     return 1 if failed else 0
 
 
 def _new_model(name: str, args: argparse.Namespace) -> OnlineHPMF:
-    return OnlineHPMF(ladder_config(name, transform=args.transform, seed=args.seed,
-                                    global_mean_prior=args.global_mean_prior))  # fmt: skip
+    return OnlineHPMF(
+        ladder_config(
+            name, transform=args.transform, seed=args.seed, global_mean_prior=args.global_mean_prior
+        )
+    )

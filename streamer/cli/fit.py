@@ -26,22 +26,49 @@ from model.transform import TRANSFORMS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("events", type=Path, help="events file (CSV/TSV: user_id, video_id, value, timestamp)")
-    parser.add_argument("--out", type=Path, required=True, metavar="CKPT", help="checkpoint file to write")
+    parser.add_argument(
+        "events", type=Path, help="events file (CSV/TSV: user_id, video_id, value, timestamp)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="CKPT", help="checkpoint file to write"
+    )
     parser.add_argument("--epochs", type=int, default=5, help="passes over the file (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=1024, metavar="B",
-                        help="events per minibatch (default: 1024)")  # fmt: skip
-    parser.add_argument("--transform", choices=TRANSFORMS, default="identity",
-                        help="identity (ratings) or log1p (minutes watched) (default: identity)")  # fmt: skip
-    parser.add_argument("--factors", type=int, default=None, metavar="K",
-                        help=f"taste dimensions (default: HPMFConfig's, {HPMFConfig().n_factors})")  # fmt: skip
-    parser.add_argument("--effective-data-size", type=float, default=None, metavar="N_EFF",
-                        help="video-evidence forgetting horizon and SVI data size (default: the "
-                        "number of events in the file, so that many epochs weigh each event once)")  # fmt: skip
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1024,
+        metavar="B",
+        help="events per minibatch (default: 1024)",
+    )
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default="identity",
+        help="identity (ratings) or log1p (minutes watched) (default: identity)",
+    )
+    parser.add_argument(
+        "--factors",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"taste dimensions (default: HPMFConfig's, {HPMFConfig().n_factors})",
+    )
+    parser.add_argument(
+        "--effective-data-size",
+        type=float,
+        default=None,
+        metavar="N_EFF",
+        help="video-evidence forgetting horizon and SVI data size (default: the "
+        "number of events in the file, so that many epochs weigh each event once)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default: 1; the model's tensors are small, "
-                        "and extra threads mostly add synchronisation, badly so on a busy CPU)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default: 1; the model's tensors are small, "
+        "and extra threads mostly add synchronisation, badly so on a busy CPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -85,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         history = fit(
-            model, events.user_ids.tolist(), events.video_ids.tolist(), events.values,
-            epochs=args.epochs, batch_size=args.batch_size,
+            model,
+            events.user_ids.tolist(),
+            events.video_ids.tolist(),
+            events.values,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
             progress=None if bar is None else bar.update,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         print(f"hpmf fit: {exc}", file=sys.stderr)
         return 2

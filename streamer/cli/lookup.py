@@ -35,38 +35,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("user", help="the user id, as the events carry it")
-    parser.add_argument("--k", type=int, default=10, help="how many videos to recommend (default 10)")
     parser.add_argument(
-        "--strategy", choices=("mean", "ucb", "thompson"), default="mean",
+        "--k", type=int, default=10, help="how many videos to recommend (default 10)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("mean", "ucb", "thompson"),
+        default="mean",
         help="how to rank videos (default mean)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the thompson draw")
     parser.add_argument("--ucb-beta", type=float, default=2.0, help="beta of ucb (default 2)")
     parser.add_argument(
-        "--include-watched", action="store_true",
+        "--include-watched",
+        action="store_true",
         help="also recommend videos in the user's stored history",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--predict", default="", metavar="V1,V2,...",
+        "--predict",
+        default="",
+        metavar="V1,V2,...",
         help="also print the prediction for these comma-separated video ids",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("HPMF_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "--redis-url",
+        default=os.environ.get("HPMF_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis to read (env HPMF_REDIS_URL; default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--redis-cluster", action="store_true",
+        "--redis-cluster",
+        action="store_true",
         default=os.environ.get("HPMF_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on"),
         help="--redis-url names a node of a Redis Cluster (env HPMF_REDIS_CLUSTER)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--prefix", default=os.environ.get("HPMF_REDIS_PREFIX", "hpmf"),
+        "--prefix",
+        default=os.environ.get("HPMF_REDIS_PREFIX", "hpmf"),
         help="key prefix the service writes under (env HPMF_REDIS_PREFIX; default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-version-lag", type=int, default=1000,
+        "--max-version-lag",
+        type=int,
+        default=1000,
         help="flag the posterior stale beyond this many global versions (default 1000)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
@@ -89,10 +101,21 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
     # The ACL user, password and TLS files of HPMF_REDIS_* apply here too.
     settings = StreamSettings(redis_cluster=args.redis_cluster)
-    lk = Lookup(redis_client(settings, url=args.redis_url), args.prefix, max_version_lag=args.max_version_lag,
-                refresh_interval_ms=0, ucb_beta=args.ucb_beta, cluster=args.redis_cluster)  # fmt: skip
-    recs = lk.recommend(args.user, k=args.k, strategy=args.strategy,
-                        exclude_watched=not args.include_watched, seed=args.seed)  # fmt: skip
+    lk = Lookup(
+        redis_client(settings, url=args.redis_url),
+        args.prefix,
+        max_version_lag=args.max_version_lag,
+        refresh_interval_ms=0,
+        ucb_beta=args.ucb_beta,
+        cluster=args.redis_cluster,
+    )
+    recs = lk.recommend(
+        args.user,
+        k=args.k,
+        strategy=args.strategy,
+        exclude_watched=not args.include_watched,
+        seed=args.seed,
+    )
     post = recs.posterior
     model = lk.model()
     rec = model.record
@@ -144,37 +167,55 @@ def render(out: dict[str, Any], seed: int | None) -> str:
         )
         lines.append(f"  last event {_when(out['event_ms'])}, written {_when(out['updated_ms'])}")
     elif out["status"] == "new_user":
-        lines.append(f"  no record (new or churned user): pooled prior of model v{out['model_version']}")
+        lines.append(
+            f"  no record (new or churned user): pooled prior of model v{out['model_version']}"
+        )
     else:
         lines.append(f"  record unusable ({out['status']}): pooled prior served. {out['error']}")
     mean, std = out["mean"], out["std"]
     taste = mean[:-1] if out["biases"] else mean
     spread = std[:-1] if out["biases"] else std
-    lines.append("  taste  " + " ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(taste, spread, strict=True)))
+    lines.append(
+        "  taste  " + " ".join(f"{m:+.2f}±{s:.2f}" for m, s in zip(taste, spread, strict=True))
+    )
     if out["biases"]:
         lines.append(f"  bias   {mean[-1]:+.3f} ± {std[-1]:.3f} (model scale: {out['transform']})")
     if out["watched"]:
         shown = ", ".join(out["watched"][-8:])
         more = f" (+{len(out['watched']) - 8} older)" if len(out["watched"]) > 8 else ""
         lines.append(f"  watched {len(out['watched'])}: {shown}{more}")
-    how = out["strategy"] + (f", seed {seed}" if out["strategy"] == "thompson" and seed is not None else "")
+    how = out["strategy"] + (
+        f", seed {seed}" if out["strategy"] == "thompson" and seed is not None else ""
+    )
     width = max((len(r["video_id"]) for r in out["recommendations"]), default=8)
     if out.get("choice"):  # the choice component: P(start) x E[minutes | start] is what was ranked
-        lines.append(f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, "
-                     f"expected {unit} if shown (P(start) x {unit} if started):")  # fmt: skip
+        lines.append(
+            f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, "
+            f"expected {unit} if shown (P(start) x {unit} if started):"
+        )
         for i, r in enumerate(out["recommendations"], 1):
-            lines.append(f"  {i:>3}. {r['video_id']:<{width}}  {r['score']:8.1f}   "
-                         f"(if started {r['mean']:.1f} ± {r['std']:.1f})")  # fmt: skip
+            lines.append(
+                f"  {i:>3}. {r['video_id']:<{width}}  {r['score']:8.1f}   "
+                f"(if started {r['mean']:.1f} ± {r['std']:.1f})"
+            )
     else:
-        lines.append(f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, predicted {unit}:")
+        lines.append(
+            f"top {len(out['recommendations'])} of {out['n_videos']} videos by {how}, predicted {unit}:"
+        )
     for i, r in enumerate(out["recommendations"] if not out.get("choice") else [], 1):
-        score = "" if out["strategy"] == "mean" else f"   ({out['strategy']} score {r['score']:.1f})"
-        lines.append(f"  {i:>3}. {r['video_id']:<{width}}  {r['mean']:8.1f} ± {r['std']:.1f}{score}")
+        score = (
+            "" if out["strategy"] == "mean" else f"   ({out['strategy']} score {r['score']:.1f})"
+        )
+        lines.append(
+            f"  {i:>3}. {r['video_id']:<{width}}  {r['mean']:8.1f} ± {r['std']:.1f}{score}"
+        )
     for p in out.get("predictions", []):
         if p["known"]:
             lines.append(f"  predict {p['video_id']}: {p['mean']:.1f} ± {p['std']:.1f} {unit}")
         else:
-            lines.append(f"  predict {p['video_id']}: unknown video (not in model v{out['model_version']})")
+            lines.append(
+                f"  predict {p['video_id']}: unknown video (not in model v{out['model_version']})"
+            )
     return "\n".join(lines)
 
 

@@ -31,18 +31,37 @@ import sys
 import time
 import uuid
 
-_FLAGS = ("kafka_bootstrap", "topic", "redis_url", "redis_prefix", "redis_cluster", "checkpoints_topic", "user_ttl_s",
-          "global_keep_versions")  # fmt: skip
+_FLAGS = (
+    "kafka_bootstrap",
+    "topic",
+    "redis_url",
+    "redis_prefix",
+    "redis_cluster",
+    "checkpoints_topic",
+    "user_ttl_s",
+    "global_keep_versions",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in _FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                            type=int if name in ("user_ttl_s", "global_keep_versions") else str,
-                            help=f"as for hpmf stream (env HPMF_{name.upper()})")  # fmt: skip
-    parser.add_argument("--status", action="store_true", help="only print the state; change nothing")
-    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
-                        help="wait up to S seconds for every partition to be rebuilt")  # fmt: skip
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            type=int if name in ("user_ttl_s", "global_keep_versions") else str,
+            help=f"as for hpmf stream (env HPMF_{name.upper()})",
+        )
+    parser.add_argument(
+        "--status", action="store_true", help="only print the state; change nothing"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for every partition to be rebuilt",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     s = StreamSettings(**{k: v for k, v in vars(args).items() if k in _FLAGS and v is not None})
     client = redis_client(s, socket_connect_timeout=5, socket_timeout=10)
-    gprefix = global_prefix(s.redis_prefix, is_cluster_client(client))  # the global keys' hash tag on a cluster
+    gprefix = global_prefix(
+        s.redis_prefix, is_cluster_client(client)
+    )  # the global keys' hash tag on a cluster
     key = marker_key(gprefix)
     security = kafka_security(s)
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, **security)
@@ -78,19 +99,27 @@ def run(args: argparse.Namespace) -> int:
     current = client.get(global_current_key(gprefix))
     ckpt = CheckpointTopic(s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, security)
     found = ckpt.read_latest()
-    print(f"redis {mask_url(s.redis_url)} prefix {s.redis_prefix}: marker {'present' if client.exists(key) else 'absent'}, "
-          f"{len(marked())}/{len(fields)} partitions marked rebuilt, global version "
-          f"{current.decode() if current else 'none'}")  # fmt: skip
-    print(f"kafka {s.topic}: {len(partitions)} partitions, retention.ms {retention} "
-          f"(user TTL {s.user_ttl_s * 1000} ms{'' if retention is None or int(retention) < 0 or int(retention) >= s.user_ttl_s * 1000 else ': SHORTER, users older than the retention cannot be rebuilt'})")  # fmt: skip
-    print(f"checkpoint {s.checkpoints_topic_name}: "
-          + (f"version {found[1]}, {len(found[0])} bytes" if found else "none"))  # fmt: skip
+    print(
+        f"redis {mask_url(s.redis_url)} prefix {s.redis_prefix}: marker {'present' if client.exists(key) else 'absent'}, "
+        f"{len(marked())}/{len(fields)} partitions marked rebuilt, global version "
+        f"{current.decode() if current else 'none'}"
+    )
+    print(
+        f"kafka {s.topic}: {len(partitions)} partitions, retention.ms {retention} "
+        f"(user TTL {s.user_ttl_s * 1000} ms{'' if retention is None or int(retention) < 0 or int(retention) >= s.user_ttl_s * 1000 else ': SHORTER, users older than the retention cannot be rebuilt'})"
+    )
+    print(
+        f"checkpoint {s.checkpoints_topic_name}: "
+        + (f"version {found[1]}, {len(found[0])} bytes" if found else "none")
+    )
     if args.status:
         return 0
 
     if current is None and found is not None:
         _publish_checkpoint(client, gprefix, found[0], s.global_keep_versions)
-        print(f"published the checkpoint's global record (version {found[1]}): lookups serve its pooled prior")
+        print(
+            f"published the checkpoint's global record (version {found[1]}): lookups serve its pooled prior"
+        )
     # A new epoch token and no partition marked: running workers see the token
     # change, workers started later see their partitions unmarked; all replay.
     # (Deleting the marker would let a worker started later take this Redis
@@ -99,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     pipe.delete(key)
     pipe.hset(key, "epoch", uuid.uuid4().hex)
     pipe.execute()
-    print(f"reset {key} (new epoch, no partition marked): workers now replay their partitions from Kafka")
+    print(
+        f"reset {key} (new epoch, no partition marked): workers now replay their partitions from Kafka"
+    )
     if args.wait <= 0:
         return 0
     deadline = time.monotonic() + args.wait
@@ -109,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"rebuilt: all {len(fields)} partitions")
             return 0
         time.sleep(0.5)
-    print(f"hpmf rebuild: {len(marked())}/{len(fields)} partitions rebuilt after {args.wait:.0f} s "
-          "(is a worker running? see hpmf_stream_rebuilding)", file=sys.stderr)  # fmt: skip
+    print(
+        f"hpmf rebuild: {len(marked())}/{len(fields)} partitions rebuilt after {args.wait:.0f} s "
+        "(is a worker running? see hpmf_stream_rebuilding)",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -42,9 +42,15 @@ class RateLimiter:
 
 
 def produce(
-    bootstrap: str, topic: str, events: Iterable[tuple[bytes, bytes]], rate: float = 0.0,
-    total: int | None = None, progress: bool = True, linger_ms: int = 5, config: dict[str, Any] | None = None,
-) -> int:  # fmt: skip
+    bootstrap: str,
+    topic: str,
+    events: Iterable[tuple[bytes, bytes]],
+    rate: float = 0.0,
+    total: int | None = None,
+    progress: bool = True,
+    linger_ms: int = 5,
+    config: dict[str, Any] | None = None,
+) -> int:
     """Send (key, value) pairs to ``topic`` at ``rate``/s; returns the count sent.
     ``config``: the security settings (default: from the environment,
     :func:`streamer.service.connections.kafka_security`)."""
@@ -53,8 +59,13 @@ def produce(
 
     from streamer.service.connections import kafka_security
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=linger_ms, batch_size=128 * 1024,
-                             **(config if config is not None else kafka_security()))  # fmt: skip
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=linger_ms,
+        batch_size=128 * 1024,
+        **(config if config is not None else kafka_security()),
+    )
     limiter = RateLimiter(rate)
     n = 0
     bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5)
@@ -73,7 +84,9 @@ def produce(
     return n
 
 
-def file_events(path: Path, limit: int | None, ts_mode: str) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
+def file_events(
+    path: Path, limit: int | None, ts_mode: str
+) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
     from streamer.files.events_file import read_events
 
     ev = read_events(path)
@@ -83,19 +96,38 @@ def file_events(path: Path, limit: int | None, ts_mode: str) -> tuple[int, Itera
     def gen() -> Iterator[tuple[bytes, bytes]]:
         for i in range(n):
             uid = str(ev.user_ids[i])
-            ts = int(time.time() * 1000) if ts_mode == "now" else int(float(ev.timestamps[i]) * 1000)
-            yield uid.encode(), encode_event(f"{name}:{i}", uid, str(ev.video_ids[i]), float(ev.values[i]), ts)
+            ts = (
+                int(time.time() * 1000) if ts_mode == "now" else int(float(ev.timestamps[i]) * 1000)
+            )
+            yield (
+                uid.encode(),
+                encode_event(f"{name}:{i}", uid, str(ev.video_ids[i]), float(ev.values[i]), ts),
+            )
 
     return n, gen()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("events", type=Path, help="events file (CSV/TSV: user_id, video_id, value, timestamp)")
-    parser.add_argument("--rate", type=float, default=2000.0, help="events per second; 0 = unthrottled (default 2000)")
+    parser.add_argument(
+        "events", type=Path, help="events file (CSV/TSV: user_id, video_id, value, timestamp)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="events per second; 0 = unthrottled (default 2000)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="produce only the first N events")
     parser.add_argument("--topic", default=None, help="topic (default: HPMF_TOPIC or watch-events)")
-    parser.add_argument("--kafka-bootstrap", default=None, help="bootstrap servers (default: HPMF_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--ts", choices=("now", "file"), default="now", help="event time: produce time or the file's (epoch s)")
+    parser.add_argument(
+        "--kafka-bootstrap", default=None, help="bootstrap servers (default: HPMF_KAFKA_BOOTSTRAP)"
+    )
+    parser.add_argument(
+        "--ts",
+        choices=("now", "file"),
+        default="now",
+        help="event time: produce time or the file's (epoch s)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -106,9 +138,14 @@ def run(args: argparse.Namespace) -> int:
 
     s = StreamSettings()
     # Another topic named: its dead-letter and checkpoints topics follow it.
-    s = s.model_copy(update={"kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap, "topic": args.topic or s.topic,
-                             "dlq_topic": s.dlq_topic if args.topic is None else "",
-                             "checkpoints_topic": s.checkpoints_topic if args.topic is None else ""})
+    s = s.model_copy(
+        update={
+            "kafka_bootstrap": args.kafka_bootstrap or s.kafka_bootstrap,
+            "topic": args.topic or s.topic,
+            "dlq_topic": s.dlq_topic if args.topic is None else "",
+            "checkpoints_topic": s.checkpoints_topic if args.topic is None else "",
+        }
+    )
     bootstrap, topic = s.kafka_bootstrap, s.topic
     try:
         service_topics(s)
@@ -117,8 +154,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     total, events = file_events(args.events, args.limit, args.ts)
     t0 = time.monotonic()
-    n = produce(bootstrap, topic, events, rate=args.rate, total=total, progress=not args.no_progress,
-                config=kafka_security(s))  # fmt: skip
+    n = produce(
+        bootstrap,
+        topic,
+        events,
+        rate=args.rate,
+        total=total,
+        progress=not args.no_progress,
+        config=kafka_security(s),
+    )
     dt = time.monotonic() - t0
     print(f"produced {n} events to {topic} in {dt:.1f} s ({n / max(dt, 1e-9):.0f}/s)")
     return 0

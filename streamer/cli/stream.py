@@ -33,13 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         conv = {int: int, float: float, bool: _bool}.get(kind, str)  # type: ignore[call-overload]
         doc = (f.description or "").strip()
         parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, type=conv, default=None,
-            help=f"{doc} (env HPMF_{name.upper()}; default {f.default!r})" if doc else f"env HPMF_{name.upper()}; default {f.default!r}",
-        )  # fmt: skip
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=conv,
+            default=None,
+            help=f"{doc} (env HPMF_{name.upper()}; default {f.default!r})"
+            if doc
+            else f"env HPMF_{name.upper()}; default {f.default!r}",
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> StreamSettings:
-    given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
+    given = {
+        k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None
+    }
     return StreamSettings(**given)
 
 
@@ -50,16 +57,25 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValidationError as exc:
         # Each error's location and message, never its input: a URL may hold a password.
-        errors = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False))
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
         print(f"hpmf stream: invalid settings: {errors}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # an unusable HPMF_SECRETS_DIR (no input to leak: the message names the path)
+    except (
+        ValueError
+    ) as exc:  # an unusable HPMF_SECRETS_DIR (no input to leak: the message names the path)
         print(f"hpmf stream: invalid settings: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     log = logging.getLogger("streamer.stream")
     log.info("starting hpmf stream", extra={"settings": settings.describe()})
-    print(json.dumps({"hpmf_stream_settings": settings.describe()}, default=str), file=sys.stderr, flush=True)
+    print(
+        json.dumps({"hpmf_stream_settings": settings.describe()}, default=str),
+        file=sys.stderr,
+        flush=True,
+    )
 
     from streamer.service.worker import Worker  # imports torch: only when the service runs
 

@@ -18,9 +18,15 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topic", default=None, help="watch-events topic (default: HPMF_TOPIC or watch-events)")
-    parser.add_argument("--dlq-topic", default=None, help="dead-letter topic (default: <topic>.dlq)")
-    parser.add_argument("--partitions", type=int, default=None, help="partitions (default: HPMF_PARTITIONS or 4)")
+    parser.add_argument(
+        "--topic", default=None, help="watch-events topic (default: HPMF_TOPIC or watch-events)"
+    )
+    parser.add_argument(
+        "--dlq-topic", default=None, help="dead-letter topic (default: <topic>.dlq)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=None, help="partitions (default: HPMF_PARTITIONS or 4)"
+    )
     parser.add_argument("--kafka-bootstrap", default=None)
 
 
@@ -32,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from streamer.service.settings import StreamSettings
 
-    given = {k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None}
+    given = {
+        k: v for k, v in vars(args).items() if k in StreamSettings.model_fields and v is not None
+    }
     s = StreamSettings(**given)
     topics, _ = service_topic_specs(s)
     try:

@@ -70,13 +70,20 @@ class TruthReport:
 
 
 def served_vs_truth(
-    events: Path, truth_path: Path, redis_url: str, prefix: str, k: int = 5, min_events: int = 3,
+    events: Path,
+    truth_path: Path,
+    redis_url: str,
+    prefix: str,
+    k: int = 5,
+    min_events: int = 3,
     max_users: int = 400,
-) -> TruthReport:  # fmt: skip
+) -> TruthReport:
     truth = load_truth(truth_path)
     watched = watched_by_user(events)
     starts = Counter(v for vids in watched.values() for v in vids)
-    users = sorted((u for u, v in watched.items() if len(v) >= min_events), key=lambda u: (-len(watched[u]), u))
+    users = sorted(
+        (u for u, v in watched.items() if len(v) >= min_events), key=lambda u: (-len(watched[u]), u)
+    )
     users = users[:max_users]
     if not users:
         raise ValueError(f"no user with {min_events} or more events in {events}")
@@ -86,7 +93,9 @@ def served_vs_truth(
     rows = np.array([urow[u] for u in users])
     p_start = truth.choice_probabilities(rows)  # (users, videos)
     all_v = np.arange(len(vids))
-    m = truth.mean(np.repeat(rows, len(vids)), np.tile(all_v, len(rows))).reshape(len(rows), len(vids))
+    m = truth.mean(np.repeat(rows, len(vids)), np.tile(all_v, len(rows))).reshape(
+        len(rows), len(vids)
+    )
     value = p_start * np.expm1(m + 0.5 * truth.sigma**2)
     pop_order = [v for v, _ in starts.most_common()] + [v for v in vids if v not in starts]
 
@@ -122,25 +131,40 @@ def served_vs_truth(
     cos = norm @ norm.T
     a, b = np.unravel_index(np.argmin(cos), cos.shape)
     return TruthReport(
-        users=users, k=k, overlap=overlap, value_share=share, distinct_lists=distinct, served=served,
-        true_best=true_best, pair=(users[int(a)], users[int(b)]), pair_cosine=float(cos[a, b]),
-    )  # fmt: skip
+        users=users,
+        k=k,
+        overlap=overlap,
+        value_share=share,
+        distinct_lists=distinct,
+        served=served,
+        true_best=true_best,
+        pair=(users[int(a)], users[int(b)]),
+        pair_cosine=float(cos[a, b]),
+    )
 
 
 def render(rep: TruthReport, watched_counts: dict[str, int]) -> str:
     """The report as the demo prints it."""
     k = rep.k
-    lines = [f"served top {k} vs the simulator's truth, {len(rep.users)} users with >= 3 events "
-             f"(true best = the {k} unwatched videos with the highest true P(start) x E[minutes | start])",
-             f"  {'ranker':<18} {'overlap@' + str(k):>10} {'value share':>12} {'distinct lists':>15}"]  # fmt: skip
+    lines = [
+        f"served top {k} vs the simulator's truth, {len(rep.users)} users with >= 3 events "
+        f"(true best = the {k} unwatched videos with the highest true P(start) x E[minutes | start])",
+        f"  {'ranker':<18} {'overlap@' + str(k):>10} {'value share':>12} {'distinct lists':>15}",
+    ]
     for name in rep.overlap:
-        lines.append(f"  {name:<18} {rep.overlap[name]:>10.3f} {rep.value_share[name]:>12.3f} "
-                     f"{rep.distinct_lists[name]:>15d}")  # fmt: skip
+        lines.append(
+            f"  {name:<18} {rep.overlap[name]:>10.3f} {rep.value_share[name]:>12.3f} "
+            f"{rep.distinct_lists[name]:>15d}"
+        )
     a, b = rep.pair
-    lines.append(f"two users whose true tastes differ (cosine {rep.pair_cosine:+.2f} between their true taste vectors):")
+    lines.append(
+        f"two users whose true tastes differ (cosine {rep.pair_cosine:+.2f} between their true taste vectors):"
+    )
     for u in (a, b):
         lines.append(f"  {u} ({watched_counts[u]} events) served: {' '.join(rep.served[u])}")
-        lines.append(f"  {u:>{len(u)}} {'':>{len(str(watched_counts[u])) + 9}} true best: {' '.join(rep.true_best[u])}")
+        lines.append(
+            f"  {u:>{len(u)}} {'':>{len(str(watched_counts[u])) + 9}} true best: {' '.join(rep.true_best[u])}"
+        )
     common = len(set(rep.served[a]) & set(rep.served[b]))
     lines.append(f"  their served lists share {common} of {k} videos")
     return "\n".join(lines)

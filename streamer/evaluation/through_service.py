@@ -97,14 +97,18 @@ class ServedStream:
     status: np.ndarray  # (N,) one of STATUSES
     n_events: np.ndarray  # (N,) events in the served user posterior (0: the pooled prior; -1: none)
     model_version: np.ndarray  # (N,) global version served (-1: none)
-    user_version: np.ndarray  # (N,) global version the user's record was computed against (-1: prior/none)
+    user_version: (
+        np.ndarray
+    )  # (N,) global version the user's record was computed against (-1: prior/none)
     seconds: float  # wall time of the whole run
 
     def __len__(self) -> int:
         return len(self.mean)
 
 
-def config_mismatch(settings: StreamSettings, transform: str, global_mean_prior: float = 0.0) -> list[str]:
+def config_mismatch(
+    settings: StreamSettings, transform: str, global_mean_prior: float = 0.0
+) -> list[str]:
     """The HPMFConfig fields in which the worker's model (from ``settings``)
     differs from ``hpmf evaluate --models hpmf --transform T
     --global-mean-prior B0``'s, sorted; empty when they are the same model,
@@ -119,11 +123,19 @@ def config_mismatch(settings: StreamSettings, transform: str, global_mean_prior:
     """
     service = HPMFConfig(**settings.model_config_dict())
     harness = ladder_config("hpmf", transform=transform, global_mean_prior=global_mean_prior)
-    return sorted(f.name for f in fields(HPMFConfig) if getattr(service, f.name) != getattr(harness, f.name))
+    return sorted(
+        f.name for f in fields(HPMFConfig) if getattr(service, f.name) != getattr(harness, f.name)
+    )
 
 
-def wait_applied(client: redis.Redis, key: str, partition: int, offset: int, timeout_s: float,
-                 alive: Callable[[], bool] | None = None) -> None:  # fmt: skip
+def wait_applied(
+    client: redis.Redis,
+    key: str,
+    partition: int,
+    offset: int,
+    timeout_s: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
     """Block until the user record at ``key`` names (partition, offset) or a
     later offset of that partition. ``alive`` (e.g. the worker process is
     running) is checked while waiting; TimeoutError if it never comes."""
@@ -134,8 +146,10 @@ def wait_applied(client: redis.Redis, key: str, partition: int, offset: int, tim
         if p is not None and o is not None and int(p) == partition and int(o) >= offset:
             return
         if time.monotonic() > end:
-            raise TimeoutError(f"{key}: offset {partition}:{offset} not applied in {timeout_s} s "
-                               f"(record has {p!r}:{o!r})")  # fmt: skip
+            raise TimeoutError(
+                f"{key}: offset {partition}:{offset} not applied in {timeout_s} s "
+                f"(record has {p!r}:{o!r})"
+            )
         if alive is not None and not alive():
             raise RuntimeError(f"the worker stopped before {key} got offset {partition}:{offset}")
         # Short at first (the worker usually answers in a few ms), then backing
@@ -144,8 +158,13 @@ def wait_applied(client: redis.Redis, key: str, partition: int, offset: int, tim
         pause = min(pause * 1.5, 0.005)
 
 
-def wait_published(client: redis.Redis, prefix: str, version: int, timeout_s: float,
-                   alive: Callable[[], bool] | None = None) -> None:  # fmt: skip
+def wait_published(
+    client: redis.Redis,
+    prefix: str,
+    version: int,
+    timeout_s: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
     """Block until ``{prefix}:g:current`` names ``version`` or a later one."""
     end = time.monotonic() + timeout_s
     pause = 0.0005
@@ -154,7 +173,9 @@ def wait_published(client: redis.Redis, prefix: str, version: int, timeout_s: fl
         if raw is not None and int(raw) >= version:
             return
         if time.monotonic() > end:
-            raise TimeoutError(f"global version {version} not published in {timeout_s} s (current: {raw!r})")
+            raise TimeoutError(
+                f"global version {version} not published in {timeout_s} s (current: {raw!r})"
+            )
         if alive is not None and not alive():
             raise RuntimeError(f"the worker stopped before publishing global version {version}")
         time.sleep(pause)
@@ -204,9 +225,17 @@ def score_through_service(
     # refresh_interval_ms=0: the reader checks g:current on every call (in the
     # same round trip as the user), so it serves the newest published globals.
     lookup = Lookup(client, prefix, refresh_interval_ms=0)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
-                             **(dict(kafka_config) if kafka_config is not None else kafka_security()))  # fmt: skip
-    users, videos, values = events.user_ids.tolist(), events.video_ids.tolist(), events.values.tolist()
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=0,
+        **(dict(kafka_config) if kafka_config is not None else kafka_security()),
+    )
+    users, videos, values = (
+        events.user_ids.tolist(),
+        events.video_ids.tolist(),
+        events.values.tolist(),
+    )
     t0 = time.monotonic()
     try:
         for i in range(n):
@@ -227,10 +256,18 @@ def score_through_service(
                     mean[i], std[i] = float(pred.model_mean[0]), float(pred.model_std[0])
                 else:
                     status[i] = "unknown_video"
-            value = encode_event(f"{source}:{i}", uid, vid, float(values[i]), int(time.time() * 1000))
+            value = encode_event(
+                f"{source}:{i}", uid, vid, float(values[i]), int(time.time() * 1000)
+            )
             md = producer.send(topic, key=uid.encode(), value=value).get(timeout=30)
-            wait_applied(client, user_key(prefix, uid), md.partition, md.offset,
-                         first_timeout_s if i == 0 else timeout_s, alive)  # fmt: skip
+            wait_applied(
+                client,
+                user_key(prefix, uid),
+                md.partition,
+                md.offset,
+                first_timeout_s if i == 0 else timeout_s,
+                alive,
+            )
             if progress is not None:
                 progress(1)
     finally:
@@ -307,8 +344,12 @@ def compare(served: ServedStream, harness: StreamResult, user_ids: Any) -> dict[
         "rmse_diff": _rmse(err_s) - _rmse(err_h),
         "rmse_se": _rmse_se(err_h),
         "rmse_diff_se": _rmse_diff_se(err_s, err_h),
-        "coverage90": float(np.mean(np.abs(err_s) <= Z90 * served.std[ok])) if ok.any() else math.nan,
-        "harness_coverage90_same_events": float(np.mean(np.abs(err_h) <= Z90 * harness.std[ok])) if ok.any() else math.nan,
+        "coverage90": float(np.mean(np.abs(err_s) <= Z90 * served.std[ok]))
+        if ok.any()
+        else math.nan,
+        "harness_coverage90_same_events": float(np.mean(np.abs(err_h) <= Z90 * harness.std[ok]))
+        if ok.any()
+        else math.nan,
         "mean_abs_diff": float(diff.mean()) if diff.size else math.nan,
         "max_abs_diff": float(diff.max()) if diff.size else math.nan,
         "history_mismatches": float((served.n_events != earlier)[served_any].sum()),
@@ -318,4 +359,4 @@ def compare(served: ServedStream, harness: StreamResult, user_ids: Any) -> dict[
         "globals_lag_mean": float(np.mean(lag)) if lag.size else math.nan,
         "globals_lag_max": float(np.max(lag)) if lag.size else math.nan,
         "events_per_s": n / served.seconds if served.seconds > 0 else math.nan,
-    }  # fmt: skip
+    }

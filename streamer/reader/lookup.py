@@ -218,7 +218,9 @@ class Lookup:
         """Why the last attempt to load a newer global record failed (the old one is kept)."""
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "hpmf", *, cluster: bool = False, **kwargs: Any) -> Lookup:
+    def from_url(
+        cls, url: str, prefix: str = "hpmf", *, cluster: bool = False, **kwargs: Any
+    ) -> Lookup:
         """A reader of ``url``; ``cluster=True``: a node of a Redis Cluster."""
         return cls(_client_from_url(url, cluster), prefix, cluster=cluster, **kwargs)
 
@@ -334,9 +336,17 @@ class Lookup:
     ) -> UserPosterior:
         rec = model.record
         return UserPosterior(
-            user_id=uid, status=status, mean=rec.prior_mean, cov=rec.prior_cov, n_events=0,
-            model_version=rec.version, user_version=None, version_lag=0, stale=False, error=error,
-        )  # fmt: skip
+            user_id=uid,
+            status=status,
+            mean=rec.prior_mean,
+            cov=rec.prior_cov,
+            n_events=0,
+            model_version=rec.version,
+            user_version=None,
+            version_lag=0,
+            stale=False,
+            error=error,
+        )
 
     def _posterior(self, uid: str, raw: Any, model: ServingModel) -> UserPosterior:
         key = user_key(self.prefix, uid)
@@ -356,12 +366,21 @@ class Lookup:
             return self._prior(uid, model, Status.CORRUPT_RECORD, str(exc))
         lag = model.version - rec.global_version
         return UserPosterior(
-            user_id=uid, status=Status.OK, mean=rec.mean, cov=rec.cov, n_events=rec.n_events,
-            model_version=model.version, user_version=rec.global_version, version_lag=lag,
-            stale=abs(lag) > self.max_version_lag, updated_ms=rec.updated_ms,
-            event_ms=rec.event_ms, history=rec.history,
-            choice_mean=rec.choice_mean, choice_cov=rec.choice_cov,
-        )  # fmt: skip
+            user_id=uid,
+            status=Status.OK,
+            mean=rec.mean,
+            cov=rec.cov,
+            n_events=rec.n_events,
+            model_version=model.version,
+            user_version=rec.global_version,
+            version_lag=lag,
+            stale=abs(lag) > self.max_version_lag,
+            updated_ms=rec.updated_ms,
+            event_ms=rec.event_ms,
+            history=rec.history,
+            choice_mean=rec.choice_mean,
+            choice_cov=rec.choice_cov,
+        )
 
     # ------------------------------------------------------------ predictions
     def predict(self, user_id: object, video_ids: Sequence[str]) -> Predictions:
@@ -414,7 +433,9 @@ class Lookup:
 
         ``exclude_watched`` drops the videos in the user's stored history.
         """
-        return self.recommend_many([user_id], k, strategy, exclude_watched=exclude_watched, seed=seed)[0]
+        return self.recommend_many(
+            [user_id], k, strategy, exclude_watched=exclude_watched, seed=seed
+        )[0]
 
     def recommend_many(
         self,
@@ -427,7 +448,9 @@ class Lookup:
     ) -> list[Recommendations]:
         """:meth:`recommend` for many users; their records come in one round trip."""
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         posts = self.user_posteriors(user_ids)
@@ -450,8 +473,16 @@ class Lookup:
         seed: int | None,
     ) -> Recommendations:
         rec = model.record
-        scores, user = served_scores(model, post.mean, post.cov, post.choice_mean, post.choice_cov,
-                                     strategy, self._rng_for(post.user_id, seed), self.ucb_beta)  # fmt: skip
+        scores, user = served_scores(
+            model,
+            post.mean,
+            post.cov,
+            post.choice_mean,
+            post.choice_cov,
+            strategy,
+            self._rng_for(post.user_id, seed),
+            self.ucb_beta,
+        )
         if exclude_watched and post.history:
             rows = [model.index[v] for v, _, _ in post.history if v in model.index]
             scores[rows] = -np.inf

@@ -77,7 +77,9 @@ class ServingModel:
     def from_record(cls, rec: GlobalRecord) -> ServingModel:
         v, d = rec.n_videos, rec.dim
         choice = cls.from_record(choice_record(rec)) if rec.has_choice else None
-        eyw = feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
+        eyw = (
+            feature_moments(rec.video_mean, rec.video_cov, rec.biases)[0] if v else np.zeros((0, d))
+        )
         vc = np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d, d)
         iu = np.triu_indices(d)
         # Every per-video quantity recommend needs, in one float32 row per video, so
@@ -121,12 +123,21 @@ def choice_record(rec: GlobalRecord) -> GlobalRecord:
     cd = int(rec.choice_prior_mean.shape[0])
     cov = np.asarray(rec.choice_video_cov, dtype=np.float64)
     return GlobalRecord(
-        version=rec.version, dim=cd, n_factors=cd - 1, biases=True, transform="identity",
-        b0=0.0, sigma=1.0, prior_mean=rec.choice_prior_mean, prior_cov=rec.choice_prior_cov,
-        video_ids=rec.video_ids, video_mean=rec.choice_video_mean, video_cov=cov,
+        version=rec.version,
+        dim=cd,
+        n_factors=cd - 1,
+        biases=True,
+        transform="identity",
+        b0=0.0,
+        sigma=1.0,
+        prior_mean=rec.choice_prior_mean,
+        prior_cov=rec.choice_prior_cov,
+        video_ids=rec.video_ids,
+        video_mean=rec.choice_video_mean,
+        video_cov=cov,
         video_scale=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)),
         updated_ms=rec.updated_ms,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,9 @@ class UserMoments:
     @classmethod
     def of(cls, mean: np.ndarray, cov: np.ndarray, biases: bool) -> UserMoments:
         ey, eyy, eb = feature_moments(mean, cov, biases)
-        return cls(np.asarray(mean, np.float64), np.asarray(cov, np.float64), ey, eyy.ravel(), float(eb))
+        return cls(
+            np.asarray(mean, np.float64), np.asarray(cov, np.float64), ey, eyy.ravel(), float(eb)
+        )
 
 
 def predictive(
@@ -230,7 +243,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     masked = np.where(finite, scores, -np.inf)
     k = min(k, n)
-    part = np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
+    part = (
+        np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
+    )
     order = part[np.argsort(-masked[part], kind="stable")]
     return order[:k]
 
@@ -300,7 +315,11 @@ def rank_scores(
     elif strategy == "mean":  # E[s] alone: one (V, cd) pass instead of the packed variance terms
         cd = c_model.record.dim
         ey = c_user.ey.astype(np.float32)[:, None]
-        s = c_model.b0 + c_user.eb + blocked_matmul(c_model.packed[:, :cd], ey)[:, 0].astype(np.float64)
+        s = (
+            c_model.b0
+            + c_user.eb
+            + blocked_matmul(c_model.packed[:, :cd], ey)[:, 0].astype(np.float64)
+        )
     else:
         s, epi = predictive_all(c_model, c_user)
         if strategy == "ucb":

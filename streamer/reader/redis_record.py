@@ -48,12 +48,32 @@ F32 = np.dtype("<f4")  # the wire dtype of every array
 
 USER_FIELDS = ("v", "d", "mean", "cov", "n", "ts", "et", "gv", "p", "o", "hist")
 GLOBAL_FIELDS = (
-    "v", "gv", "d", "k", "biases", "transform", "b0", "sigma", "prior_mean", "prior_cov",
-    "n_videos", "video_ids", "video_mean", "video_cov", "video_scale", "ts",
-)  # fmt: skip
+    "v",
+    "gv",
+    "d",
+    "k",
+    "biases",
+    "transform",
+    "b0",
+    "sigma",
+    "prior_mean",
+    "prior_cov",
+    "n_videos",
+    "video_ids",
+    "video_mean",
+    "video_cov",
+    "video_scale",
+    "ts",
+)
 USER_CHOICE_FIELDS = ("cd", "cmean", "ccov")
 """Version 2's extra user fields: the choice posterior q(a_i) padded to cd = K_c + 1 dims."""
-GLOBAL_CHOICE_FIELDS = ("cd", "choice_prior_mean", "choice_prior_cov", "choice_video_mean", "choice_video_cov")
+GLOBAL_CHOICE_FIELDS = (
+    "cd",
+    "choice_prior_mean",
+    "choice_prior_cov",
+    "choice_video_mean",
+    "choice_video_cov",
+)
 """Version 2's extra global fields: the choice component's pooled user prior and
 its video posteriors, in ``video_ids`` order."""
 
@@ -197,7 +217,16 @@ class GlobalRecord:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GlobalRecord):
             return NotImplemented
-        scalars = ("version", "dim", "n_factors", "biases", "transform", "b0", "sigma", "updated_ms")
+        scalars = (
+            "version",
+            "dim",
+            "n_factors",
+            "biases",
+            "transform",
+            "b0",
+            "sigma",
+            "updated_ms",
+        )
         arrays = ("prior_mean", "prior_cov", "video_mean", "video_cov", "video_scale")
         choice = ("choice_prior_mean", "choice_prior_cov", "choice_video_mean", "choice_video_cov")
         return (
@@ -268,7 +297,9 @@ class _Reader:
         try:
             value = int(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            raise CorruptRecordError(self.key, f"field {name!r} is not an integer: {raw[:40]!r}") from None
+            raise CorruptRecordError(
+                self.key, f"field {name!r} is not an integer: {raw[:40]!r}"
+            ) from None
         if lo is not None and value < lo:
             raise CorruptRecordError(self.key, f"field {name!r} is {value}, must be >= {lo}")
         return value
@@ -278,7 +309,9 @@ class _Reader:
         try:
             value = float(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            raise CorruptRecordError(self.key, f"field {name!r} is not a number: {raw[:40]!r}") from None
+            raise CorruptRecordError(
+                self.key, f"field {name!r} is not a number: {raw[:40]!r}"
+            ) from None
         if not math.isfinite(value):
             raise CorruptRecordError(self.key, f"field {name!r} is not finite: {value}")
         return value
@@ -329,18 +362,27 @@ def _user_choice_fields(rec: UserRecord) -> dict[str, bytes]:
     return {"v": b"2", "cd": b"%d" % cd, "cmean": _f32(cm), "ccov": _f32(cc)}
 
 
-def _user_field_values(rec: UserRecord, d: int, mean_f32: bytes, cov_f32: bytes) -> tuple[bytes, ...]:
+def _user_field_values(
+    rec: UserRecord, d: int, mean_f32: bytes, cov_f32: bytes
+) -> tuple[bytes, ...]:
     """A user record's field values in :data:`USER_FIELDS` order, its arrays
     already as float32 bytes (the one place that writes the user layout)."""
     hist = [[str(vid), float(val), int(seq)] for vid, val, seq in rec.history]
     # b"%d" % int(x) is the bytes of str(int(x)) (_int_text), without the str round trip.
     return (
-        _SCHEMA_TEXT, b"%d" % d, mean_f32, cov_f32,
-        b"%d" % int(rec.n_events), b"%d" % int(rec.updated_ms), b"%d" % int(rec.event_ms),
-        b"%d" % int(rec.global_version), b"%d" % int(rec.partition), b"%d" % int(rec.offset),
+        _SCHEMA_TEXT,
+        b"%d" % d,
+        mean_f32,
+        cov_f32,
+        b"%d" % int(rec.n_events),
+        b"%d" % int(rec.updated_ms),
+        b"%d" % int(rec.event_ms),
+        b"%d" % int(rec.global_version),
+        b"%d" % int(rec.partition),
+        b"%d" % int(rec.offset),
         # compact JSON; allow_nan=False keeps it parseable by every JSON library
         _HIST_JSON.encode(hist).encode(),
-    )  # fmt: skip
+    )
 
 
 def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]]:
@@ -360,7 +402,9 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
         return []
     v2 = [r.choice_mean is not None or r.choice_cov is not None for r in records]
     if any(v2) and not all(v2):
-        return [tuple(encode_user_record(r).values()) for r in records]  # mixed versions: one by one
+        return [
+            tuple(encode_user_record(r).values()) for r in records
+        ]  # mixed versions: one by one
     means = [np.asarray(r.mean, dtype=np.float64) for r in records]
     covs = [np.asarray(r.cov, dtype=np.float64) for r in records]
     d = means[0].shape[0] if means[0].ndim == 1 else -1
@@ -370,7 +414,9 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     cov_bytes = np.stack(covs).astype(F32).tobytes()
     mb, cb = 4 * d, 4 * d * d
     out = [
-        _user_field_values(rec, d, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb])
+        _user_field_values(
+            rec, d, mean_bytes[k * mb : (k + 1) * mb], cov_bytes[k * cb : (k + 1) * cb]
+        )
         for k, rec in enumerate(records)
     ]
     if not v2[0]:
@@ -381,12 +427,20 @@ def encode_user_records(records: Sequence[UserRecord]) -> list[tuple[bytes, ...]
     ccs = [np.asarray(r.choice_cov, dtype=np.float64) for r in records]
     cd = cms[0].shape[0] if cms[0].ndim == 1 else -1
     if cd < 1 or any(m.shape != (cd,) for m in cms) or any(c.shape != (cd, cd) for c in ccs):
-        return [tuple(encode_user_record(r).values()) for r in records]  # one by one (raises if malformed)
+        return [
+            tuple(encode_user_record(r).values()) for r in records
+        ]  # one by one (raises if malformed)
     cm_bytes = np.stack(cms).astype(F32).tobytes()
     cc_bytes = np.stack(ccs).astype(F32).tobytes()
     cmb, ccb, cd_text = 4 * cd, 4 * cd * cd, b"%d" % cd
     return [
-        (b"2", *vals[1:], cd_text, cm_bytes[k * cmb : (k + 1) * cmb], cc_bytes[k * ccb : (k + 1) * ccb])
+        (
+            b"2",
+            *vals[1:],
+            cd_text,
+            cm_bytes[k * cmb : (k + 1) * cmb],
+            cc_bytes[k * ccb : (k + 1) * ccb],
+        )
         for k, vals in enumerate(out)
     ]
 
@@ -502,9 +556,12 @@ def encode_global_record(rec: GlobalRecord) -> dict[str, bytes]:
     if rec.transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {rec.transform!r}")
     shapes = {
-        "prior_mean": (d,), "prior_cov": (d, d), "video_mean": (v, d),
-        "video_cov": (v, d, d), "video_scale": (v, d),
-    }  # fmt: skip
+        "prior_mean": (d,),
+        "prior_cov": (d, d),
+        "video_mean": (v, d),
+        "video_cov": (v, d, d),
+        "video_scale": (v, d),
+    }
     for name, shape in shapes.items():
         got = np.shape(getattr(rec, name))
         if tuple(got) != shape:
@@ -535,13 +592,22 @@ def encode_global_record(rec: GlobalRecord) -> dict[str, bytes]:
 
 def _global_choice_fields(rec: GlobalRecord) -> dict[str, bytes]:
     """Version 2: ``v`` becomes 2 and the choice component follows the v1 fields."""
-    arrays = (rec.choice_prior_mean, rec.choice_prior_cov, rec.choice_video_mean, rec.choice_video_cov)
+    arrays = (
+        rec.choice_prior_mean,
+        rec.choice_prior_cov,
+        rec.choice_video_mean,
+        rec.choice_video_cov,
+    )
     if any(a is None for a in arrays):
         raise ValueError("a global record's choice component needs all four choice arrays")
     pm = np.asarray(rec.choice_prior_mean)
     cd, v = (pm.shape[0] if pm.ndim == 1 else -1), len(rec.video_ids)
-    shapes = {"choice_prior_mean": (cd,), "choice_prior_cov": (cd, cd),
-              "choice_video_mean": (v, cd), "choice_video_cov": (v, cd, cd)}  # fmt: skip
+    shapes = {
+        "choice_prior_mean": (cd,),
+        "choice_prior_cov": (cd, cd),
+        "choice_video_mean": (v, cd),
+        "choice_video_cov": (v, cd, cd),
+    }
     for name, shape in shapes.items():
         got = np.shape(getattr(rec, name))
         if tuple(got) != shape or cd < 1:
@@ -646,11 +712,14 @@ def with_choice(rec: GlobalRecord, choice: Any) -> GlobalRecord:
     mean[known] = choice.video_mean()[rows[known]]
     cov[known] = choice.video_cov()[rows[known]]
     pm, pc = choice.prior_state()
-    return dataclasses.replace(rec, choice_prior_mean=pm, choice_prior_cov=pc,
-                               choice_video_mean=mean, choice_video_cov=cov)  # fmt: skip
+    return dataclasses.replace(
+        rec, choice_prior_mean=pm, choice_prior_cov=pc, choice_video_mean=mean, choice_video_cov=cov
+    )
 
 
-def _queue_global(pipe: Any, prefix: str, rec: GlobalRecord, ttl_s: int, previous: int | None) -> None:
+def _queue_global(
+    pipe: Any, prefix: str, rec: GlobalRecord, ttl_s: int, previous: int | None
+) -> None:
     key = global_key(prefix, rec.version)
     pipe.delete(key)  # a republished version must not keep fields of the old one
     pipe.hset(key, mapping=encode_global_record(rec))

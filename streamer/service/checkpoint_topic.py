@@ -53,7 +53,9 @@ TOPIC_CONFIGS = {
 class CheckpointTopic:
     """Write and read the learner's checkpoint in a compacted topic (one partition)."""
 
-    def __init__(self, bootstrap: str, topic: str, key: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, key: str, config: Mapping[str, Any] | None = None
+    ) -> None:
         """``config``: the Kafka security settings (:func:`streamer.service.connections.kafka_security`);
         None: those of the environment."""
         self.bootstrap = bootstrap
@@ -65,18 +67,31 @@ class CheckpointTopic:
     def write(self, blob: bytes, version: int, timeout_s: float = 60.0) -> None:
         """Produce one checkpoint and wait for the broker's acknowledgement."""
         if len(blob) > MAX_RECORD_BYTES - 4096:
-            log.error("checkpoint too large for the checkpoint topic; lower max_videos",
-                      extra={"bytes": len(blob), "limit": MAX_RECORD_BYTES})  # fmt: skip
+            log.error(
+                "checkpoint too large for the checkpoint topic; lower max_videos",
+                extra={"bytes": len(blob), "limit": MAX_RECORD_BYTES},
+            )
             return
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", max_request_size=MAX_RECORD_BYTES,
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                max_request_size=MAX_RECORD_BYTES,
                 client_id="hpmf-checkpoint",
-                reconnect_backoff_max_ms=1000, **self.security,
-            )  # fmt: skip
-        headers = [("gv", str(int(version)).encode()), ("ts", str(int(time.time() * 1000)).encode())]
-        self._producer.send(self.topic, key=self.key, value=blob, headers=headers, partition=0).get(timeout=timeout_s)
-        log.info("checkpoint written to Kafka", extra={"topic": self.topic, "gv": version, "bytes": len(blob)})
+                reconnect_backoff_max_ms=1000,
+                **self.security,
+            )
+        headers = [
+            ("gv", str(int(version)).encode()),
+            ("ts", str(int(time.time() * 1000)).encode()),
+        ]
+        self._producer.send(self.topic, key=self.key, value=blob, headers=headers, partition=0).get(
+            timeout=timeout_s
+        )
+        log.info(
+            "checkpoint written to Kafka",
+            extra={"topic": self.topic, "gv": version, "bytes": len(blob)},
+        )
 
     def read_latest(self, timeout_s: float = 30.0, tail: int = 32) -> tuple[bytes, int] | None:
         """The newest checkpoint under this key and its version, or None.
@@ -85,10 +100,15 @@ class CheckpointTopic:
         prefixes may share the topic), then the whole partition if none of
         them is ours."""
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
-            max_partition_fetch_bytes=MAX_RECORD_BYTES, fetch_max_bytes=MAX_RECORD_BYTES,
-            consumer_timeout_ms=int(timeout_s * 1000), reconnect_backoff_max_ms=1000, **self.security,
-        )  # fmt: skip
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=MAX_RECORD_BYTES,
+            fetch_max_bytes=MAX_RECORD_BYTES,
+            consumer_timeout_ms=int(timeout_s * 1000),
+            reconnect_backoff_max_ms=1000,
+            **self.security,
+        )
         try:
             if not consumer.partitions_for_topic(self.topic):
                 return None
@@ -106,8 +126,9 @@ class CheckpointTopic:
         finally:
             consumer.close()
 
-    def _scan(self, consumer: KafkaConsumer, tp: TopicPartition, start: int, end: int,
-              timeout_s: float) -> tuple[bytes, int] | None:  # fmt: skip
+    def _scan(
+        self, consumer: KafkaConsumer, tp: TopicPartition, start: int, end: int, timeout_s: float
+    ) -> tuple[bytes, int] | None:
         consumer.seek(tp, start)
         best: tuple[bytes, int] | None = None
         deadline = time.monotonic() + timeout_s

@@ -29,9 +29,12 @@ def kafka_security(s: StreamSettings | None = None) -> dict[str, Any]:
         }
     if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
         out["ssl_check_hostname"] = s.kafka_ssl_check_hostname
-        for key, value in (("ssl_cafile", s.kafka_ssl_cafile), ("ssl_certfile", s.kafka_ssl_certfile),
-                           ("ssl_keyfile", s.kafka_ssl_keyfile),
-                           ("ssl_password", s.kafka_ssl_password.get_secret_value())):  # fmt: skip
+        for key, value in (
+            ("ssl_cafile", s.kafka_ssl_cafile),
+            ("ssl_certfile", s.kafka_ssl_certfile),
+            ("ssl_keyfile", s.kafka_ssl_keyfile),
+            ("ssl_password", s.kafka_ssl_password.get_secret_value()),
+        ):
             if value:
                 out[key] = value
     return out
@@ -45,9 +48,11 @@ def group_membership(s: StreamSettings) -> dict[str, Any]:
     from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
     assignor = {
-        "range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor,
-        "sticky": StickyPartitionAssignor, "cooperative-sticky": CooperativeStickyAssignor,
-    }[s.partition_assignor]  # fmt: skip
+        "range": RangePartitionAssignor,
+        "roundrobin": RoundRobinPartitionAssignor,
+        "sticky": StickyPartitionAssignor,
+        "cooperative-sticky": CooperativeStickyAssignor,
+    }[s.partition_assignor]
     out: dict[str, Any] = {"partition_assignment_strategy": (assignor,)}
     if s.group_instance_id:
         out["group_instance_id"] = s.group_instance_id
@@ -63,14 +68,19 @@ def redis_options(s: StreamSettings) -> dict[str, Any]:
     if s.redis_password.get_secret_value():
         out["password"] = s.redis_password.get_secret_value()
     if s.redis_url.startswith("rediss://"):
-        for key, value in (("ssl_ca_certs", s.redis_ssl_ca_certs), ("ssl_certfile", s.redis_ssl_certfile),
-                           ("ssl_keyfile", s.redis_ssl_keyfile)):  # fmt: skip
+        for key, value in (
+            ("ssl_ca_certs", s.redis_ssl_ca_certs),
+            ("ssl_certfile", s.redis_ssl_certfile),
+            ("ssl_keyfile", s.redis_ssl_keyfile),
+        ):
             if value:
                 out[key] = value
     return out
 
 
-def redis_client(s: StreamSettings | None = None, url: str | None = None, **kwargs: Any) -> redis.Redis:
+def redis_client(
+    s: StreamSettings | None = None, url: str | None = None, **kwargs: Any
+) -> redis.Redis:
     """A Redis client for ``url`` (default: the settings' redis_url) with the
     settings' credentials and TLS files: a ``redis.cluster.RedisCluster``
     (the URL names one start-up node) when the settings say ``redis_cluster``."""
@@ -95,7 +105,9 @@ def redis_cluster_client(s: StreamSettings, url: str, **kwargs: Any) -> redis.Re
     opts = redis_options(s.model_copy(update={"redis_url": url}))
     if "username" in opts or "password" in opts:
         url = _without_userinfo(url)
-    kwargs.pop("health_check_interval", None)  # per node connection; the cluster client re-checks on error
+    kwargs.pop(
+        "health_check_interval", None
+    )  # per node connection; the cluster client re-checks on error
     client = RedisCluster.from_url(url, **kwargs, **opts)
     return client  # type: ignore[return-value]  # the same command API as redis.Redis
 

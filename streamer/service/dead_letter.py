@@ -46,7 +46,9 @@ from streamer.service.metrics import StreamMetrics
 log = logging.getLogger(__name__)
 
 
-def dead_letter_headers(record: Any, err: InvalidEvent, failed_at_ms: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    record: Any, err: InvalidEvent, failed_at_ms: int
+) -> list[tuple[str, bytes]]:
     return [
         ("error", err.reason.encode()),
         ("error_detail", err.detail.encode("utf-8", "replace")[:1000]),
@@ -63,12 +65,23 @@ _HEADROOM = 1024  # record and batch framing around key, value and headers
 
 
 def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) + 8 for k, v in headers) + _HEADROOM
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(k) + len(v) + 8 for k, v in headers)
+        + _HEADROOM
+    )
 
 
-def reduced_headers(headers: list[tuple[str, bytes]], key: bytes | None, value: bytes | None) -> list[tuple[str, bytes]]:
-    return [*headers, ("truncated", b"1"), ("original_key_bytes", str(len(key or b"")).encode()),
-            ("original_value_bytes", str(len(value or b"")).encode())]  # fmt: skip
+def reduced_headers(
+    headers: list[tuple[str, bytes]], key: bytes | None, value: bytes | None
+) -> list[tuple[str, bytes]]:
+    return [
+        *headers,
+        ("truncated", b"1"),
+        ("original_key_bytes", str(len(key or b"")).encode()),
+        ("original_value_bytes", str(len(value or b"")).encode()),
+    ]
 
 
 class _Raw:
@@ -83,15 +96,21 @@ class DeadLetterSink:
     """The error policy for invalid events: dead-letter, log, count, go on."""
 
     def __init__(
-        self, producer: KafkaProducer, topic: str, metrics: StreamMetrics,
-        max_record_bytes: int = 1_000_000, prefix_bytes: int = 1024,
-    ) -> None:  # fmt: skip
+        self,
+        producer: KafkaProducer,
+        topic: str,
+        metrics: StreamMetrics,
+        max_record_bytes: int = 1_000_000,
+        prefix_bytes: int = 1024,
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.metrics = metrics
         self.max_record_bytes = max_record_bytes
         self.prefix_bytes = prefix_bytes
-        self.sent: list[tuple[Any, Any, list[tuple[str, bytes]], bool]] = []  # (future, record, headers, reduced)
+        self.sent: list[
+            tuple[Any, Any, list[tuple[str, bytes]], bool]
+        ] = []  # (future, record, headers, reduced)
 
     @property
     def pending(self) -> int:
@@ -100,15 +119,21 @@ class DeadLetterSink:
     def send(self, record: Any, err: InvalidEvent) -> None:
         now = int(time.time() * 1000)
         headers = dead_letter_headers(record, err, now)
-        self._send(record, headers, reduce=_size(record.key, record.value, headers) > self.max_record_bytes)
+        self._send(
+            record, headers, reduce=_size(record.key, record.value, headers) > self.max_record_bytes
+        )
         self.metrics.invalid.inc(label=err.reason)
         log.warning(
             "invalid event sent to the dead-letter topic",
             extra={
-                "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                "reason": err.reason, "detail": err.detail[:200], "dlq_topic": self.topic,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": err.reason,
+                "detail": err.detail[:200],
+                "dlq_topic": self.topic,
             },
-        )  # fmt: skip
+        )
 
     def send_raw(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         """A dead letter that is no Kafka record (the learner's quarantined statistics)."""
@@ -124,13 +149,22 @@ class DeadLetterSink:
         if reduce:
             cut = self.prefix_bytes
             future = self.producer.send(
-                self.topic, key=None if key is None else key[:cut], value=None if value is None else value[:cut],
+                self.topic,
+                key=None if key is None else key[:cut],
+                value=None if value is None else value[:cut],
                 headers=reduced_headers(headers, key, value),
-            )  # fmt: skip
+            )
             self.metrics.dead_letters_reduced.inc()
-            log.warning("dead letter too large to produce whole; sent reduced (a prefix, with the original's position)",
-                        extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                               "key_bytes": len(key or b""), "value_bytes": len(value or b"")})  # fmt: skip
+            log.warning(
+                "dead letter too large to produce whole; sent reduced (a prefix, with the original's position)",
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "key_bytes": len(key or b""),
+                    "value_bytes": len(value or b""),
+                },
+            )
         self.sent.append((future, record, headers, reduce))
 
     def flush(self, timeout_s: float = 30.0) -> None:
@@ -154,4 +188,8 @@ class DeadLetterSink:
                 for _f, record, headers, reduced in failed:
                     self._send(record, headers, reduce=reduced)
                 first = failed[0][0].exception
-                raise first if isinstance(first, KafkaError) else KafkaError(f"dead-letter send failed: {first!r}")
+                raise (
+                    first
+                    if isinstance(first, KafkaError)
+                    else KafkaError(f"dead-letter send failed: {first!r}")
+                )

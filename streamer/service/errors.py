@@ -65,7 +65,9 @@ class ConfigurationError(StreamError):
     """A dependency refused us for a reason only a configuration change can fix."""
 
     def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{message} -- check the setting {setting} (env HPMF_{setting.upper()}, flag --{setting.replace('_', '-')}); not retried")
+        super().__init__(
+            f"{message} -- check the setting {setting} (env HPMF_{setting.upper()}, flag --{setting.replace('_', '-')}); not retried"
+        )
         self.setting = setting
 
 
@@ -74,12 +76,32 @@ _FATAL: tuple[tuple[type[BaseException], str, str], ...] = (
     (redis.exceptions.AuthenticationError, "redis_url", "Redis refused the credentials"),
     (redis.exceptions.NoPermissionError, "redis_url", "the Redis user lacks a permission (ACL)"),
     (kafka_errors.TopicAuthorizationFailedError, "topic", "Kafka refused access to the topic"),
-    (kafka_errors.GroupAuthorizationFailedError, "group_id", "Kafka refused access to the consumer group"),
-    (kafka_errors.TransactionalIdAuthorizationFailedError, "kafka_bootstrap", "Kafka refused the transactional id"),
-    (kafka_errors.ClusterAuthorizationFailedError, "kafka_bootstrap", "Kafka refused a cluster operation (ACL)"),
+    (
+        kafka_errors.GroupAuthorizationFailedError,
+        "group_id",
+        "Kafka refused access to the consumer group",
+    ),
+    (
+        kafka_errors.TransactionalIdAuthorizationFailedError,
+        "kafka_bootstrap",
+        "Kafka refused the transactional id",
+    ),
+    (
+        kafka_errors.ClusterAuthorizationFailedError,
+        "kafka_bootstrap",
+        "Kafka refused a cluster operation (ACL)",
+    ),
     (kafka_errors.AuthorizationError, "kafka_bootstrap", "Kafka authorization failed"),
-    (kafka_errors.SaslAuthenticationFailedError, "kafka_bootstrap", "Kafka refused the SASL credentials"),
-    (kafka_errors.UnsupportedSaslMechanismError, "kafka_bootstrap", "Kafka does not support the SASL mechanism"),
+    (
+        kafka_errors.SaslAuthenticationFailedError,
+        "kafka_bootstrap",
+        "Kafka refused the SASL credentials",
+    ),
+    (
+        kafka_errors.UnsupportedSaslMechanismError,
+        "kafka_bootstrap",
+        "Kafka does not support the SASL mechanism",
+    ),
 )
 
 

@@ -51,12 +51,18 @@ class RebalanceTracker(ConsumerRebalanceListener):
                 log.warning("commit on revoke failed", extra={"error": repr(exc)[:200]})
         self.assigned -= set(revoked)
         self.generation += 1
-        log.info("partitions revoked", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in revoked)})
+        log.info(
+            "partitions revoked",
+            extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in revoked)},
+        )
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.assigned |= set(assigned)
         self.generation += 1
-        log.info("partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)},
+        )
 
 
 def poll_batch(
@@ -77,12 +83,16 @@ def poll_batch(
         if remaining <= 0:
             break
         try:
-            got = consumer.poll(timeout_ms=max(1, int(remaining * 1000)), max_records=max_events - len(records))
+            got = consumer.poll(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=max_events - len(records)
+            )
         except KafkaError as exc:
             if not exc.retriable:
                 raise
-            log.warning("poll failed (Kafka unreachable?); closing the batch, the next poll retries",
-                        extra={"records": len(records), "error": repr(exc)[:200]})  # fmt: skip
+            log.warning(
+                "poll failed (Kafka unreachable?); closing the batch, the next poll retries",
+                extra={"records": len(records), "error": repr(exc)[:200]},
+            )
             if not records:  # an error that comes at once must not make the loop spin
                 time.sleep(min(max(remaining, 0.0), 1.0))
             break
@@ -91,9 +101,13 @@ def poll_batch(
         if records and deadline is None:
             deadline = time.monotonic() + max_age_ms / 1000
     if tracker.generation != gen and records:
-        moved = sum(1 for r in records if TopicPartition(r.topic, r.partition) not in tracker.assigned)
+        moved = sum(
+            1 for r in records if TopicPartition(r.topic, r.partition) not in tracker.assigned
+        )
         if moved:
-            log.info("rebalance while the batch filled: keeping its records of revoked partitions "
-                     "(stored offsets and the write fence make a double read harmless)",
-                     extra={"records": moved})  # fmt: skip
+            log.info(
+                "rebalance while the batch filled: keeping its records of revoked partitions "
+                "(stored offsets and the write fence make a double read harmless)",
+                extra={"records": moved},
+            )
     return records

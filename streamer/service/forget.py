@@ -94,7 +94,9 @@ def _security(config: dict[str, Any] | None) -> dict[str, Any]:
 def end_offsets(bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **_security(config))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **_security(config)
+    )
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -106,9 +108,14 @@ def end_offsets(bootstrap: str, topic: str, config: dict[str, Any] | None = None
 
 
 def forget_users(
-    bootstrap: str, topic: str, forget_topic: str, client: redis.Redis, prefix: str, users: list[str],
+    bootstrap: str,
+    topic: str,
+    forget_topic: str,
+    client: redis.Redis,
+    prefix: str,
+    users: list[str],
     config: dict[str, Any] | None = None,
-) -> dict[int, int]:  # fmt: skip
+) -> dict[int, int]:
     """Forget ``users`` (see the module docstring for the order); returns the cutoff.
     ``config``: the Kafka clients' security settings (default: the environment's)."""
     from kafka import KafkaProducer
@@ -117,17 +124,30 @@ def forget_users(
 
     security = _security(config)
     partitions = len(end_offsets(bootstrap, topic, security))
-    ensure_topics(bootstrap, {forget_topic: partitions}, configs={forget_topic: {"cleanup.policy": "compact"}},
-                  config=security)  # fmt: skip
+    ensure_topics(
+        bootstrap,
+        {forget_topic: partitions},
+        configs={forget_topic: {"cleanup.policy": "compact"}},
+        config=security,
+    )
     cutoff = end_offsets(bootstrap, topic, security)
     now = int(time.time() * 1000)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5, **security)
     try:
         futures = [
-            producer.send(forget_topic, key=u.encode(), value=json.dumps(
-                {"user_id": u, "cutoff": {str(p): o for p, o in cutoff.items()}, "requested_at": now}).encode())
+            producer.send(
+                forget_topic,
+                key=u.encode(),
+                value=json.dumps(
+                    {
+                        "user_id": u,
+                        "cutoff": {str(p): o for p, o in cutoff.items()},
+                        "requested_at": now,
+                    }
+                ).encode(),
+            )
             for u in users
-        ]  # fmt: skip
+        ]
         producer.flush(timeout=30)
         for f in futures:
             f.get(timeout=30)  # raises if the broker did not take it
@@ -149,16 +169,22 @@ def forget_users(
 
 
 def restore_markers(
-    bootstrap: str, forget_topic: str, client: redis.Redis, prefix: str, timeout_s: float = 30.0,
+    bootstrap: str,
+    forget_topic: str,
+    client: redis.Redis,
+    prefix: str,
+    timeout_s: float = 30.0,
     config: dict[str, Any] | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Write every forget marker of the forget topic that Redis lacks (the
     last request per user wins, as compaction keeps it); returns how many
     users the topic names. Idempotent.
     A missing topic means nothing was ever forgotten."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **_security(config))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **_security(config)
+    )
     try:
         parts = consumer.partitions_for_topic(forget_topic)
         if not parts:
@@ -171,7 +197,9 @@ def restore_markers(
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading the forget topic {forget_topic!r} took over {timeout_s} s")
+                raise TimeoutError(
+                    f"reading the forget topic {forget_topic!r} took over {timeout_s} s"
+                )
             for recs in consumer.poll(timeout_ms=500).values():
                 for rec in recs:
                     user, marker = _marker_of(rec)
@@ -187,7 +215,9 @@ def restore_markers(
             # this start-up must not be overwritten by the older copy.
             pipe.set(forget_key(prefix, user), marker, nx=True)
         pipe.execute()
-    log.info("forget markers restored from Kafka", extra={"topic": forget_topic, "users": len(latest)})
+    log.info(
+        "forget markers restored from Kafka", extra={"topic": forget_topic, "users": len(latest)}
+    )
     return len(latest)
 
 
@@ -197,10 +227,15 @@ def _marker_of(rec: Any) -> tuple[str | None, bytes]:
         user = value["user_id"]
         cutoff = {int(p): int(o) for p, o in value["cutoff"].items()}
     except (TypeError, ValueError, KeyError, AttributeError):
-        log.error("unreadable record in the forget topic; skipped",
-                  extra={"partition": rec.partition, "offset": rec.offset})  # fmt: skip
+        log.error(
+            "unreadable record in the forget topic; skipped",
+            extra={"partition": rec.partition, "offset": rec.offset},
+        )
         return None, b""
     if rec.key is not None and rec.key != str(user).encode():
-        log.error("forget record whose key is not its user_id; skipped", extra={"partition": rec.partition, "offset": rec.offset})
+        log.error(
+            "forget record whose key is not its user_id; skipped",
+            extra={"partition": rec.partition, "offset": rec.offset},
+        )
         return None, b""
     return str(user), format_marker(cutoff)

@@ -36,6 +36,7 @@ DEFAULT_WAIT_S = 30.0
 def default_wait_s() -> float:
     return float(os.environ.get("HPMF_ADMIN_WAIT_S", DEFAULT_WAIT_S))
 
+
 #: Answers to a group request that mean "the group coordinator is not ready yet".
 COORDINATOR_NOT_READY = frozenset(
     {"CoordinatorNotAvailableError", "CoordinatorLoadInProgressError", "NotCoordinatorError"}
@@ -112,8 +113,10 @@ def with_admin(
                 f"Kafka at {bootstrap} was not ready to {what} after {elapsed:.0f} s and {attempt} attempts "
                 f"(last answer: {answer}); check that the broker runs (make status) and its log (.run/kafka.log)"
             )
-        log.warning(f"Kafka at {bootstrap} not ready to {what} ({answer}); retrying in {delay:.1f} s "
-                    f"(attempt {attempt}, {elapsed:.1f} s of at most {wait_s:.0f} s)")  # fmt: skip
+        log.warning(
+            f"Kafka at {bootstrap} not ready to {what} ({answer}); retrying in {delay:.1f} s "
+            f"(attempt {attempt}, {elapsed:.1f} s of at most {wait_s:.0f} s)"
+        )
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 
@@ -138,8 +141,12 @@ def ensure_topics(
     def step(admin: KafkaAdminClient) -> list[str]:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(name=name, num_partitions=n, replication_factor=replication,
-                     topic_configs=(configs or {}).get(name, {}))
+            NewTopic(
+                name=name,
+                num_partitions=n,
+                replication_factor=replication,
+                topic_configs=(configs or {}).get(name, {}),
+            )
             for name, n in topics.items()
             if name not in existing
         ]
@@ -158,18 +165,26 @@ def ensure_topics(
 
 
 def topic_config(
-    bootstrap: str, topic: str, name: str, timeout_ms: int = 15_000, config: Mapping[str, Any] | None = None,
-) -> str | None:  # fmt: skip
+    bootstrap: str,
+    topic: str,
+    name: str,
+    timeout_ms: int = 15_000,
+    config: Mapping[str, Any] | None = None,
+) -> str | None:
     """The effective value of one topic-level config (e.g. ``retention.ms``),
     None if the topic or the config is unknown."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(config))
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(config)
+    )
     try:
         # config_filter "all": by default only values set on the topic come
         # back, and a topic on the broker's default (this project's local
         # broker keeps 24 h) would look unknown.
-        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=[name])], config_filter="all")
+        res = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=[name])], config_filter="all"
+        )
     finally:
         admin.close()
     try:
@@ -179,12 +194,16 @@ def topic_config(
     return None if value is None else str(value)
 
 
-def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000, config: Mapping[str, Any] | None = None) -> bool:
+def topic_refused(
+    bootstrap: str, topic: str, timeout_ms: int = 10_000, config: Mapping[str, Any] | None = None
+) -> bool:
     """True if the broker refuses to describe ``topic`` to this client
     (TOPIC_AUTHORIZATION_FAILED, asked by name)."""
     from kafka.errors import TopicAuthorizationFailedError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(config))
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **_security(config)
+    )
     try:
         described = admin.describe_topics([topic])
     finally:
@@ -193,9 +212,12 @@ def topic_refused(bootstrap: str, topic: str, timeout_ms: int = 10_000, config: 
 
 
 def delete_topics(
-    bootstrap: str, names: list[str], timeout_ms: int = 15_000, wait_s: float | None = None,
+    bootstrap: str,
+    names: list[str],
+    timeout_ms: int = 15_000,
+    wait_s: float | None = None,
     config: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     def step(admin: KafkaAdminClient) -> None:
         existing = set(admin.list_topics())
         gone = [n for n in names if n in existing]
@@ -206,9 +228,12 @@ def delete_topics(
 
 
 def delete_group(
-    bootstrap: str, group: str, timeout_ms: int = 15_000, wait_s: float | None = None,
+    bootstrap: str,
+    group: str,
+    timeout_ms: int = 15_000,
+    wait_s: float | None = None,
     config: Mapping[str, Any] | None = None,
-) -> bool:  # fmt: skip
+) -> bool:
     """Delete a consumer group and its committed offsets; False if there was none.
     (The demo's reset uses it so that nothing of an earlier run is left, the
     group's committed offsets included.) On a broker whose data directory is
@@ -221,11 +246,15 @@ def delete_group(
             raise _NotReadyAnswer(result)
         return result
 
-    result = with_admin(bootstrap, f"delete consumer group {group!r}", step, wait_s, timeout_ms, config)
+    result = with_admin(
+        bootstrap, f"delete consumer group {group!r}", step, wait_s, timeout_ms, config
+    )
     if result == "GroupIdNotFoundError":
         return False
     if result != "OK":
-        raise RuntimeError(f"could not delete consumer group {group!r}: {result} (is a consumer still running?)")
+        raise RuntimeError(
+            f"could not delete consumer group {group!r}: {result} (is a consumer still running?)"
+        )
     return True
 
 
@@ -248,7 +277,9 @@ def service_topic_specs(s: Any) -> tuple[dict[str, int], dict[str, dict[str, str
     topics = {s.topic: s.partitions, s.dead_letter_topic: s.partitions, s.checkpoints_topic_name: 1}
     configs = {
         s.topic: {"retention.ms": str(s.events_retention_ms)},
-        s.dead_letter_topic: {"retention.ms": str(s.topic_retention_ms)} if s.topic_retention_ms else {},
+        s.dead_letter_topic: {"retention.ms": str(s.topic_retention_ms)}
+        if s.topic_retention_ms
+        else {},
         s.checkpoints_topic_name: dict(TOPIC_CONFIGS),
     }
     return topics, configs
@@ -261,5 +292,11 @@ def service_topics(s: Any, wait_s: float | None = None) -> list[str]:
     from streamer.service.connections import kafka_security
 
     topics, configs = service_topic_specs(s)
-    return ensure_topics(s.kafka_bootstrap, topics, replication=s.topic_replication_factor,
-                         config=kafka_security(s), wait_s=wait_s, configs=configs)  # fmt: skip
+    return ensure_topics(
+        s.kafka_bootstrap,
+        topics,
+        replication=s.topic_replication_factor,
+        config=kafka_security(s),
+        wait_s=wait_s,
+        configs=configs,
+    )

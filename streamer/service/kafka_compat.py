@@ -42,11 +42,18 @@ def lenient_header_keys() -> bool:
     except (OSError, TypeError):
         source = ""
     if source.count(_STRICT) != 1:
-        log.warning("kafka-python's header parsing is not the one known; a record with a non-UTF-8 "
-                    "header key may stop its partition", extra={"kafka_python": getattr(default_records, "__name__", "")})  # fmt: skip
+        log.warning(
+            "kafka-python's header parsing is not the one known; a record with a non-UTF-8 "
+            "header key may stop its partition",
+            extra={"kafka_python": getattr(default_records, "__name__", "")},
+        )
         return False
     namespace: dict[str, object] = {}
-    exec(compile(source.replace(_STRICT, _LENIENT), default_records.__file__, "exec"), vars(default_records), namespace)  # noqa: S102
+    exec(
+        compile(source.replace(_STRICT, _LENIENT), default_records.__file__, "exec"),
+        vars(default_records),
+        namespace,
+    )  # noqa: S102
     cls._read_msg = namespace["_read_msg"]  # type: ignore[method-assign]
     _patched = True
     return True

@@ -41,7 +41,9 @@ def _escape(value: str) -> str:
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str, label: str | tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, name: str, help_text: str, label: str | tuple[str, ...] | None = None
+    ) -> None:
         self.name, self.help, self.label = name, help_text, label
         self.values: dict[LabelValue, float] = {}
 
@@ -115,9 +117,42 @@ class Histogram:
 
 #: Bucket bounds in seconds (1 ms to 60 s; the bounds the millisecond
 #: histograms had, so figures before and after the change compare).
-SECONDS_BUCKETS = tuple(ms / 1000 for ms in (
-    1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100, 120, 150, 200, 250, 300,
-    400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000))  # fmt: skip
+SECONDS_BUCKETS = tuple(
+    ms / 1000
+    for ms in (
+        1,
+        2,
+        5,
+        10,
+        15,
+        20,
+        25,
+        30,
+        40,
+        50,
+        60,
+        70,
+        80,
+        90,
+        100,
+        120,
+        150,
+        200,
+        250,
+        300,
+        400,
+        500,
+        750,
+        1000,
+        1500,
+        2000,
+        3000,
+        5000,
+        10000,
+        30000,
+        60000,
+    )
+)
 
 
 def build_labels() -> tuple[str, str, str]:
@@ -139,28 +174,75 @@ class StreamMetrics:
     def __init__(self) -> None:
         p = "hpmf_stream_"
         self.events = Counter(p + "events_consumed_total", "Kafka records consumed (valid or not).")
-        self.invalid = Counter(p + "invalid_events_total", "Events sent to the dead-letter topic.", "reason")
-        self.dead_letters_reduced = Counter(p + "dead_letters_reduced_total", "Dead letters too large to produce whole, sent reduced (a prefix).")
-        self.quarantined = Counter(p + "quarantined_stats_total", "Global statistics entries the learner could not apply or publish, dead-lettered.", "reason")
-        self.skipped = Counter(p + "skipped_events_total", "Valid events not applied (replay: already applied; duplicate: event id seen; forgotten: produced before the user was forgotten).", "why")
+        self.invalid = Counter(
+            p + "invalid_events_total", "Events sent to the dead-letter topic.", "reason"
+        )
+        self.dead_letters_reduced = Counter(
+            p + "dead_letters_reduced_total",
+            "Dead letters too large to produce whole, sent reduced (a prefix).",
+        )
+        self.quarantined = Counter(
+            p + "quarantined_stats_total",
+            "Global statistics entries the learner could not apply or publish, dead-lettered.",
+            "reason",
+        )
+        self.skipped = Counter(
+            p + "skipped_events_total",
+            "Valid events not applied (replay: already applied; duplicate: event id seen; forgotten: produced before the user was forgotten).",
+            "why",
+        )
         self.applied = Counter(p + "applied_events_total", "Events folded into user posteriors.")
         self.batches = Counter(p + "batches_total", "Minibatches processed (non-empty).")
         self.users_written = Counter(p + "users_written_total", "User records written to Redis.")
-        self.commit_failures = Counter(p + "commit_failures_total", "Kafka offset commits that failed.")
+        self.commit_failures = Counter(
+            p + "commit_failures_total", "Kafka offset commits that failed."
+        )
         self.retries = Counter(p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what")
-        self.batch_latency = Histogram(p + "batch_duration_seconds", "Poll-close to offsets-committed time of a batch.", SECONDS_BUCKETS)
-        self.freshness = Histogram(p + "freshness_seconds", "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.", SECONDS_BUCKETS)
-        self.lag = Gauge(p + "consumer_lag", "Per assigned partition, high watermark minus position (records), refreshed every lag_refresh_s.", ("topic", "partition"))
-        self.lag_refreshed = Gauge(p + "consumer_lag_refreshed_timestamp_seconds", "Unix time of the last refresh of consumer_lag.")
-        self.learner_backlog = Gauge(p + "learner_backlog_entries", "Batches' global statistics written but not yet applied by the learner (reported by the learner; 0 elsewhere).")
-        self.learner_backlog_age = Gauge(p + "learner_backlog_age_seconds", "Age of the oldest statistics entry the learner has not applied (0: none waiting; reported by the learner).")
-        self.global_version = Gauge(p + "global_model_version", "Version of the globals this worker computes against.")
+        self.batch_latency = Histogram(
+            p + "batch_duration_seconds",
+            "Poll-close to offsets-committed time of a batch.",
+            SECONDS_BUCKETS,
+        )
+        self.freshness = Histogram(
+            p + "freshness_seconds",
+            "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.",
+            SECONDS_BUCKETS,
+        )
+        self.lag = Gauge(
+            p + "consumer_lag",
+            "Per assigned partition, high watermark minus position (records), refreshed every lag_refresh_s.",
+            ("topic", "partition"),
+        )
+        self.lag_refreshed = Gauge(
+            p + "consumer_lag_refreshed_timestamp_seconds",
+            "Unix time of the last refresh of consumer_lag.",
+        )
+        self.learner_backlog = Gauge(
+            p + "learner_backlog_entries",
+            "Batches' global statistics written but not yet applied by the learner (reported by the learner; 0 elsewhere).",
+        )
+        self.learner_backlog_age = Gauge(
+            p + "learner_backlog_age_seconds",
+            "Age of the oldest statistics entry the learner has not applied (0: none waiting; reported by the learner).",
+        )
+        self.global_version = Gauge(
+            p + "global_model_version", "Version of the globals this worker computes against."
+        )
         self.learner = Gauge(p + "learner", "1 while this worker holds the learner lease.")
         self.assigned = Gauge(p + "assigned_partitions", "Partitions assigned to this worker.")
-        self.redis_up = Gauge(p + "redis_up", "1 while the last Redis call succeeded, 0 after a failure.")
-        self.build_info = Gauge(p + "build_info", "Always 1; the labels say what runs.", ("version", "revision", "python"))
+        self.redis_up = Gauge(
+            p + "redis_up", "1 while the last Redis call succeeded, 0 after a failure."
+        )
+        self.build_info = Gauge(
+            p + "build_info",
+            "Always 1; the labels say what runs.",
+            ("version", "revision", "python"),
+        )
         self.build_info.set(1, build_labels())
-        self.rebuilding = Gauge(p + "rebuilding", "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).")
+        self.rebuilding = Gauge(
+            p + "rebuilding",
+            "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).",
+        )
         self.last_loop = time.time()
         self.started = False  # set-up done (connected, topics known, model warmed up)
         self.live_after_s = 30.0
@@ -195,7 +277,9 @@ class StreamMetrics:
         return self.started and self.redis_ok and self.live()
 
 
-def serve(metrics: StreamMetrics, host: str, port: int, extra_ready: Callable[[], bool] | None = None) -> ThreadingHTTPServer:
+def serve(
+    metrics: StreamMetrics, host: str, port: int, extra_ready: Callable[[], bool] | None = None
+) -> ThreadingHTTPServer:
     """Start the HTTP endpoint in a daemon thread; returns the server (``.shutdown()``)."""
 
     class Handler(BaseHTTPRequestHandler):

@@ -78,21 +78,31 @@ def select_new_events(
     return keep, replay, dup
 
 
-def drop_forgotten(events: list[SourcedEvent], forgotten: dict[str, dict[int, int]]) -> list[SourcedEvent]:
+def drop_forgotten(
+    events: list[SourcedEvent], forgotten: dict[str, dict[int, int]]
+) -> list[SourcedEvent]:
     """The events that are not of a forgotten user from before the forget
     (:mod:`streamer.service.forget`: below the cutoff of their partition)."""
     if not forgotten:
         return events
-    return [se for se in events
-            if se.event.user_id not in forgotten
-            or not is_forgotten(forgotten[se.event.user_id], se.partition, se.offset)]  # fmt: skip
+    return [
+        se
+        for se in events
+        if se.event.user_id not in forgotten
+        or not is_forgotten(forgotten[se.event.user_id], se.partition, se.offset)
+    ]
 
 
 def update_users(
-    model: OnlineHPMF, events: list[SourcedEvent], stored: dict[str, StoredUser],
-    dedupe_window: int, now_ms: int, forgotten: dict[str, dict[int, int]] | None = None,
-    choice: ChoiceModel | None = None, record_format: int = 2,
-) -> ModelUpdate:  # fmt: skip
+    model: OnlineHPMF,
+    events: list[SourcedEvent],
+    stored: dict[str, StoredUser],
+    dedupe_window: int,
+    now_ms: int,
+    forgotten: dict[str, dict[int, int]] | None = None,
+    choice: ChoiceModel | None = None,
+    record_format: int = 2,
+) -> ModelUpdate:
     """The local step of both components for the batch's new events.
 
     ``choice``: the choice component (:mod:`model.choice`) to refresh every
@@ -106,11 +116,15 @@ def update_users(
     n_all = len(events)
     events = drop_forgotten(events, forgotten or {})
     keep, replay, dup = select_new_events(events, stored)
-    out = ModelUpdate(skipped_replay=replay, skipped_duplicate=dup, skipped_forgotten=n_all - len(events))
+    out = ModelUpdate(
+        skipped_replay=replay, skipped_duplicate=dup, skipped_forgotten=n_all - len(events)
+    )
     if not keep:
         return out
     batch = Batch.of(
-        [se.event.user_id for se in keep], [se.event.video_id for se in keep], [se.event.minutes for se in keep]
+        [se.event.user_id for se in keep],
+        [se.event.video_id for se in keep],
+        [se.event.minutes for se in keep],
     )
     states: dict[str, Any] = {uid: s.state for uid, s in stored.items()}
     update = model.local_update(batch, states)
@@ -136,9 +150,12 @@ def update_users(
     for uid, se in last.items():
         prev = stored.get(uid)
         out.records[uid] = user_record_from_state(
-            update.states[uid], updated_ms=now_ms, event_ms=max(newest_ts[uid], prev.event_ms if prev is not None else 0),
-            partition=se.partition, offset=se.offset,
-        )  # fmt: skip
+            update.states[uid],
+            updated_ms=now_ms,
+            event_ms=max(newest_ts[uid], prev.event_ms if prev is not None else 0),
+            partition=se.partition,
+            offset=se.offset,
+        )
         if uid in choice_post:  # version 2
             out.records[uid].choice_mean, out.records[uid].choice_cov = choice_post[uid]
         sa = getattr(update.states[uid], "seen_at", None)

@@ -62,7 +62,10 @@ def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) 
         log.warning(
             "offset commit rejected (partitions moved to another worker); the new owner "
             "re-reads these records and skips what this worker already wrote",
-            extra={"offsets": {f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()}, "error": repr(exc)[:200]},
+            extra={
+                "offsets": {f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()},
+                "error": repr(exc)[:200],
+            },
         )
         return False
 
@@ -77,9 +80,13 @@ def commit_offsets_async(
 
     def done(_offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):
-            log.warning("async offset commit failed; a later commit covers it",
-                        extra={"error": repr(response)[:200]})  # fmt: skip
+            log.warning(
+                "async offset commit failed; a later commit covers it",
+                extra={"error": repr(response)[:200]},
+            )
             if on_failure is not None:
                 on_failure(response)
 
-    consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, callback=done)
+    consumer.commit_async(
+        {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, callback=done
+    )

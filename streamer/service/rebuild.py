@@ -74,8 +74,14 @@ def partition_field(tp: TopicPartition) -> str:
 class Rebuild:
     """The marker check and the replay state of one worker's partitions."""
 
-    def __init__(self, client: redis.Redis, prefix: str, consumer: KafkaConsumer, replay_ms: int,
-                 before_replay: Callable[[], object] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        consumer: KafkaConsumer,
+        replay_ms: int,
+        before_replay: Callable[[], object] | None = None,
+    ) -> None:
         self.r = client
         self.before_replay = before_replay  # e.g. restore the forget markers from Kafka
         self.key = marker_key(prefix)
@@ -94,7 +100,8 @@ class Rebuild:
     def replaying(self, partitions: Iterable[tuple[int, int]], topic: str) -> bool:
         """Whether any of these (partition, offset) records is a replayed one."""
         return any(
-            (t := self.targets.get(TopicPartition(topic, p))) is not None and o < t for p, o in partitions
+            (t := self.targets.get(TopicPartition(topic, p))) is not None and o < t
+            for p, o in partitions
         )
 
     def holds(self, tp: TopicPartition) -> bool:
@@ -116,14 +123,19 @@ class Rebuild:
         lost: set[TopicPartition] = set()
         if self.epoch is not None and epoch != self.epoch:
             lost = set(assigned)  # everything this worker wrote since is gone
-            log.error("Redis lost its data (the epoch marker changed or vanished); rebuilding from Kafka",
-                      extra={"marker": self.key, "partitions": sorted(map(partition_field, lost))})  # fmt: skip
+            log.error(
+                "Redis lost its data (the epoch marker changed or vanished); rebuilding from Kafka",
+                extra={"marker": self.key, "partitions": sorted(map(partition_field, lost))},
+            )
         upgraded = False
         if epoch is None:
             upgraded = self.epoch is None and bool(self.r.hexists(self.learner_key, "ckpt"))
             if upgraded:
-                log.warning("no epoch marker but a learner checkpoint: a Redis written before the marker "
-                            "existed; marking its partitions without a rebuild", extra={"marker": self.key})  # fmt: skip
+                log.warning(
+                    "no epoch marker but a learner checkpoint: a Redis written before the marker "
+                    "existed; marking its partitions without a rebuild",
+                    extra={"marker": self.key},
+                )
             self.r.hsetnx(self.key, "epoch", uuid.uuid4().hex)
             epoch = self.r.hget(self.key, "epoch")
         self.epoch = epoch
@@ -135,10 +147,14 @@ class Rebuild:
                 self.ready.add(tp)
             elif tp in self.ready:
                 lost.add(tp)  # its field vanished: `hpmf rebuild` or a partial loss
-                log.error("partition marker vanished; rebuilding it from Kafka",
-                          extra={"marker": self.key, "partition": partition_field(tp)})  # fmt: skip
+                log.error(
+                    "partition marker vanished; rebuilding it from Kafka",
+                    extra={"marker": self.key, "partition": partition_field(tp)},
+                )
             elif upgraded or self.consumer.committed(tp) is None:
-                self.r.hsetnx(self.key, partition_field(tp), now)  # never consumed: nothing to rebuild
+                self.r.hsetnx(
+                    self.key, partition_field(tp), now
+                )  # never consumed: nothing to rebuild
                 self.ready.add(tp)
             else:
                 lost.add(tp)  # consumed before, not marked in this Redis
@@ -160,8 +176,14 @@ class Rebuild:
             start = ends[tp] if found is None else found.offset
             self.consumer.seek(tp, start)
             self.targets[tp] = ends[tp]
-            log.warning("rebuilding partition from Kafka",
-                        extra={"partition": partition_field(tp), "from_offset": start, "to_offset": ends[tp]})  # fmt: skip
+            log.warning(
+                "rebuilding partition from Kafka",
+                extra={
+                    "partition": partition_field(tp),
+                    "from_offset": start,
+                    "to_offset": ends[tp],
+                },
+            )
         self.progress()
 
     def progress(self) -> list[TopicPartition]:

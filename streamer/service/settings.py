@@ -47,10 +47,13 @@ class StreamSettings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The secrets directory is looked up at each construction (not at import).
         files = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir(), env_prefix="HPMF_")
         return init_settings, env_settings, dotenv_settings, files
@@ -224,7 +227,9 @@ class StreamSettings(BaseSettings):
         try:
             parse_url(v)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"redis_url is not a Redis URL (redis://, rediss:// or unix://): {type(exc).__name__}") from None
+            raise ValueError(
+                f"redis_url is not a Redis URL (redis://, rediss:// or unix://): {type(exc).__name__}"
+            ) from None
         return v
 
     @field_validator("auto_offset_reset")
@@ -238,15 +243,25 @@ class StreamSettings(BaseSettings):
     def _security(self) -> StreamSettings:
         sasl = self.kafka_security_protocol.startswith("SASL_")
         if sasl and not self.kafka_sasl_mechanism:
-            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism")
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism"
+            )
         if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
-            raise ValueError("SASL needs kafka_sasl_username and kafka_sasl_password (env or secrets file)")
+            raise ValueError(
+                "SASL needs kafka_sasl_username and kafka_sasl_password (env or secrets file)"
+            )
         if not sasl and self.kafka_sasl_mechanism:
-            raise ValueError(f"kafka_sasl_mechanism is set but kafka_security_protocol is {self.kafka_security_protocol}")
+            raise ValueError(
+                f"kafka_sasl_mechanism is set but kafka_security_protocol is {self.kafka_security_protocol}"
+            )
         if self.redis_cluster and ("{" in self.redis_prefix or "}" in self.redis_prefix):
-            raise ValueError("redis_prefix must not contain { or } with redis_cluster: the keys' hash tags are the service's")
+            raise ValueError(
+                "redis_prefix must not contain { or } with redis_cluster: the keys' hash tags are the service's"
+            )
         if self.redis_cluster and _url_db(self.redis_url) not in (None, 0):
-            raise ValueError("redis_cluster: a Redis Cluster has database 0 only; drop the /<db> of redis_url")
+            raise ValueError(
+                "redis_cluster: a Redis Cluster has database 0 only; drop the /<db> of redis_url"
+            )
         tls_files = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
         if any(tls_files) and not self.redis_url.startswith("rediss://"):
             raise ValueError("redis_ssl_* settings need a rediss:// redis_url")
@@ -336,8 +351,17 @@ def mask_url(url: str) -> str:
         query = parts.query
         if query:
             pairs = [p.partition("=") for p in query.split("&")]
-            query = "&".join(k + (sep and "=") + ("***" if sep and _SECRET_PARAM.search(unquote(k)) else v) for k, sep, v in pairs)
-        head = f"{parts.scheme}://{netloc}" if "://" in url else urlunsplit((parts.scheme, netloc, "", "", ""))
-        return head + parts.path + (f"?{query}" if query else "") + ("#***" if parts.fragment else "")
+            query = "&".join(
+                k + (sep and "=") + ("***" if sep and _SECRET_PARAM.search(unquote(k)) else v)
+                for k, sep, v in pairs
+            )
+        head = (
+            f"{parts.scheme}://{netloc}"
+            if "://" in url
+            else urlunsplit((parts.scheme, netloc, "", "", ""))
+        )
+        return (
+            head + parts.path + (f"?{query}" if query else "") + ("#***" if parts.fragment else "")
+        )
     except ValueError:
         return "<a URL that cannot be parsed; not shown>"

@@ -52,12 +52,19 @@ class ClientLogThrottle(logging.Filter):
     (True, 2)
     """
 
-    def __init__(self, window_s: float = 30.0, prefix: str = "kafka", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window_s: float = 30.0,
+        prefix: str = "kafka",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.window_s = window_s
         self.prefix = prefix
         self.clock = clock
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # kind -> (last passed at, held back since)
+        self._seen: dict[
+            tuple[str, str], tuple[float, int]
+        ] = {}  # kind -> (last passed at, held back since)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not (record.name == self.prefix or record.name.startswith(self.prefix + ".")):

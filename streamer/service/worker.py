@@ -87,9 +87,12 @@ class Worker:
         self.metrics = metrics or StreamMetrics()
         self.stop = False
         self.limits = EventLimits(
-            max_minutes=settings.max_minutes, max_payload_bytes=settings.max_payload_bytes,
-            max_future_ms=settings.max_future_ms, max_id_chars=settings.max_id_chars, min_ts_ms=settings.min_ts_ms,
-        )  # fmt: skip
+            max_minutes=settings.max_minutes,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_ms=settings.max_future_ms,
+            max_id_chars=settings.max_id_chars,
+            min_ts_ms=settings.min_ts_ms,
+        )
         self.batches_done = 0
         self.last_event_at = time.monotonic()
         self.server: Any = None
@@ -98,7 +101,9 @@ class Worker:
         # worst moment for a crash. Unset in production.
         self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
         self._writes = 0
-        self.written_offsets: dict[TopicPartition, int] = {}  # newest offsets whose effects are in Redis
+        self.written_offsets: dict[
+            TopicPartition, int
+        ] = {}  # newest offsets whose effects are in Redis
         self.metrics.live_after_s = settings.live_after_s
         self._lag_due = 0.0  # monotonic time of the next lag refresh
         self.rebuild: Rebuild | None = None
@@ -120,59 +125,121 @@ class Worker:
     def _connect(self) -> None:
         s = self.s
         lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/service/kafka_compat.py)
-        self.redis = redis_client(s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = redis_client(
+            s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
         # The global and learner keys: one hash tag on a Redis Cluster (redis_record.global_prefix).
         self.gprefix = global_prefix(s.redis_prefix, is_cluster_client(self.redis))
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
         self.metrics.redis_ok = True
         if s.create_topics:
             # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.
-            retry(lambda: service_topics(s, wait_s=0), "create topics", log, self._should_stop,
-                  s.retry_max_backoff_s)  # fmt: skip
-        retry(self._check_retention, "topic retention", log, self._should_stop, s.retry_max_backoff_s)
+            retry(
+                lambda: service_topics(s, wait_s=0),
+                "create topics",
+                log,
+                self._should_stop,
+                s.retry_max_backoff_s,
+            )
+        retry(
+            self._check_retention, "topic retention", log, self._should_stop, s.retry_max_backoff_s
+        )
         # Forget markers (hpmf forget) from Kafka into Redis before any event
         # is applied: a Redis that lost them must not let a replay bring a
         # forgotten user back (streamer/service/forget.py).
-        retry(lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name, self.redis, s.redis_prefix,
-                                      config=kafka_security(s)),
-              "restore forget markers", log, self._should_stop, s.retry_max_backoff_s)  # fmt: skip
+        retry(
+            lambda: restore_markers(
+                s.kafka_bootstrap,
+                s.forget_topic_name,
+                self.redis,
+                s.redis_prefix,
+                config=kafka_security(s),
+            ),
+            "restore forget markers",
+            log,
+            self._should_stop,
+            s.retry_max_backoff_s,
+        )
         self.producer = KafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5, client_id=f"{s.worker_id}-dlq",
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s),
+            bootstrap_servers=s.kafka_bootstrap,
+            acks="all",
+            linger_ms=5,
+            client_id=f"{s.worker_id}-dlq",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **kafka_security(s),
         )
         self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
         self.consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, client_id=s.worker_id,
-            enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
-            max_poll_records=s.batch_max_events, session_timeout_ms=s.session_timeout_ms,
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.group_id,
+            client_id=s.worker_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            max_poll_records=s.batch_max_events,
+            session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
-            max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=100,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **kafka_security(s), **group_membership(s),
-        )  # fmt: skip
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **kafka_security(s),
+            **group_membership(s),
+        )
         # Fetch the topic's metadata first: a group join before it is known
         # assigns nothing until the next metadata refresh (minutes).
-        retry(lambda: self._require_partitions(s.topic), "topic metadata", log, self._should_stop, s.retry_max_backoff_s)
+        retry(
+            lambda: self._require_partitions(s.topic),
+            "topic metadata",
+            log,
+            self._should_stop,
+            s.retry_max_backoff_s,
+        )
         self.consumer.subscribe([s.topic], listener=self.tracker)
-        self.dlq = DeadLetterSink(self.producer, s.dead_letter_topic, self.metrics,
-                                  max_record_bytes=s.dlq_max_record_bytes, prefix_bytes=s.dlq_prefix_bytes)  # fmt: skip
+        self.dlq = DeadLetterSink(
+            self.producer,
+            s.dead_letter_topic,
+            self.metrics,
+            max_record_bytes=s.dlq_max_record_bytes,
+            prefix_bytes=s.dlq_prefix_bytes,
+        )
         # Before a replay the forget markers come back from Kafka too: a Redis
         # that lost them must not let the replay re-create a forgotten user.
-        self.rebuild = Rebuild(self.redis, self.gprefix, self.consumer, s.user_ttl_s * 1000,
-                               before_replay=lambda: restore_markers(s.kafka_bootstrap, s.forget_topic_name,
-                                                                     self.redis, s.redis_prefix,
-                                                                     config=kafka_security(s)))  # fmt: skip
+        self.rebuild = Rebuild(
+            self.redis,
+            self.gprefix,
+            self.consumer,
+            s.user_ttl_s * 1000,
+            before_replay=lambda: restore_markers(
+                s.kafka_bootstrap,
+                s.forget_topic_name,
+                self.redis,
+                s.redis_prefix,
+                config=kafka_security(s),
+            ),
+        )
         cfg = HPMFConfig(**s.model_config_dict())
         self.globals = GlobalStore(
-            self.redis, self.gprefix, s.worker_id, cfg, self.metrics, lease_ms=s.learner_lease_ms,
-            publish_every_batches=s.publish_every_batches, publish_every_ms=s.publish_every_ms,
-            global_ttl_s=s.global_ttl_s, warm_start=s.checkpoint, quarantine=self._quarantine_stats,
+            self.redis,
+            self.gprefix,
+            s.worker_id,
+            cfg,
+            self.metrics,
+            lease_ms=s.learner_lease_ms,
+            publish_every_batches=s.publish_every_batches,
+            publish_every_ms=s.publish_every_ms,
+            global_ttl_s=s.global_ttl_s,
+            warm_start=s.checkpoint,
+            quarantine=self._quarantine_stats,
             eligible=s.learner_eligible,
             keep_versions=s.global_keep_versions,
-            kafka_checkpoint=CheckpointTopic(s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, kafka_security(s)),
+            kafka_checkpoint=CheckpointTopic(
+                s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, kafka_security(s)
+            ),
             checkpoint_every_s=s.checkpoint_every_s,
-            choice_config=ChoiceConfig(n_factors=s.choice_factors, sweep_every=s.choice_sweep_every) if s.choice else None,
+            choice_config=ChoiceConfig(n_factors=s.choice_factors, sweep_every=s.choice_sweep_every)
+            if s.choice
+            else None,
             record_format=s.record_format if s.choice else 1,
-        )  # fmt: skip
+        )
         _warm_up(cfg)
         _settle_garbage_collector()
         self._redis_step(self.globals.maintain, "learner lease")
@@ -196,16 +263,22 @@ class Worker:
                 f"retention cannot be rebuilt. Raise it: kafka-configs --alter --entity-type topics "
                 f"--entity-name {s.topic} --add-config retention.ms={s.events_retention_ms}",
                 extra={"topic": s.topic, "retention_ms": retention_ms, "user_ttl_s": s.user_ttl_s},
-            )  # fmt: skip
+            )
+
     def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
         """The learner's dead letter: a global statistics entry it cannot apply,
         made durable in the dead-letter topic (synchronously; rare) before the
         learner moves past it."""
-        self.dlq.send_raw(payload, [
-            ("error", reason.encode()), ("error_detail", detail.encode("utf-8", "replace")[:1000]),
-            ("source_topic", self.globals.stream_key.encode()), ("source_offset", stream_id.encode()),
-            ("failed_at", str(int(time.time() * 1000)).encode()),
-        ])  # fmt: skip
+        self.dlq.send_raw(
+            payload,
+            [
+                ("error", reason.encode()),
+                ("error_detail", detail.encode("utf-8", "replace")[:1000]),
+                ("source_topic", self.globals.stream_key.encode()),
+                ("source_offset", stream_id.encode()),
+                ("failed_at", str(int(time.time() * 1000)).encode()),
+            ],
+        )
         self.dlq.flush()
 
     def _require_partitions(self, topic: str) -> None:
@@ -225,8 +298,12 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         torch.set_num_threads(self.s.torch_threads)
         if self.s.metrics_port:
-            self.server = serve(self.metrics, self.s.metrics_host, self.s.metrics_port,
-                                extra_ready=lambda: self.rebuild is not None and not self.rebuild.active)  # fmt: skip
+            self.server = serve(
+                self.metrics,
+                self.s.metrics_host,
+                self.s.metrics_port,
+                extra_ready=lambda: self.rebuild is not None and not self.rebuild.active,
+            )
         try:
             self._connect()
             self.last_event_at = time.monotonic()
@@ -239,7 +316,9 @@ class Worker:
                     and time.monotonic() - self.last_event_at > self.s.stop_when_idle_s
                     and self._caught_up()
                 ):
-                    log.info("no events for a while; stopping", extra={"idle_s": self.s.stop_when_idle_s})
+                    log.info(
+                        "no events for a while; stopping", extra={"idle_s": self.s.stop_when_idle_s}
+                    )
                     break
         except StopRequested:
             log.info("stopped while waiting for a dependency; the batch in hand was not committed")
@@ -255,7 +334,9 @@ class Worker:
     def _fail_configuration(self, err: ConfigurationError) -> int:
         """Exit code 3 and one line naming the setting: retrying cannot fix
         a refused password or a missing permission."""
-        log.critical("configuration error; stopping", extra={"error": str(err), "setting": err.setting})
+        log.critical(
+            "configuration error; stopping", extra={"error": str(err), "setting": err.setting}
+        )
         print(f"hpmf stream: configuration error: {err}", file=sys.stderr, flush=True)
         return 3
 
@@ -275,11 +356,18 @@ class Worker:
         if self.server is not None:
             self.server.shutdown()
         m = self.metrics
-        log.info("stopped", extra={
-            "batches": self.batches_done, "events": m.events.get(), "applied": m.applied.get(),
-            "skipped_replay": m.skipped.get("replay"), "skipped_duplicate": m.skipped.get("duplicate"),
-            "invalid": sum(m.invalid.values.values()), "commit_failures": m.commit_failures.get(),
-        })  # fmt: skip
+        log.info(
+            "stopped",
+            extra={
+                "batches": self.batches_done,
+                "events": m.events.get(),
+                "applied": m.applied.get(),
+                "skipped_replay": m.skipped.get("replay"),
+                "skipped_duplicate": m.skipped.get("duplicate"),
+                "invalid": sum(m.invalid.values.values()),
+                "commit_failures": m.commit_failures.get(),
+            },
+        )
 
     def iteration(self) -> None:
         s, m = self.s, self.metrics
@@ -287,7 +375,9 @@ class Worker:
         self._redis_step(self.globals.maintain, "learner lease")
 
         # 1. Poll a minibatch (closes on size or age).
-        records = poll_batch(self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms)
+        records = poll_batch(
+            self.consumer, self.tracker, s.batch_max_events, s.batch_max_age_ms, s.idle_poll_ms
+        )
         m.assigned.set(len(self.tracker.assigned))
         # Does this Redis hold the users of every partition? Checked when the
         # partitions change, and once a second when idle (a loss with no
@@ -297,7 +387,9 @@ class Worker:
             not records and time.monotonic() - self._marker_checked_at > 1.0
         ):
             self._marker_checked_at = time.monotonic()
-            lost = self._redis_step(lambda: self.rebuild.check(set(self.tracker.assigned)), "epoch marker")  # type: ignore[union-attr]
+            lost = self._redis_step(
+                lambda: self.rebuild.check(set(self.tracker.assigned)), "epoch marker"
+            )  # type: ignore[union-attr]
             if lost:  # sought back: these records come again in the replay
                 records = [r for r in records if TopicPartition(r.topic, r.partition) not in lost]
                 for tp in lost:
@@ -323,12 +415,18 @@ class Worker:
             except InvalidEvent as err:
                 # A replayed record (rebuild after a Redis loss) was
                 # dead-lettered the first time it was read.
-                if not (self.rebuild.active and self.rebuild.replaying([(r.partition, r.offset)], r.topic)):
+                if not (
+                    self.rebuild.active
+                    and self.rebuild.replaying([(r.partition, r.offset)], r.topic)
+                ):
                     self.dlq.send(r, err)
                 continue
             except Exception as exc:  # a decoder bug must not stop the stream on one record
-                log.error("decoder failed on a record; dead-lettered", exc_info=True,
-                          extra={"topic": r.topic, "partition": r.partition, "offset": r.offset})  # fmt: skip
+                log.error(
+                    "decoder failed on a record; dead-lettered",
+                    exc_info=True,
+                    extra={"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                )
                 self.dlq.send(r, InvalidEvent(DECODER_ERROR, repr(exc)[:500]))
                 continue
             valid.append(SourcedEvent(ev, r.partition, r.offset, r.timestamp))
@@ -338,9 +436,15 @@ class Worker:
         # were read: a rebalance handed the partition over mid-batch) is
         # retried like an outage: read again, recompute, the events the other
         # worker already applied are then skipped by the stored offsets.
-        update = retry(lambda: self._update_and_write(valid), "redis read/write", log, self._should_stop,
-                       s.retry_max_backoff_s, on_failure=self._write_failed,
-                       transient=(*TRANSIENT, WriteConflict))  # fmt: skip
+        update = retry(
+            lambda: self._update_and_write(valid),
+            "redis read/write",
+            log,
+            self._should_stop,
+            s.retry_max_backoff_s,
+            on_failure=self._write_failed,
+            transient=(*TRANSIENT, WriteConflict),
+        )
         written_ms = time.time() * 1000
         m.freshness.observe_many([(written_ms - ts) / 1000 for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
@@ -373,7 +477,14 @@ class Worker:
 
     def _redis_step(self, fn: Callable[[], T], what: str) -> T:
         """A Redis step of the loop, retried through an outage; keeps redis_up true to what happened."""
-        out = retry(fn, what, log, self._should_stop, self.s.retry_max_backoff_s, on_failure=self._redis_failed)
+        out = retry(
+            fn,
+            what,
+            log,
+            self._should_stop,
+            self.s.retry_max_backoff_s,
+            on_failure=self._redis_failed,
+        )
         self.metrics.redis_ok = True
         return out
 
@@ -393,10 +504,18 @@ class Worker:
         offsets = {tp: o for tp, o in self.written_offsets.items() if tp in revoked}
         for tp in offsets:
             self.written_offsets.pop(tp, None)
-        commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: self.metrics.commit_failures.inc())
+        commit_offsets_async(
+            self.consumer, offsets, on_failure=lambda _e: self.metrics.commit_failures.inc()
+        )
         if offsets:
-            log.info("commit of revoked partitions sent",
-                     extra={"offsets": {f"{tp.topic}:{tp.partition}": o for tp, o in sorted(offsets.items())}})  # fmt: skip
+            log.info(
+                "commit of revoked partitions sent",
+                extra={
+                    "offsets": {
+                        f"{tp.topic}:{tp.partition}": o for tp, o in sorted(offsets.items())
+                    }
+                },
+            )
 
     def _write_failed(self, exc: BaseException) -> None:
         if isinstance(exc, WriteConflict):
@@ -413,20 +532,41 @@ class Worker:
         users = list(dict.fromkeys(se.event.user_id for se in valid))
         versions: dict[str, bytes] = {}
         forgotten: dict[str, dict[int, int]] = {}
-        stored, current = load_users(self.redis, s.redis_prefix, users, g.current_key, versions, forgotten)
+        stored, current = load_users(
+            self.redis, s.redis_prefix, users, g.current_key, versions, forgotten
+        )
         g.refresh(current)
-        update = update_users(g.model, valid, stored, s.dedupe_window, int(time.time() * 1000), forgotten,
-                              choice=g.choice, record_format=g.record_format)  # fmt: skip
+        update = update_users(
+            g.model,
+            valid,
+            stored,
+            s.dedupe_window,
+            int(time.time() * 1000),
+            forgotten,
+            choice=g.choice,
+            record_format=g.record_format,
+        )
         rb = self.rebuild
         assert rb is not None
         if update.records:
             assert update.stats is not None
             # Replayed events add no global statistics: the globals came back
             # from the durable checkpoint, which already learned from them.
-            replay = rb.active and rb.replaying(((se.partition, se.offset) for se in valid), s.topic)
-            sid = write_batch(self.redis, s.redis_prefix, update.records, update.event_ids, s.user_ttl_s,
-                              g.stream_key, s.worker_id, None if replay else encode_stats(update.stats),
-                              update.seen_at, expected=versions)  # fmt: skip
+            replay = rb.active and rb.replaying(
+                ((se.partition, se.offset) for se in valid), s.topic
+            )
+            sid = write_batch(
+                self.redis,
+                s.redis_prefix,
+                update.records,
+                update.event_ids,
+                s.user_ttl_s,
+                g.stream_key,
+                s.worker_id,
+                None if replay else encode_stats(update.stats),
+                update.seen_at,
+                expected=versions,
+            )
             if sid is not None:
                 g.written(sid, update.stats)
             self._writes += 1
@@ -437,7 +577,11 @@ class Worker:
         # the partitions replay (streamer/service/rebuild.py) and nothing is committed.
         lost = rb.check(set(self.tracker.assigned))
         if lost:
-            gone = {user_key(s.redis_prefix, se.event.user_id) for se in valid if TopicPartition(s.topic, se.partition) in lost}
+            gone = {
+                user_key(s.redis_prefix, se.event.user_id)
+                for se in valid
+                if TopicPartition(s.topic, se.partition) in lost
+            }
             if gone:
                 self.redis.delete(*gone)
             for tp in lost:
@@ -478,7 +622,9 @@ class Worker:
         self._lag_due = now + self.s.lag_refresh_s
         m = self.metrics
         lags = self._partition_lags()
-        m.lag.replace({(tp.topic, str(tp.partition)): lag for tp, lag in lags.items() if lag is not None})
+        m.lag.replace(
+            {(tp.topic, str(tp.partition)): lag for tp, lag in lags.items() if lag is not None}
+        )
         m.lag_refreshed.set(time.time())
         try:
             entries, age_s = self.globals.backlog()
@@ -514,4 +660,6 @@ def _warm_up(cfg: HPMFConfig) -> None:
     from model.batch import Batch
     from model.online import OnlineHPMF
 
-    OnlineHPMF(dataclasses.replace(cfg, svi_min_events=1)).learn(Batch.of(["warm-up"], ["warm-up"], [1.0]), {})
+    OnlineHPMF(dataclasses.replace(cfg, svi_min_events=1)).learn(
+        Batch.of(["warm-up"], ["warm-up"], [1.0]), {}
+    )

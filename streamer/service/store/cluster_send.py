@@ -40,7 +40,9 @@ def send_per_node(client: Any, commands: Sequence[tuple[bytes, bytes]]) -> list[
     for _ in range(_MAX_REDIRECTS + 1):
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for i in pending:
-            node = asking.get(i) or client.nodes_manager.get_node_from_slot(key_slot(commands[i][0]))
+            node = asking.get(i) or client.nodes_manager.get_node_from_slot(
+                key_slot(commands[i][0])
+            )
             by_node.setdefault(node.name, (node, []))[1].append(i)
         _exchange(client, by_node, commands, replies, set(asking))
         asking = {}
@@ -59,8 +61,13 @@ def send_per_node(client: Any, commands: Sequence[tuple[bytes, bytes]]) -> list[
     return replies
 
 
-def _exchange(client: Any, by_node: dict[str, tuple[Any, list[int]]], commands: Sequence[tuple[bytes, bytes]],
-              replies: list[Any], asking: set[int]) -> None:  # fmt: skip
+def _exchange(
+    client: Any,
+    by_node: dict[str, tuple[Any, list[int]]],
+    commands: Sequence[tuple[bytes, bytes]],
+    replies: list[Any],
+    asking: set[int],
+) -> None:
     """Write every node's commands, then read every node's replies."""
     held: list[tuple[Any, Any, list[int]]] = []
     try:
@@ -68,7 +75,9 @@ def _exchange(client: Any, by_node: dict[str, tuple[Any, list[int]]], commands: 
             pool = client.get_redis_connection(node).connection_pool
             conn = pool.get_connection()
             held.append((pool, conn, idx))
-            conn.send_packed_command([_ASKING + commands[i][1] if i in asking else commands[i][1] for i in idx])
+            conn.send_packed_command(
+                [_ASKING + commands[i][1] if i in asking else commands[i][1] for i in idx]
+            )
         for _pool, conn, idx in held:
             for i in idx:
                 try:

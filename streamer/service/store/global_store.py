@@ -120,6 +120,8 @@ def load_redis_checkpoint(ckpt: bytes, snap_blob: bytes | None) -> OnlineHPMF:
         sd["v_mean"] = torch.from_numpy(np.asarray(snap.video_mean, dtype=np.float64).copy())
         sd["v_cov"] = torch.from_numpy(np.asarray(snap.video_cov, dtype=np.float64).copy())
     return load_state_dict(sd)
+
+
 class _Unusable(Exception):  # noqa: N818 - internal control flow
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -134,13 +136,25 @@ def _next_id(stream_id: str) -> str:
 
 class GlobalStore:
     def __init__(
-        self, client: redis.Redis, prefix: str, worker_id: str, config: HPMFConfig, metrics: StreamMetrics,
-        lease_ms: int = 10_000, publish_every_batches: int = 20, publish_every_ms: int = 1000,
-        global_ttl_s: int = 3600, warm_start: str = "", eligible: bool = True, keep_versions: int = 2,
-        kafka_checkpoint: CheckpointTopic | None = None, checkpoint_every_s: float = 60.0,
+        self,
+        client: redis.Redis,
+        prefix: str,
+        worker_id: str,
+        config: HPMFConfig,
+        metrics: StreamMetrics,
+        lease_ms: int = 10_000,
+        publish_every_batches: int = 20,
+        publish_every_ms: int = 1000,
+        global_ttl_s: int = 3600,
+        warm_start: str = "",
+        eligible: bool = True,
+        keep_versions: int = 2,
+        kafka_checkpoint: CheckpointTopic | None = None,
+        checkpoint_every_s: float = 60.0,
         quarantine: Callable[[str, bytes, str, str], None] | None = None,
-        choice_config: ChoiceConfig | None = None, record_format: int = 2,
-    ) -> None:  # fmt: skip
+        choice_config: ChoiceConfig | None = None,
+        record_format: int = 2,
+    ) -> None:
         self.r = client
         self.prefix = prefix
         self.worker_id = worker_id
@@ -169,7 +183,9 @@ class GlobalStore:
         # None runs the minutes model alone (statistics without choice
         # posteriors, version 1 records).
         self.choice_config = choice_config
-        self.choice: ChoiceModel | None = ChoiceModel(choice_config) if choice_config is not None else None
+        self.choice: ChoiceModel | None = (
+            ChoiceModel(choice_config) if choice_config is not None else None
+        )
         self.record_format = record_format
         """The published global record's version: 2 carries the choice
         component, 1 is the previous layout (docs/redis_format.md, rolling upgrades)."""
@@ -193,20 +209,27 @@ class GlobalStore:
                 self.last_lease_op = now
                 if not self._renew(keys=[self.lease_key], args=[self.worker_id, self.lease_ms]):
                     self._lose_role("lease renewal failed (expired or taken)")
-        elif self.eligible and ((now - self.last_lease_op) * 1000 >= self.lease_ms / 2 or self.last_lease_op == 0.0):
+        elif self.eligible and (
+            (now - self.last_lease_op) * 1000 >= self.lease_ms / 2 or self.last_lease_op == 0.0
+        ):
             self.last_lease_op = now
             if self.r.set(self.lease_key, self.worker_id, nx=True, px=self.lease_ms):
                 self._become_learner()
         self.metrics.learner.set(1 if self.is_learner else 0)
 
     def _become_learner(self) -> None:
-        ckpt, last_id, gv, snap_blob = self.r.hmget(self.learner_key, "ckpt", "last_id", "gv", "snap")
+        ckpt, last_id, gv, snap_blob = self.r.hmget(
+            self.learner_key, "ckpt", "last_id", "gv", "snap"
+        )
         if ckpt:
             self.model = load_redis_checkpoint(ckpt, snap_blob)
             self.last_id = last_id.decode()
             self.published_version = int(gv)
             source = "redis checkpoint"
-        elif self.kafka_checkpoint is not None and (found := self.kafka_checkpoint.read_latest()) is not None:
+        elif (
+            self.kafka_checkpoint is not None
+            and (found := self.kafka_checkpoint.read_latest()) is not None
+        ):
             # Redis lost the learner's state (or never had it): the durable
             # checkpoint. Its statistics stream position means nothing in
             # this Redis; every entry there now is newer than the checkpoint.
@@ -225,7 +248,9 @@ class GlobalStore:
         # The catalogue cap is an operating setting: it applies to a model
         # loaded from a checkpoint written under another cap too.
         if self.model.config.max_videos != self.config.max_videos:
-            self.model.config = dataclasses.replace(self.model.config, max_videos=self.config.max_videos)
+            self.model.config = dataclasses.replace(
+                self.model.config, max_videos=self.config.max_videos
+            )
         self.model.learner = True
         self.choice = self._load_choice(source)
         self.is_learner = True
@@ -237,7 +262,15 @@ class GlobalStore:
             # Publish at once: readers find a global record (the checkpoint's
             # pooled prior for every user not rebuilt yet) instead of none.
             self.unpublished, self.last_publish = 1, float("-inf")
-        log.info("took the learner role", extra={"worker": self.worker_id, "source": source, "stream_id": self.last_id, "gv": self.model.version})
+        log.info(
+            "took the learner role",
+            extra={
+                "worker": self.worker_id,
+                "source": source,
+                "stream_id": self.last_id,
+                "gv": self.model.version,
+            },
+        )
 
     def _choice_topic(self) -> CheckpointTopic:
         """The choice component's durable checkpoint: the checkpoints topic,
@@ -245,7 +278,9 @@ class GlobalStore:
         kc = self.kafka_checkpoint
         assert kc is not None
         if getattr(self, "_choice_ckpt_topic", None) is None:
-            self._choice_ckpt_topic = CheckpointTopic(kc.bootstrap, kc.topic, kc.key.decode() + ":choice", kc.security)
+            self._choice_ckpt_topic = CheckpointTopic(
+                kc.bootstrap, kc.topic, kc.key.decode() + ":choice", kc.security
+            )
         return self._choice_ckpt_topic
 
     def _load_choice(self, source: str) -> ChoiceModel | None:
@@ -265,11 +300,16 @@ class GlobalStore:
         if raw:
             try:
                 model = import_checkpoint(decode_choice_checkpoint(raw), self.choice_config)
-                log.info("choice component restored", extra={"from": source, "clock": model.clock,
-                                                             "videos": model.n_videos})  # fmt: skip
+                log.info(
+                    "choice component restored",
+                    extra={"from": source, "clock": model.clock, "videos": model.n_videos},
+                )
                 return model
             except (BlobError, ValueError) as exc:
-                log.error("unreadable choice checkpoint; the choice component starts fresh", extra={"error": str(exc)[:200]})
+                log.error(
+                    "unreadable choice checkpoint; the choice component starts fresh",
+                    extra={"error": str(exc)[:200]},
+                )
         return ChoiceModel(self.choice_config)
 
     def _lose_role(self, why: str) -> None:
@@ -289,8 +329,14 @@ class GlobalStore:
             else:
                 if self.kafka_checkpoint is not None and self.model.version > 0:
                     self._write_kafka_checkpoint(to_bytes(self.model), self.model.version)
-                if self.choice is not None and self.choice.clock > 0:  # the lease is still ours here
-                    self.r.hset(self.learner_key, "cckpt", encode_choice_checkpoint(export_checkpoint(self.choice)))
+                if (
+                    self.choice is not None and self.choice.clock > 0
+                ):  # the lease is still ours here
+                    self.r.hset(
+                        self.learner_key,
+                        "cckpt",
+                        encode_choice_checkpoint(export_checkpoint(self.choice)),
+                    )
             self._release(keys=[self.lease_key], args=[self.worker_id])
             self.is_learner = False
 
@@ -318,7 +364,10 @@ class GlobalStore:
             try:
                 self.choice = import_snapshot(decode_choice_snapshot(cblob), self.choice_config)
             except (BlobError, ValueError) as exc:  # keep the component in hand
-                log.error("unreadable choice snapshot; kept the previous one", extra={"error": str(exc)[:200]})
+                log.error(
+                    "unreadable choice snapshot; kept the previous one",
+                    extra={"error": str(exc)[:200]},
+                )
         if n_seen is not None:
             # The learner's event clock: the local step stamps posteriors with it
             # (UserState.seen_at) to decay their evidence when it is withdrawn.
@@ -346,13 +395,18 @@ class GlobalStore:
                     stats = decode_stats(fields.get(b"b", b""))
                 bad = [v for v in stats.video_ids if not valid_id(str(v), 1 << 20)]
                 if bad:
-                    raise _Unusable("unpublishable_video_id", f"{len(bad)} video ids outside the id alphabet, e.g. {str(bad[0])[:80]!r}")
+                    raise _Unusable(
+                        "unpublishable_video_id",
+                        f"{len(bad)} video ids outside the id alphabet, e.g. {str(bad[0])[:80]!r}",
+                    )
                 self.model.apply_global(stats)
                 self._apply_choice(stats)
             except BlobError as exc:
                 self._quarantine(sid, fields.get(b"b", b""), "unreadable_stats", str(exc))
             except _Unusable as exc:
-                self._quarantine(sid, fields.get(b"b") or encode_stats(stats), exc.reason, exc.detail)  # type: ignore[arg-type]
+                self._quarantine(
+                    sid, fields.get(b"b") or encode_stats(stats), exc.reason, exc.detail
+                )  # type: ignore[arg-type]
             self.last_id = sid
             self.unpublished += 1
         if self.unpublished and (
@@ -390,8 +444,10 @@ class GlobalStore:
         if self.quarantine is not None:
             self.quarantine(sid, payload, reason, detail)
         self.metrics.quarantined.inc(label=reason)
-        log.error("global statistics entry quarantined (not applied)",
-                  extra={"stream_id": sid, "reason": reason, "detail": detail[:300]})  # fmt: skip
+        log.error(
+            "global statistics entry quarantined (not applied)",
+            extra={"stream_id": sid, "reason": reason, "detail": detail[:300]},
+        )
 
     def _publishable(self, record: GlobalRecord) -> GlobalRecord:
         """The record without videos whose id cannot be published (a model
@@ -405,17 +461,26 @@ class GlobalStore:
             if vid not in self.unpublishable:
                 self.unpublishable.add(vid)
                 self.metrics.quarantined.inc(label="unpublishable_video_id")
-                log.error("video left out of the published global record: id outside the alphabet",
-                          extra={"video_id": vid[:80]})  # fmt: skip
+                log.error(
+                    "video left out of the published global record: id outside the alphabet",
+                    extra={"video_id": vid[:80]},
+                )
         idx = np.asarray(keep, dtype=np.int64)
         choice = {}
         if record.has_choice:
             assert record.choice_video_mean is not None and record.choice_video_cov is not None
-            choice = {"choice_video_mean": record.choice_video_mean[idx], "choice_video_cov": record.choice_video_cov[idx]}
+            choice = {
+                "choice_video_mean": record.choice_video_mean[idx],
+                "choice_video_cov": record.choice_video_cov[idx],
+            }
         return dataclasses.replace(
-            record, video_ids=[record.video_ids[i] for i in keep], video_mean=record.video_mean[idx],
-            video_cov=record.video_cov[idx], video_scale=record.video_scale[idx], **choice,
-        )  # fmt: skip
+            record,
+            video_ids=[record.video_ids[i] for i in keep],
+            video_mean=record.video_mean[idx],
+            video_cov=record.video_cov[idx],
+            video_scale=record.video_scale[idx],
+            **choice,
+        )
 
     def backlog(self) -> tuple[int, float]:
         """(entries, age in seconds of the oldest) of the statistics written
@@ -435,7 +500,9 @@ class GlobalStore:
         # The id's first part is the Redis server's clock (ms) when it was written.
         return entries, max(0.0, time.time() - int(sid.split("-")[0]) / 1000)
 
-    def publish(self, force_kafka_checkpoint: bool = False, force_choice_checkpoint: bool = False) -> bool:
+    def publish(
+        self, force_kafka_checkpoint: bool = False, force_choice_checkpoint: bool = False
+    ) -> bool:
         """Checkpoint + snapshot + public global record + stream trim, one MULTI
         fenced by the lease (a learner that lost its lease cannot overwrite).
 
@@ -452,7 +519,10 @@ class GlobalStore:
                 record = with_choice(record, self.choice)
             extra["csnap"] = encode_choice_snapshot(export_snapshot(self.choice))
             now = time.monotonic()
-            if force_choice_checkpoint or now - self.last_choice_checkpoint >= self.checkpoint_every_s:
+            if (
+                force_choice_checkpoint
+                or now - self.last_choice_checkpoint >= self.checkpoint_every_s
+            ):
                 extra["cckpt"] = encode_choice_checkpoint(export_checkpoint(self.choice))
                 self.last_choice_checkpoint = now
         record = self._publishable(record)
@@ -467,12 +537,22 @@ class GlobalStore:
                     return False
                 drop = superseded(pipe, self.prefix, snap.version, self.keep_versions)
                 pipe.multi()
-                pipe.hset(self.learner_key, mapping={
-                    "ckpt": ckpt, "last_id": self.last_id, "gv": snap.version, "snap": snap_blob,
-                    "n_seen": int(self.model.n_seen),
-                    "owner": self.worker_id, "ts": now_ms, **extra,
-                })  # fmt: skip
-                write_global_record(pipe, self.prefix, record, self.global_ttl_s, self.published_version)
+                pipe.hset(
+                    self.learner_key,
+                    mapping={
+                        "ckpt": ckpt,
+                        "last_id": self.last_id,
+                        "gv": snap.version,
+                        "snap": snap_blob,
+                        "n_seen": int(self.model.n_seen),
+                        "owner": self.worker_id,
+                        "ts": now_ms,
+                        **extra,
+                    },
+                )
+                write_global_record(
+                    pipe, self.prefix, record, self.global_ttl_s, self.published_version
+                )
                 queue_drop(pipe, self.prefix, snap.version, drop)
                 if self.last_id != "0-0":
                     pipe.xtrim(self.stream_key, minid=_next_id(self.last_id))
@@ -484,7 +564,8 @@ class GlobalStore:
         self.unpublished = 0
         self.last_publish = time.monotonic()
         if self.kafka_checkpoint is not None and (
-            force_kafka_checkpoint or self.last_publish - self.last_kafka_checkpoint >= self.checkpoint_every_s
+            force_kafka_checkpoint
+            or self.last_publish - self.last_kafka_checkpoint >= self.checkpoint_every_s
         ):
             self._write_kafka_checkpoint(to_bytes(self.model), snap.version)
         log.debug("published globals", extra={"gv": snap.version, "stream_id": self.last_id})
@@ -500,7 +581,12 @@ class GlobalStore:
             if self.choice is not None and self.choice.clock > 0:
                 # The choice component's state, under its own key in the same
                 # compacted topic (read back by _load_choice after a Redis loss).
-                self._choice_topic().write(encode_choice_checkpoint(export_checkpoint(self.choice)), version)
+                self._choice_topic().write(
+                    encode_choice_checkpoint(export_checkpoint(self.choice)), version
+                )
         except Exception as exc:  # Kafka trouble must not stop the global step
             self.last_kafka_checkpoint = float("-inf")
-            log.warning("checkpoint to Kafka failed; retried at the next publish", extra={"error": repr(exc)[:300]})
+            log.warning(
+                "checkpoint to Kafka failed; retried at the next publish",
+                extra={"error": repr(exc)[:300]},
+            )

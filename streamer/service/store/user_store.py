@@ -171,11 +171,15 @@ def _bulk(a: bytes) -> bytes:
 def _fields_frame(names: Sequence[str]) -> bytes:
     """One user's HSET arguments: every field name framed once, each value's
     length and bytes filled in (``%d`` then ``%b`` per value)."""
-    return b"".join(_bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*names, EIDS_FIELD, SEEN_AT_FIELD))
+    return b"".join(
+        _bulk(n.encode()) + b"$%d\r\n%b\r\n" for n in (*names, EIDS_FIELD, SEEN_AT_FIELD)
+    )
 
 
 _USER_FIELDS_FRAME = _fields_frame(USER_FIELDS)  # version 1
-_USER_FIELDS_FRAME_V2 = _fields_frame((*USER_FIELDS, *USER_CHOICE_FIELDS))  # version 2 (choice posterior)
+_USER_FIELDS_FRAME_V2 = _fields_frame(
+    (*USER_FIELDS, *USER_CHOICE_FIELDS)
+)  # version 2 (choice posterior)
 
 # json.dumps(ids, separators=(",", ":")) with one encoder instead of one per call.
 _EIDS_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -193,10 +197,14 @@ class _Script:
         head = [b"EVALSHA", self.sha, b"%d" % len(keys)]
         return self._send(client, _pack([*head, *keys, *args]))
 
-    def call_framed(self, client: redis.Redis, n_keys: int, framed: list[bytes], n_args: int) -> Any:
+    def call_framed(
+        self, client: redis.Redis, n_keys: int, framed: list[bytes], n_args: int
+    ) -> Any:
         """Like calling it with keys + args already framed by ``_bulk`` (the same
         bytes); ``framed`` holds ``n_args`` arguments (an element may hold several)."""
-        head = b"*%d\r\n" % (3 + n_args) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"%d" % n_keys)
+        head = (
+            b"*%d\r\n" % (3 + n_args) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"%d" % n_keys)
+        )
         return self._send(client, head + b"".join(framed))
 
     def _send(self, client: redis.Redis, packed: bytes) -> Any:
@@ -252,9 +260,13 @@ class WriteConflict(Exception):
 
 
 def load_users(
-    client: redis.Redis, prefix: str, user_ids: list[str], pointer_key: str,
-    versions: dict[str, bytes] | None = None, forgotten: dict[str, dict[int, int]] | None = None,
-) -> tuple[dict[str, StoredUser], bytes | None]:  # fmt: skip
+    client: redis.Redis,
+    prefix: str,
+    user_ids: list[str],
+    pointer_key: str,
+    versions: dict[str, bytes] | None = None,
+    forgotten: dict[str, dict[int, int]] | None = None,
+) -> tuple[dict[str, StoredUser], bytes | None]:
     """Read every user in one round trip, plus the value of ``pointer_key``
     (the globals version pointer). Missing users are absent from the result;
     a corrupt record is logged and treated as missing (the user restarts from
@@ -277,7 +289,10 @@ def load_users(
             try:
                 forgotten[uid] = parse_marker(marker)
             except ValueError:
-                log.error("unreadable forget marker; the user's events are skipped", extra={"user": uid[:80]})
+                log.error(
+                    "unreadable forget marker; the user's events are skipped",
+                    extra={"user": uid[:80]},
+                )
                 forgotten[uid] = {}
         if versions is not None:
             versions[uid] = b"|" + marker
@@ -295,8 +310,10 @@ def load_users(
         except (ValueError, TypeError) as exc:
             if versions is not None:
                 versions[uid] = b"*"  # overwritten unconditionally, as before
-            log.error("unreadable user record; the user restarts from the prior",
-                      extra={"key": user_key(prefix, uid), "error": repr(exc)[:200]})  # fmt: skip
+            log.error(
+                "unreadable user record; the user restarts from the prior",
+                extra={"key": user_key(prefix, uid), "error": repr(exc)[:200]},
+            )
     return out, pointer
 
 
@@ -318,8 +335,12 @@ def _slot_groups(ukeys: list[bytes]) -> dict[int, list[int]]:
     return groups
 
 
-def _cluster_scripts(client: Any, script: _Script, calls: list[tuple[bytes, bytes]],
-                     extra: list[tuple[bytes, bytes]] | None = None) -> list[Any]:  # fmt: skip
+def _cluster_scripts(
+    client: Any,
+    script: _Script,
+    calls: list[tuple[bytes, bytes]],
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> list[Any]:
     """Run the packed script calls ``(routing_key, packed)`` (plus ``extra``
     commands) on the cluster, pipelined per node; the replies in order, errors
     as exception objects. On NOSCRIPT (a node restarted, or a new one) the
@@ -340,16 +361,27 @@ def _raise_first(replies: Sequence[Any]) -> None:
             raise r
 
 
-def _read_cluster(client: Any, ukeys: list[bytes], fkeys: list[bytes], pointer_key: bytes,
-                  ) -> tuple[list[bytes], list[bytes], bytes | None]:  # fmt: skip
+def _read_cluster(
+    client: Any,
+    ukeys: list[bytes],
+    fkeys: list[bytes],
+    pointer_key: bytes,
+) -> tuple[list[bytes], list[bytes], bytes | None]:
     """The read script per hash slot, and the globals pointer, pipelined per node."""
     nu = len(ukeys)
     groups = list(_slot_groups(ukeys).values())
     calls = []
     for g in groups:
         keys = [ukeys[i] for i in g] + [fkeys[i] for i in g]
-        calls.append((keys[0], _pack([b"EVALSHA", _read_script.sha, b"%d" % len(keys), *keys, b"%d" % len(g)])))
-    replies = _cluster_scripts(client, _read_script, calls, extra=[(pointer_key, _pack([b"GET", pointer_key]))])
+        calls.append(
+            (
+                keys[0],
+                _pack([b"EVALSHA", _read_script.sha, b"%d" % len(keys), *keys, b"%d" % len(g)]),
+            )
+        )
+    replies = _cluster_scripts(
+        client, _read_script, calls, extra=[(pointer_key, _pack([b"GET", pointer_key]))]
+    )
     _raise_first(replies)
     raws: list[bytes] = [b""] * nu
     markers: list[bytes] = [b""] * nu
@@ -360,10 +392,17 @@ def _read_cluster(client: Any, ukeys: list[bytes], fkeys: list[bytes], pointer_k
 
 
 def write_batch(
-    client: redis.Redis, prefix: str, records: dict[str, UserRecord], event_ids: dict[str, list[str]],
-    ttl_s: int, stream_key: str, worker_id: str, stats_blob: bytes | None,
-    seen_at: dict[str, float] | None = None, expected: dict[str, bytes] | None = None,
-) -> bytes | None:  # fmt: skip
+    client: redis.Redis,
+    prefix: str,
+    records: dict[str, UserRecord],
+    event_ids: dict[str, list[str]],
+    ttl_s: int,
+    stream_key: str,
+    worker_id: str,
+    stats_blob: bytes | None,
+    seen_at: dict[str, float] | None = None,
+    expected: dict[str, bytes] | None = None,
+) -> bytes | None:
     """Write every record (full hash + ``eids``) with its expiry and XADD the
     statistics, atomically (one Lua script). Returns the stream entry id.
     ``expected`` maps users to their event count as read (see ``load_users``);
@@ -387,15 +426,35 @@ def write_batch(
         rows.append((*vals, eids, sa))
     nf = len(names) + 2
     if is_cluster_client(client):
-        return _write_cluster(client, prefix, list(records), rows, ttl_s, stream_key, worker_id, stats_blob, expected,
-                              frame=frame, nf=nf)  # fmt: skip
+        return _write_cluster(
+            client,
+            prefix,
+            list(records),
+            rows,
+            ttl_s,
+            stream_key,
+            worker_id,
+            stats_blob,
+            expected,
+            frame=frame,
+            nf=nf,
+        )
     keys = [_bulk(user_key(prefix, uid).encode()) for uid in records]
     keys += [_bulk(forget_key(prefix, uid).encode()) for uid in records]
     fields = [frame % tuple(chain.from_iterable((len(v), v) for v in row)) for row in rows]
     keys.append(_bulk(stream_key.encode()))
     tail = [worker_id.encode(), stats_blob] if stats_blob is not None else [b"", b""]
-    fence = [_bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records]
-    framed = [*keys, _bulk(_b(int(ttl_s))), _bulk(_b(nf)), *fence, *fields, *[_bulk(t) for t in tail]]
+    fence = [
+        _bulk(expected.get(uid, b"*")) if expected is not None else _bulk(b"*") for uid in records
+    ]
+    framed = [
+        *keys,
+        _bulk(_b(int(ttl_s))),
+        _bulk(_b(nf)),
+        *fence,
+        *fields,
+        *[_bulk(t) for t in tail],
+    ]
     try:
         n_args = len(keys) + 2 + len(fence) + 2 * nf * len(records) + len(tail)
         sid = _write_script.call_framed(client, len(keys), framed, n_args)
@@ -407,9 +466,18 @@ def write_batch(
 
 
 def _write_cluster(
-    client: Any, prefix: str, uids: list[str], rows: list[tuple[bytes, ...]], ttl_s: int, stream_key: str,
-    worker_id: str, stats_blob: bytes | None, expected: dict[str, bytes] | None, frame: bytes, nf: int,
-) -> bytes | None:  # fmt: skip
+    client: Any,
+    prefix: str,
+    uids: list[str],
+    rows: list[tuple[bytes, ...]],
+    ttl_s: int,
+    stream_key: str,
+    worker_id: str,
+    stats_blob: bytes | None,
+    expected: dict[str, bytes] | None,
+    frame: bytes,
+    nf: int,
+) -> bytes | None:
     """``write_batch`` on Redis Cluster: the write script once per hash slot
     (each user atomic and fenced), then, only if every slot was written, the
     statistics (see the module docstring for what a failure in between costs)."""
@@ -422,11 +490,26 @@ def _write_cluster(
         fence = [_bulk(expected.get(uids[i], b"*") if expected is not None else b"*") for i in g]
         fields = [frame % tuple(chain.from_iterable((len(v), v) for v in rows[i])) for i in g]
         n_args = 3 + len(keys) + 2 + len(g) + 2 * nf * len(g) + 2
-        packed = b"".join([b"*%d\r\n" % n_args, head, _bulk(b"%d" % len(keys)), *map(_bulk, keys), *tail,
-                           *fence, *fields, _bulk(b""), _bulk(b"")])  # fmt: skip
+        packed = b"".join(
+            [
+                b"*%d\r\n" % n_args,
+                head,
+                _bulk(b"%d" % len(keys)),
+                *map(_bulk, keys),
+                *tail,
+                *fence,
+                *fields,
+                _bulk(b""),
+                _bulk(b""),
+            ]
+        )
         calls.append((keys[0], packed))
     replies = _cluster_scripts(client, _write_script, calls)
-    conflicts = [r for r in replies if isinstance(r, redis.exceptions.ResponseError) and "HPMF_CONFLICT" in str(r)]
+    conflicts = [
+        r
+        for r in replies
+        if isinstance(r, redis.exceptions.ResponseError) and "HPMF_CONFLICT" in str(r)
+    ]
     if conflicts:
         # The other slots are written: a retry re-reads them and skips the
         # events applied there (stored offsets); this batch adds no statistics.
