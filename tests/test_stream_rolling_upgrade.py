@@ -40,7 +40,6 @@ from test_stream_support import (
     worker_cmd,
 )
 
-import streamer.reader.redis_record as redis_record
 from streamer.reader.lookup import GlobalsUnreadableError, Lookup, Status
 from streamer.reader.redis_record import (
     decode_global_record,
@@ -48,6 +47,7 @@ from streamer.reader.redis_record import (
     global_key,
     user_key,
 )
+from streamer.reader.redis_record import format as record_format
 from streamer.service.store.global_stats_record import decode_choice_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -91,7 +91,7 @@ def test_rolling_upgrade_from_format_1_to_2(
 
     def old_reader() -> list:  # type: ignore[type-arg]
         with monkeypatch.context() as m:
-            m.setattr(redis_record, "SCHEMA_VERSIONS", (1,))
+            m.setattr(record_format, "SCHEMA_VERSIONS", (1,))
             return _read_all(redis_url, key_prefix, sorted(counts))
 
     # 0. The previous release: the minutes model alone, version 1 records.
@@ -167,6 +167,6 @@ def test_rolling_upgrade_from_format_1_to_2(
     # version 2 user is served the prior (unsupported_version), and a
     # version 2 global record cannot be loaded: the reason to flip last.
     with monkeypatch.context() as m:
-        m.setattr(redis_record, "SCHEMA_VERSIONS", (1,))
+        m.setattr(record_format, "SCHEMA_VERSIONS", (1,))
         with pytest.raises(GlobalsUnreadableError):
             Lookup.from_url(redis_url, key_prefix, refresh_interval_ms=0).user_posteriors(users)

@@ -35,21 +35,28 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import redis
 
-from model.transform import to_original_units
 from streamer.reader.lookup_math import (
     ServingModel,
-    UserMoments,
-    predictive,
-    served_scores,
-    top_k,
 )
+from streamer.reader.lookup_results import (
+    STRATEGIES,
+    GlobalsUnreadableError,
+    NoGlobalsError,
+    Predictions,
+    ReaderError,
+    Recommendation,
+    Recommendations,
+    Status,
+    StoreUnavailableError,
+    Strategy,
+    UserPosterior,
+)
+from streamer.reader.lookup_serve import predictions, recommendations
 from streamer.reader.redis_record import (
     CorruptRecordError,
     RecordError,
@@ -64,105 +71,20 @@ from streamer.reader.redis_record import (
     user_key,
 )
 
-Strategy = Literal["mean", "thompson", "ucb"]
-STRATEGIES: tuple[str, ...] = ("mean", "thompson", "ucb")
-
-
-# ---------------------------------------------------------------- outcomes
-class Status(StrEnum):
-    """What the reader found for one user."""
-
-    OK = "ok"
-    """The user's record was read; the posterior is theirs."""
-    NEW_USER = "new_user"
-    """No record (new, or churned and expired): the pooled prior."""
-    CORRUPT_RECORD = "corrupt_record"
-    """The record could not be decoded (or its D differs from the model's): pooled prior."""
-    UNSUPPORTED_VERSION = "unsupported_version"
-    """The record has a schema version this reader does not know: pooled prior."""
-
-
-class ReaderError(Exception):
-    """A whole call could not be answered. Catch this for every case below."""
-
-
-class NoGlobalsError(ReaderError):
-    """No global record is published under the prefix yet (the service has not started)."""
-
-
-class GlobalsUnreadableError(ReaderError):
-    """The current global record is corrupt or of another schema version, and no
-    good one is cached. ``cause`` is the :class:`~streamer.reader.redis_record.RecordError`."""
-
-    def __init__(self, message: str, cause: RecordError | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class StoreUnavailableError(ReaderError):
-    """Redis could not be reached or refused the command (the cause is chained)."""
-
-
-@dataclass(frozen=True)
-class UserPosterior:
-    """q(x) = N(mean, cov) of one user, x = [u_1..u_k, b], and where it came from."""
-
-    user_id: str
-    status: Status
-    mean: np.ndarray
-    cov: np.ndarray
-    n_events: int
-    model_version: int  # the global version results are scored against
-    user_version: int | None  # the gv the user's record was computed against (None: prior)
-    version_lag: int  # model_version - user_version (0 for the prior)
-    stale: bool  # |version_lag| > the reader's max_version_lag
-    updated_ms: int | None = None
-    event_ms: int | None = None
-    history: list[tuple[str, float, int]] = field(default_factory=list)
-    error: str | None = None
-    choice_mean: np.ndarray | None = None  # q(a_i) of a version 2 record (None: the choice prior)
-    choice_cov: np.ndarray | None = None
-
-    @property
-    def is_prior(self) -> bool:
-        """True when this is the pooled prior, not the user's own posterior."""
-        return self.status is not Status.OK
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Predictive mean and std per video, in original units (e.g. minutes).
-
-    ``known[i]`` is False for a video the global record does not hold; its
-    entries are NaN (the v1 record carries no video prior to fall back on).
-    """
-
-    posterior: UserPosterior
-    video_ids: list[str]
-    mean: np.ndarray
-    std: np.ndarray
-    known: np.ndarray  # bool
-    model_mean: np.ndarray  # on the model scale (after the transform)
-    model_std: np.ndarray
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    video_id: str
-    score: float  # what was ranked, in original units (see Lookup.recommend)
-    mean: float  # predictive mean, original units
-    std: float  # predictive std, original units
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    posterior: UserPosterior
-    strategy: str
-    items: list[Recommendation]
-
-    @property
-    def video_ids(self) -> list[str]:
-        return [r.video_id for r in self.items]
+__all__ = [
+    "Lookup",
+    "STRATEGIES",
+    "GlobalsUnreadableError",
+    "NoGlobalsError",
+    "Predictions",
+    "ReaderError",
+    "Recommendation",
+    "Recommendations",
+    "Status",
+    "StoreUnavailableError",
+    "Strategy",
+    "UserPosterior",
+]
 
 
 # ---------------------------------------------------------------- the reader
@@ -391,19 +313,7 @@ class Lookup:
         moments for log1p).
         """
         post = self.user_posterior(user_id)
-        return self._predict(post, self.model(), [str(v) for v in video_ids])
-
-    def _predict(self, post: UserPosterior, model: ServingModel, vids: list[str]) -> Predictions:
-        rows = np.array([model.index.get(v, -1) for v in vids], dtype=np.int64)
-        known = rows >= 0
-        user = UserMoments.of(post.mean, post.cov, model.record.biases)
-        m_y = np.full(len(vids), np.nan)
-        s_y = np.full(len(vids), np.nan)
-        if known.any():
-            m, epi = predictive(model, user, rows[known])
-            m_y[known], s_y[known] = m, np.sqrt(epi + model.noise_var)
-        mean, std = to_original_units(model.record.transform, m_y, s_y)
-        return Predictions(post, vids, mean, std, known, m_y, s_y)
+        return predictions(post, self.model(), [str(v) for v in video_ids])
 
     # ------------------------------------------------------------ recommendations
     def recommend(
@@ -455,51 +365,24 @@ class Lookup:
             raise ValueError(f"k must be >= 0, got {k}")
         posts = self.user_posteriors(user_ids)
         model = self.model()
-        return [self._recommend(p, model, k, strategy, exclude_watched, seed) for p in posts]
+        return [
+            recommendations(
+                p,
+                model,
+                k,
+                strategy,
+                exclude_watched,
+                self._rng_for(p.user_id, seed),
+                self.ucb_beta,
+            )
+            for p in posts
+        ]
 
     def _rng_for(self, user_id: str, seed: int | None) -> np.random.Generator:
         if seed is None:
             return self._rng
         h = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")
         return np.random.default_rng([int(seed), h])
-
-    def _recommend(
-        self,
-        post: UserPosterior,
-        model: ServingModel,
-        k: int,
-        strategy: str,
-        exclude_watched: bool,
-        seed: int | None,
-    ) -> Recommendations:
-        rec = model.record
-        scores, user = served_scores(
-            model,
-            post.mean,
-            post.cov,
-            post.choice_mean,
-            post.choice_cov,
-            strategy,
-            self._rng_for(post.user_id, seed),
-            self.ucb_beta,
-        )
-        if exclude_watched and post.history:
-            rows = [model.index[v] for v, _, _ in post.history if v in model.index]
-            scores[rows] = -np.inf
-        best = top_k(scores, k)
-        m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
-        mean, std = to_original_units(rec.transform, m_best, np.sqrt(epi_best + model.noise_var))
-        if model.choice is not None:  # expected minutes if shown, already in original units
-            shown = scores[best]
-        elif strategy == "mean":
-            shown = mean
-        else:  # the ranked model-scale value, mapped through the (monotone) inverse transform
-            shown = to_original_units(rec.transform, scores[best], np.zeros(best.shape[0]))[0]
-        items = [
-            Recommendation(str(model.ids[r]), float(s), float(m), float(d))
-            for r, s, m, d in zip(best, shown, mean, std, strict=True)
-        ]
-        return Recommendations(post, strategy, items)
 
 
 def _client_from_url(url: str, cluster: bool) -> Any:
