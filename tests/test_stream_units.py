@@ -142,17 +142,22 @@ def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[s
 
 
 def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
-    from streamer.service.store.user_store import _posterior_into, _split
+    from streamer.reader.redis_record import CorruptRecordError, decode_user_read
+    from streamer.service.store.user_scripts import READ_FIELDS, split_fields
 
     mean = np.array([0.5, -1.0], dtype="<f4").tobytes()
     cov = np.eye(2, dtype="<f4").tobytes()
-    fields = [b"3", b"1", b"42", b"", b'[["v",2.0,3]]', b"[]", mean, cov, b"12.5"]
+    # the read script's order: the codec's fields, then eids and sa
+    assert READ_FIELDS == ("n", "p", "o", "et", "hist", "mean", "cov", "eids", "sa")
+    fields = [b"3", b"1", b"42", b"", b'[["v",2.0,3]]', mean, cov, b"[]", b"12.5"]
     raw = b"".join(b"%d:%b" % (len(f), f) for f in fields)
-    assert _split(raw) == fields  # NUL bytes, colons or empties inside fields do not matter
-    s = UserState()
-    _posterior_into(s, mean, cov, b"12.5")
-    assert s.mean is not None and s.cov is not None
-    assert s.mean.tolist() == [0.5, -1.0] and s.cov.shape == (2, 2)
-    t = UserState()
-    _posterior_into(t, b"", b"", b"")  # a record without a posterior stays without
-    assert t.mean is None and t.cov is None
+    assert split_fields(raw) == fields  # NUL bytes, colons or empties inside fields do not matter
+    back = decode_user_read(fields[:7])
+    assert back.mean is not None and back.cov is not None
+    assert back.mean.tolist() == [0.5, -1.0] and back.cov.shape == (2, 2)
+    assert (back.n_events, back.partition, back.offset, back.event_ms) == (3, 1, 42, 0)
+    assert back.history == [("v", 2.0, 3)]
+    empty = decode_user_read([b"3", b"1", b"42", b"5", b"[]", b"", b""])
+    assert empty.mean is None and empty.cov is None  # a record without a posterior stays without
+    with pytest.raises(CorruptRecordError):  # the history is checked as the reader checks it
+        decode_user_read([b"3", b"1", b"42", b"5", b'[["v", true, 3]]', mean, cov])

@@ -17,7 +17,7 @@ from streamer.reader.redis_record import (
     encode_user_records,
     user_key,
 )
-from streamer.service.store import user_store
+from streamer.service.store import user_scripts, user_store
 
 
 def _records() -> dict[str, UserRecord]:
@@ -50,7 +50,7 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(
         sent.append(packed)
         return b"1-0"
 
-    monkeypatch.setattr(user_store._Script, "_send", capture)
+    monkeypatch.setattr(user_scripts.Script, "_send", capture)
     records = _records()
     if version == 2:  # the choice posterior, as the worker writes it at HPMF_RECORD_FORMAT=2
         for k, rec in enumerate(records.values()):
@@ -78,7 +78,7 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(
     fields: list[bytes] = []
     for uid, rec in records.items():
         enc = encode_user_record(rec)
-        enc["eids"] = user_store._EIDS_JSON.encode(event_ids.get(uid, [])).encode()
+        enc["eids"] = user_scripts.EIDS_JSON.encode(event_ids.get(uid, [])).encode()
         enc["sa"] = repr(seen_at[uid]).encode() if uid in seen_at else b""
         for name, value in enc.items():
             fields += [name.encode(), value]
@@ -91,7 +91,7 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(
     nf = b"13" if version == 1 else b"16"  # 11 (+3 choice fields) + eids + sa
     args = [
         b"EVALSHA",
-        user_store._write_script.sha,
+        user_scripts.write_script.sha,
         b"%d" % len(keys),
         *keys,
         b"600",
@@ -101,7 +101,7 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(
         b"w1",
         b"stats",
     ]
-    assert sent == [user_store._pack(args)]
+    assert sent == [user_scripts.pack(args)]
 
 
 def test_encode_user_records_matches_one_by_one_also_for_mixed_sizes() -> None:

@@ -158,7 +158,7 @@ def update_users(
         )
         if uid in choice_post:  # version 2
             out.records[uid].choice_mean, out.records[uid].choice_cov = choice_post[uid]
-        sa = getattr(update.states[uid], "seen_at", None)
+        sa = update.states[uid].seen_at
         if sa is not None:
             out.seen_at[uid] = float(sa)
         ids = (prev.event_ids if prev is not None else []) + new_ids[uid]

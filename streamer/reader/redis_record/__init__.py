@@ -60,7 +60,10 @@ from streamer.reader.redis_record.keys import (
     user_key,
 )
 from streamer.reader.redis_record.user import (
+    USER_READ_FIELDS,
+    UserReadBack,
     UserRecord,
+    decode_user_read,
     decode_user_record,
     encode_user_record,
     encode_user_records,
@@ -72,6 +75,9 @@ from streamer.reader.redis_record.user import (
 )
 
 __all__ = [
+    "USER_READ_FIELDS",
+    "UserReadBack",
+    "decode_user_read",
     "CorruptRecordError",
     "F32",
     "GLOBAL_CHOICE_FIELDS",

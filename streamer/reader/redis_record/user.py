@@ -274,3 +274,39 @@ def read_user_record(client: Any, prefix: str, user_id: object) -> UserRecord | 
     key = user_key(prefix, user_id)
     fields = client.hgetall(key)
     return decode_user_record(fields, key) if fields else None
+
+
+USER_READ_FIELDS = ("n", "p", "o", "et", "hist", "mean", "cov")
+"""The fields of a user record the streaming service reads back for its next
+batch (its read script asks for these, then its own internal fields)."""
+
+
+@dataclass
+class UserReadBack:
+    """What the service reads back of a user record (:data:`USER_READ_FIELDS`)."""
+
+    n_events: int
+    partition: int
+    offset: int
+    event_ms: int
+    history: list[tuple[str, float, int]]
+    mean: np.ndarray | None  # None when the stored arrays do not match
+    cov: np.ndarray | None
+
+
+def decode_user_read(values: Sequence[bytes], key: str | None = None) -> UserReadBack:
+    """The :data:`USER_READ_FIELDS` values, in that order, as the service's read
+    script returns them. The history is checked as :func:`decode_user_record`
+    checks it. Raises CorruptRecordError (a ValueError)."""
+    n, p, o, et, hist, mean, cov = values
+    try:
+        counts = int(n), int(p), int(o), int(et or 0)
+    except ValueError:
+        raise CorruptRecordError(key, "unreadable counts or offsets") from None
+    history = _decode_history(hist, key)
+    d = len(mean) // 4
+    m = c = None
+    if d and len(mean) == 4 * d and len(cov) == 4 * d * d:
+        m = np.frombuffer(mean, F32).astype(np.float64)
+        c = np.frombuffer(cov, F32).astype(np.float64).reshape(d, d)
+    return UserReadBack(*counts, history, m, c)
