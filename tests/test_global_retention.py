@@ -78,8 +78,8 @@ def test_redis_checkpoint_without_duplicate_posteriors_restores_the_same_model()
     import torch
 
     from model.checkpoint import state_dict, to_bytes
+    from streamer.service.store.global_publish import load_redis_checkpoint, redis_checkpoint
     from streamer.service.store.global_stats_record import encode_snapshot
-    from streamer.service.store.global_store import load_redis_checkpoint, redis_checkpoint
 
     m = OnlineHPMF(HPMFConfig(n_factors=3, svi_min_events=8))
     rng = np.random.default_rng(0)
