@@ -1,6 +1,17 @@
 """Step 5 of the loop: commit the batch's Kafka offsets, only after its
 effects are durable in Redis (and its dead letters in Kafka).
 
+:class:`Offsets` owns the offsets (the batch's, and the newest written per
+partition) and the order, in numbered steps checked in code:
+
+1. ``polled(records)``: the batch's offsets (one past the highest record);
+2. ``written()``: its users and statistics are in Redis;
+3. ``flushed()``: its dead letters are durable in Kafka;
+4. ``commit()``: only now are its offsets committed (sent), and kept as the
+   newest written for the shutdown commit and for a revocation.
+
+A step out of order raises :class:`OrderError` (a bug, never an outage).
+
 In the steady loop the commit is *sent* after the write but not waited for
 (``commit_async``): a sync commit cost ~10 ms per batch on the freshness path.
 Waiting adds no safety here, because the stored per-user offsets already make
@@ -30,6 +41,7 @@ between; auto-commit would do that at random, so it is off.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -90,3 +102,91 @@ def commit_offsets_async(
     consumer.commit_async(
         {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, callback=done
     )
+
+
+class OrderError(RuntimeError):
+    """A commit step out of order: committing before the batch's effects are
+    durable could lose it on a crash."""
+
+
+class Offsets:
+    """The worker's offsets: those of the batch in hand, and the newest
+    written and not yet committed synchronously, per partition.
+
+    >>> class R:
+    ...     def __init__(self, p, o): self.topic, self.partition, self.offset = "t", p, o
+    >>> class C:
+    ...     def commit_async(self, offsets, callback=None): print(sorted((tp.partition, om.offset) for tp, om in offsets.items()))
+    >>> off = Offsets(C())
+    >>> off.polled([R(0, 4), R(1, 9), R(0, 7)])
+    >>> off.commit()
+    Traceback (most recent call last):
+    ...
+    streamer.service.offsets.OrderError: commit before the batch was written
+    >>> off.written(); off.flushed(); _ = off.commit()
+    [(0, 8), (1, 10)]
+    """
+
+    POLLED, WRITTEN, FLUSHED = 1, 2, 3
+
+    def __init__(
+        self, consumer: Any, on_failure: Callable[[Exception], None] | None = None
+    ) -> None:
+        self.consumer = consumer
+        self.on_failure = on_failure
+        self.batch: dict[TopicPartition, int] = {}
+        self.step = 0  # 0: no batch in hand
+        self.written_offsets: dict[TopicPartition, int] = {}  # newest, effects in Redis
+
+    # 1. the batch in hand
+    def polled(self, records: list[Any]) -> None:
+        if self.step not in (0, self.FLUSHED):
+            raise OrderError("a new batch before the previous one was committed")
+        self.batch, self.step = next_offsets(records), self.POLLED
+
+    # 2. its effects are in Redis
+    def written(self) -> None:
+        if self.step != self.POLLED:
+            raise OrderError("a write without a polled batch")
+        self.step = self.WRITTEN
+
+    # 3. its dead letters are durable
+    def flushed(self) -> None:
+        if self.step != self.WRITTEN:
+            raise OrderError("dead letters flushed before the batch was written")
+        self.step = self.FLUSHED
+
+    # 4. commit (sent without waiting; see the module docstring)
+    def commit(
+        self, hold: Callable[[TopicPartition], bool] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Commit the batch's offsets, except those of partitions ``hold``
+        says to keep (being rebuilt); returns what was sent."""
+        if self.step == self.POLLED:
+            raise OrderError("commit before the batch was written")
+        if self.step == self.WRITTEN:
+            raise OrderError("commit before the batch's dead letters were flushed")
+        offsets = {tp: o for tp, o in self.batch.items() if hold is None or not hold(tp)}
+        self.batch, self.step = {}, 0
+        self.written_offsets.update(offsets)
+        commit_offsets_async(self.consumer, offsets, on_failure=self.on_failure)
+        return offsets
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions that replay (their Redis lost its data): nothing of them
+        is committed from here; the replay writes them again."""
+        for tp in partitions:
+            self.written_offsets.pop(tp, None)
+
+    def revoked(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The commit of what was written of the revoked partitions, sent (the
+        rebalance listener must not block); returns it."""
+        offsets = {tp: o for tp, o in self.written_offsets.items() if tp in partitions}
+        self.forget(offsets)
+        commit_offsets_async(self.consumer, offsets, on_failure=self.on_failure)
+        return offsets
+
+    def commit_written(self) -> bool:
+        """Synchronously commit the newest written offsets (shutdown)."""
+        offsets, self.written_offsets = self.written_offsets, {}
+        return commit_offsets(self.consumer, offsets)

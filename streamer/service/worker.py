@@ -33,7 +33,6 @@ committed, the learner publishes and frees its lease, and ``run`` returns 0.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -43,15 +42,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 
-from model.choice import ChoiceConfig
-from model.config import HPMFConfig
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
-from streamer.reader.redis_record import global_prefix, is_cluster_client, user_key
-from streamer.service.checkpoint_topic import CheckpointTopic
-from streamer.service.connections import group_membership, kafka_security, redis_client
-from streamer.service.dead_letter import DeadLetterSink
+from streamer.reader.redis_record import user_key
 from streamer.service.errors import (
     TRANSIENT,
     ConfigurationError,
@@ -59,29 +53,22 @@ from streamer.service.errors import (
     fatal_setting,
     retry,
 )
-from streamer.service.event_batch import RebalanceTracker, poll_batch
-from streamer.service.forget import restore_markers
-from streamer.service.kafka_admin import service_topics, topic_config, topic_refused
-from streamer.service.kafka_compat import lenient_header_keys
+from streamer.service.event_batch import poll_batch
+from streamer.service.lag import LagReport
 from streamer.service.metrics import StreamMetrics, serve
 from streamer.service.model_update import ModelUpdate, SourcedEvent, update_users
-from streamer.service.offsets import commit_offsets, commit_offsets_async, next_offsets
+from streamer.service.offsets import Offsets
 from streamer.service.rebuild import Rebuild
 from streamer.service.settings import StreamSettings
 from streamer.service.store.global_stats_record import encode_stats
-from streamer.service.store.global_store import GlobalStore
 from streamer.service.store.user_store import WriteConflict, load_users, write_batch
+from streamer.service.worker_setup import WorkerSetup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# kafka-python backs reconnects off up to 30 s by default: after a broker
-# restart the worker sat idle up to that long with the broker already back.
-# Java's client caps it at 1 s; so do we.
-RECONNECT_BACKOFF_MAX_MS = 1000
 
-
-class Worker:
+class Worker(WorkerSetup, LagReport):
     def __init__(self, settings: StreamSettings, metrics: StreamMetrics | None = None) -> None:
         self.s = settings
         self.metrics = metrics or StreamMetrics()
@@ -101,9 +88,7 @@ class Worker:
         # worst moment for a crash. Unset in production.
         self._kill_after_write = int(os.environ.get("HPMF_FAULT_KILL_AFTER_WRITE", "0") or 0)
         self._writes = 0
-        self.written_offsets: dict[
-            TopicPartition, int
-        ] = {}  # newest offsets whose effects are in Redis
+        self.offsets = Offsets(None, on_failure=lambda _e: self.metrics.commit_failures.inc())
         self.metrics.live_after_s = settings.live_after_s
         self._lag_due = 0.0  # monotonic time of the next lag refresh
         self.rebuild: Rebuild | None = None
@@ -121,176 +106,6 @@ class Worker:
         if not self.stop:
             log.info("shutdown requested; finishing the batch in hand", extra={"signal": signum})
         self.stop = True
-
-    def _connect(self) -> None:
-        s = self.s
-        lenient_header_keys()  # a non-UTF-8 header key must not stop a partition (streamer/service/kafka_compat.py)
-        self.redis = redis_client(
-            s, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-        )
-        # The global and learner keys: one hash tag on a Redis Cluster (redis_record.global_prefix).
-        self.gprefix = global_prefix(s.redis_prefix, is_cluster_client(self.redis))
-        retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
-        self.metrics.redis_ok = True
-        if s.create_topics:
-            # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.
-            retry(
-                lambda: service_topics(s, wait_s=0),
-                "create topics",
-                log,
-                self._should_stop,
-                s.retry_max_backoff_s,
-            )
-        retry(
-            self._check_retention, "topic retention", log, self._should_stop, s.retry_max_backoff_s
-        )
-        # Forget markers (hpmf forget) from Kafka into Redis before any event
-        # is applied: a Redis that lost them must not let a replay bring a
-        # forgotten user back (streamer/service/forget.py).
-        retry(
-            lambda: restore_markers(
-                s.kafka_bootstrap,
-                s.forget_topic_name,
-                self.redis,
-                s.redis_prefix,
-                config=kafka_security(s),
-            ),
-            "restore forget markers",
-            log,
-            self._should_stop,
-            s.retry_max_backoff_s,
-        )
-        self.producer = KafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            acks="all",
-            linger_ms=5,
-            client_id=f"{s.worker_id}-dlq",
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-            **kafka_security(s),
-        )
-        self.tracker = RebalanceTracker(before_revoke=self._commit_revoked)
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            group_id=s.group_id,
-            client_id=s.worker_id,
-            enable_auto_commit=False,
-            auto_offset_reset=s.auto_offset_reset,
-            max_poll_records=s.batch_max_events,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_wait_ms=100,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-            **kafka_security(s),
-            **group_membership(s),
-        )
-        # Fetch the topic's metadata first: a group join before it is known
-        # assigns nothing until the next metadata refresh (minutes).
-        retry(
-            lambda: self._require_partitions(s.topic),
-            "topic metadata",
-            log,
-            self._should_stop,
-            s.retry_max_backoff_s,
-        )
-        self.consumer.subscribe([s.topic], listener=self.tracker)
-        self.dlq = DeadLetterSink(
-            self.producer,
-            s.dead_letter_topic,
-            self.metrics,
-            max_record_bytes=s.dlq_max_record_bytes,
-            prefix_bytes=s.dlq_prefix_bytes,
-        )
-        # Before a replay the forget markers come back from Kafka too: a Redis
-        # that lost them must not let the replay re-create a forgotten user.
-        self.rebuild = Rebuild(
-            self.redis,
-            self.gprefix,
-            self.consumer,
-            s.user_ttl_s * 1000,
-            before_replay=lambda: restore_markers(
-                s.kafka_bootstrap,
-                s.forget_topic_name,
-                self.redis,
-                s.redis_prefix,
-                config=kafka_security(s),
-            ),
-        )
-        cfg = HPMFConfig(**s.model_config_dict())
-        self.globals = GlobalStore(
-            self.redis,
-            self.gprefix,
-            s.worker_id,
-            cfg,
-            self.metrics,
-            lease_ms=s.learner_lease_ms,
-            publish_every_batches=s.publish_every_batches,
-            publish_every_ms=s.publish_every_ms,
-            global_ttl_s=s.global_ttl_s,
-            warm_start=s.checkpoint,
-            quarantine=self._quarantine_stats,
-            eligible=s.learner_eligible,
-            keep_versions=s.global_keep_versions,
-            kafka_checkpoint=CheckpointTopic(
-                s.kafka_bootstrap, s.checkpoints_topic_name, s.redis_prefix, kafka_security(s)
-            ),
-            checkpoint_every_s=s.checkpoint_every_s,
-            choice_config=ChoiceConfig(n_factors=s.choice_factors, sweep_every=s.choice_sweep_every)
-            if s.choice
-            else None,
-            record_format=s.record_format if s.choice else 1,
-        )
-        _warm_up(cfg)
-        _settle_garbage_collector()
-        self._redis_step(self.globals.maintain, "learner lease")
-        if not self.globals.is_learner:
-            self._redis_step(lambda: self.globals.refresh(None, force=True), "load globals")
-        self.metrics.started = True
-
-    def _check_retention(self) -> None:
-        """Warn when the events topic keeps less than the user TTL: a rebuild
-        after Redis loses its data replays the TTL's worth of events, and
-        what Kafka deleted cannot come back."""
-        s = self.s
-        raw = topic_config(s.kafka_bootstrap, s.topic, "retention.ms", config=kafka_security(s))
-        if raw is None:
-            return
-        retention_ms = int(raw)
-        if 0 <= retention_ms < s.user_ttl_s * 1000:
-            log.warning(
-                f"topic {s.topic} keeps events {retention_ms / 3.6e6:.1f} h, shorter than the user TTL "
-                f"({s.user_ttl_s / 3600:.1f} h): if Redis loses its data, users' events older than the "
-                f"retention cannot be rebuilt. Raise it: kafka-configs --alter --entity-type topics "
-                f"--entity-name {s.topic} --add-config retention.ms={s.events_retention_ms}",
-                extra={"topic": s.topic, "retention_ms": retention_ms, "user_ttl_s": s.user_ttl_s},
-            )
-
-    def _quarantine_stats(self, stream_id: str, payload: bytes, reason: str, detail: str) -> None:
-        """The learner's dead letter: a global statistics entry it cannot apply,
-        made durable in the dead-letter topic (synchronously; rare) before the
-        learner moves past it."""
-        self.dlq.send_raw(
-            payload,
-            [
-                ("error", reason.encode()),
-                ("error_detail", detail.encode("utf-8", "replace")[:1000]),
-                ("source_topic", self.globals.stream_key.encode()),
-                ("source_offset", stream_id.encode()),
-                ("failed_at", str(int(time.time() * 1000)).encode()),
-            ],
-        )
-        self.dlq.flush()
-
-    def _require_partitions(self, topic: str) -> None:
-        from kafka.errors import KafkaError, TopicAuthorizationFailedError
-
-        if not self.consumer.partitions_for_topic(topic):
-            # A topic we may not describe looks like one with no partitions
-            # to the consumer (it asks for all topics' metadata); asked by
-            # name, the broker says which (a refusal: not retried).
-            if topic_refused(self.s.kafka_bootstrap, topic, config=kafka_security(self.s)):
-                raise TopicAuthorizationFailedError(f"not authorized to describe topic {topic}")
-            raise KafkaError(f"topic {topic} has no partitions (yet)")
 
     # ---------------------------------------------------------------- loop
     def run(self) -> int:
@@ -392,8 +207,7 @@ class Worker:
             )  # type: ignore[union-attr]
             if lost:  # sought back: these records come again in the replay
                 records = [r for r in records if TopicPartition(r.topic, r.partition) not in lost]
-                for tp in lost:
-                    self.written_offsets.pop(tp, None)
+                self.offsets.forget(lost)
         m.rebuilding.set(len(self.rebuild.targets))
         if not records:
             # Idle: the learner catches up with other workers' statistics.
@@ -403,6 +217,7 @@ class Worker:
         t0 = time.monotonic()
         self.last_event_at = t0
         m.events.inc(len(records))
+        self.offsets.polled(records)  # step 1 of the commit order (streamer/service/offsets.py)
 
         # 2. Decode and validate; invalid events go to the dead-letter topic.
         now_ms = int(time.time() * 1000)
@@ -445,6 +260,7 @@ class Worker:
             on_failure=self._write_failed,
             transient=(*TRANSIENT, WriteConflict),
         )
+        self.offsets.written()
         written_ms = time.time() * 1000
         m.freshness.observe_many([(written_ms - ts) / 1000 for ts in update.produce_ts_ms])
         m.applied.inc(update.applied)
@@ -455,17 +271,17 @@ class Worker:
         if update.skipped_forgotten:
             m.skipped.inc(update.skipped_forgotten, "forgotten")
         retry(self.dlq.flush, "dead-letter flush", log, self._should_stop, s.retry_max_backoff_s)
+        self.offsets.flushed()
 
         # 5. Commit the offsets, only now that the effects are durable (sent
         #    without waiting; see streamer/service/offsets.py for why that is safe).
         #    Not those of a partition being rebuilt (streamer/service/rebuild.py).
-        offsets = next_offsets(records)
         if self.rebuild.active:
             self._redis_step(self.rebuild.progress, "rebuild progress")
-            offsets = {tp: o for tp, o in offsets.items() if not self.rebuild.holds(tp)}
+            self.offsets.commit(hold=self.rebuild.holds)
             m.rebuilding.set(len(self.rebuild.targets))
-        self.written_offsets.update(offsets)
-        commit_offsets_async(self.consumer, offsets, on_failure=lambda _e: m.commit_failures.inc())
+        else:
+            self.offsets.commit()
         m.batch_latency.observe(time.monotonic() - t0)
         m.batches.inc()
         self.batches_done += 1
@@ -490,8 +306,7 @@ class Worker:
 
     def _commit_written(self) -> None:
         """Synchronously commit the newest written offsets (shutdown)."""
-        offsets, self.written_offsets = self.written_offsets, {}
-        if offsets and not commit_offsets(self.consumer, offsets):
+        if not self.offsets.commit_written():
             self.metrics.commit_failures.inc()
 
     def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -501,12 +316,7 @@ class Worker:
         out on the coordinator connection ahead of the re-join, in the
         generation that still owns the partitions. Should it fail anyway, the
         new owner re-reads those records and skips them by the stored offsets."""
-        offsets = {tp: o for tp, o in self.written_offsets.items() if tp in revoked}
-        for tp in offsets:
-            self.written_offsets.pop(tp, None)
-        commit_offsets_async(
-            self.consumer, offsets, on_failure=lambda _e: self.metrics.commit_failures.inc()
-        )
+        offsets = self.offsets.revoked(revoked)
         if offsets:
             log.info(
                 "commit of revoked partitions sent",
@@ -584,82 +394,6 @@ class Worker:
             }
             if gone:
                 self.redis.delete(*gone)
-            for tp in lost:
-                self.written_offsets.pop(tp, None)
+            self.offsets.forget(lost)
         self.metrics.redis_ok = True
         return update
-
-    def _partition_lags(self) -> dict[TopicPartition, int | None]:
-        """Per assigned partition, high watermark minus position; None where
-        either is not known yet (right after a rebalance)."""
-        lags: dict[TopicPartition, int | None] = {}
-        for tp in self.tracker.assigned:
-            hw = self.consumer.highwater(tp)
-            try:
-                pos = self.consumer.position(tp, timeout_ms=100)
-            except Exception:  # position unknown right after a rebalance
-                pos = None
-            lags[tp] = None if hw is None or pos is None else max(0, hw - pos)
-        return lags
-
-    def _caught_up(self) -> bool:
-        """Partitions assigned and each read to its high watermark. Idle alone
-        is not enough to stop: a rebalance can keep a worker idle for seconds
-        while its new partitions still hold unread events."""
-        lags = self._partition_lags()
-        return bool(lags) and all(lag == 0 for lag in lags.values())
-
-    def _refresh_lag_when_due(self) -> None:
-        """Every ``lag_refresh_s``, busy or idle: the lag per assigned partition
-        (revoked ones drop out; one whose position is not known yet is left
-        out) and, on the learner, its backlog. The high watermark comes with
-        each fetch response, so no request is made for it. While the loop
-        waits out an outage nothing is refreshed; the retries counter and
-        redis_up tell that story then."""
-        now = time.monotonic()
-        if now < self._lag_due:
-            return
-        self._lag_due = now + self.s.lag_refresh_s
-        m = self.metrics
-        lags = self._partition_lags()
-        m.lag.replace(
-            {(tp.topic, str(tp.partition)): lag for tp, lag in lags.items() if lag is not None}
-        )
-        m.lag_refreshed.set(time.time())
-        try:
-            entries, age_s = self.globals.backlog()
-        except TRANSIENT as exc:  # a metric is not worth a retry loop; the next refresh tries again
-            self._redis_failed(exc)
-            return
-        m.learner_backlog.set(entries)
-        m.learner_backlog_age.set(age_s)
-
-
-def _settle_garbage_collector() -> None:
-    """Move everything alive after start-up (torch, Pyro, the model) out of
-    the cyclic garbage collector's sight and let it run less often. A batch
-    allocates thousands of small containers (records, events, histories), so
-    the collector ran many times per batch and each full pass walked all of
-    start-up's objects again. Measured on a 60,000-event backlog of the
-    throughput benchmark's stream, in-process: the loop's time went from
-    7.46-7.56 s to 6.92-7.05 s (three runs; ~7%). The worker makes few
-    reference cycles; memory stays flat (the stream suite's memory
-    benchmark)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
-def _warm_up(cfg: HPMFConfig) -> None:
-    """Run one tiny batch through a throwaway model: torch's first call costs
-    ~1-2 s of lazy initialisation, which would otherwise land on the first
-    real batch (and on its freshness). ``svi_min_events=1`` makes the warm-up
-    take an SVI step too (Pyro's first step costs ~0.5 s more)."""
-    import dataclasses
-
-    from model.batch import Batch
-    from model.online import OnlineHPMF
-
-    OnlineHPMF(dataclasses.replace(cfg, svi_min_events=1)).learn(
-        Batch.of(["warm-up"], ["warm-up"], [1.0]), {}
-    )
