@@ -21,7 +21,8 @@ from typing import Any
 
 from model.batch import Batch
 from model.choice import ChoiceModel
-from model.online import GlobalStats, OnlineHPMF
+from model.online import GlobalStats
+from model.protocol import StreamingModel
 from streamer.event import WatchEvent
 from streamer.reader.redis_record import UserRecord, user_record_from_state
 from streamer.service.forget import is_forgotten
@@ -94,7 +95,7 @@ def drop_forgotten(
 
 
 def update_users(
-    model: OnlineHPMF,
+    model: StreamingModel,
     events: list[SourcedEvent],
     stored: dict[str, StoredUser],
     dedupe_window: int,

@@ -45,7 +45,6 @@ import torch
 from kafka import TopicPartition
 
 from streamer.event import DECODER_ERROR, EventLimits, InvalidEvent, check_key, decode_event
-from streamer.reader.redis_record import user_key
 from streamer.service.errors import (
     TRANSIENT,
     ConfigurationError,
@@ -61,7 +60,8 @@ from streamer.service.offsets import Offsets
 from streamer.service.rebuild import Rebuild
 from streamer.service.settings import StreamSettings
 from streamer.service.store.global_stats_record import encode_stats
-from streamer.service.store.user_store import WriteConflict, load_users, write_batch
+from streamer.service.store.seam import GlobalsStore, UserStore
+from streamer.service.store.user_store import WriteConflict
 from streamer.service.worker_setup import WorkerSetup
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ T = TypeVar("T")
 
 
 class Worker(WorkerSetup, LagReport):
+    """The loop; it sees its stores only through the seam
+    (:mod:`streamer.service.store.seam`) and the model through
+    :class:`model.protocol.StreamingModel`."""
+
+    users: UserStore
+    globals: GlobalsStore
+
     def __init__(self, settings: StreamSettings, metrics: StreamMetrics | None = None) -> None:
         self.s = settings
         self.metrics = metrics or StreamMetrics()
@@ -342,9 +349,7 @@ class Worker(WorkerSetup, LagReport):
         users = list(dict.fromkeys(se.event.user_id for se in valid))
         versions: dict[str, bytes] = {}
         forgotten: dict[str, dict[int, int]] = {}
-        stored, current = load_users(
-            self.redis, s.redis_prefix, users, g.current_key, versions, forgotten
-        )
+        stored, current = self.users.load(users, g.current_key, versions, forgotten)
         g.refresh(current)
         update = update_users(
             g.model,
@@ -365,9 +370,7 @@ class Worker(WorkerSetup, LagReport):
             replay = rb.active and rb.replaying(
                 ((se.partition, se.offset) for se in valid), s.topic
             )
-            sid = write_batch(
-                self.redis,
-                s.redis_prefix,
+            sid = self.users.write(
                 update.records,
                 update.event_ids,
                 s.user_ttl_s,
@@ -387,13 +390,9 @@ class Worker(WorkerSetup, LagReport):
         # the partitions replay (streamer/service/rebuild.py) and nothing is committed.
         lost = rb.check(set(self.tracker.assigned))
         if lost:
-            gone = {
-                user_key(s.redis_prefix, se.event.user_id)
-                for se in valid
-                if TopicPartition(s.topic, se.partition) in lost
-            }
-            if gone:
-                self.redis.delete(*gone)
+            self.users.discard(
+                se.event.user_id for se in valid if TopicPartition(s.topic, se.partition) in lost
+            )
             self.offsets.forget(lost)
         self.metrics.redis_ok = True
         return update

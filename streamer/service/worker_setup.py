@@ -25,6 +25,7 @@ from streamer.service.kafka_admin import service_topics, topic_config, topic_ref
 from streamer.service.kafka_compat import lenient_header_keys
 from streamer.service.rebuild import Rebuild
 from streamer.service.store.global_store import GlobalStore
+from streamer.service.store.seam import user_store_for
 
 log = logging.getLogger("streamer.service.worker")
 
@@ -51,6 +52,7 @@ class WorkerSetup:
         # The global and learner keys: one hash tag on a Redis Cluster (redis_record.global_prefix).
         self.gprefix = global_prefix(s.redis_prefix, is_cluster_client(self.redis))
         retry(self.redis.ping, "redis ping", log, self._should_stop, s.retry_max_backoff_s)
+        self.users = user_store_for(self.redis, s.redis_prefix)
         self.metrics.redis_ok = True
         if s.create_topics:
             # One attempt per call (wait_s=0): this retry loop does the waiting, and it hears SIGTERM.

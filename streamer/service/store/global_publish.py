@@ -174,6 +174,8 @@ class GlobalPublisher:
                         "last_id": self.last_id,
                         "gv": snap.version,
                         "snap": snap_blob,
+                        # the snapshot carries it too (GlobalsSnapshot.n_seen); kept for
+                        # workers of the previous release, which read it from here
                         "n_seen": int(self.model.n_seen),
                         "owner": self.worker_id,
                         "ts": now_ms,

@@ -55,6 +55,7 @@ from model.choice import (
 )
 from model.config import HPMFConfig
 from model.online import GlobalStats, OnlineHPMF
+from model.protocol import StreamingModel
 from streamer.event import valid_id
 from streamer.reader.redis_record import (
     global_current_key,
@@ -128,7 +129,8 @@ class GlobalStore(GlobalPublisher):
         self.stream_key = f"{prefix}:gstats"
         self.learner_key = f"{prefix}:learner"
         self.lease_key = f"{prefix}:learner:lease"
-        self.model = OnlineHPMF(config)
+        # The service calls the model through model.protocol.StreamingModel only.
+        self.model: StreamingModel = OnlineHPMF(config)
         # The choice component (model/choice.py): which videos a user starts.
         # None runs the minutes model alone (statistics without choice
         # posteriors, version 1 records).
@@ -303,7 +305,7 @@ class GlobalStore(GlobalPublisher):
             current = self.r.get(self.current_key)
         if current is None or int(current) == self.model.version and not force:
             return
-        blob, n_seen, cblob = self.r.hmget(self.learner_key, "snap", "n_seen", "csnap")
+        blob, cblob = self.r.hmget(self.learner_key, "snap", "csnap")
         if blob is None:
             return
         snap = decode_snapshot(blob)
@@ -318,11 +320,6 @@ class GlobalStore(GlobalPublisher):
                     "unreadable choice snapshot; kept the previous one",
                     extra={"error": str(exc)[:200]},
                 )
-        if n_seen is not None:
-            # The learner's event clock: the local step stamps posteriors with it
-            # (UserState.seen_at) to decay their evidence when it is withdrawn.
-            # GlobalsSnapshot does not carry it (reported to the model owner).
-            self.model.n_seen = int(n_seen)
         log.debug("imported globals", extra={"gv": snap.version})
 
     def written(self, stream_id: bytes | str, stats: GlobalStats) -> None:

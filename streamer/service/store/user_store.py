@@ -104,6 +104,7 @@ def load_users(
     pointer_key: str,
     versions: dict[str, bytes] | None = None,
     forgotten: dict[str, dict[int, int]] | None = None,
+    cluster: bool | None = None,
 ) -> tuple[dict[str, StoredUser], bytes | None]:
     """Read every user in one round trip, plus the value of ``pointer_key``
     (the globals version pointer). Missing users are absent from the result;
@@ -112,11 +113,12 @@ def load_users(
     each user's stored event count and forget marker as read (``n|marker``,
     b"|" when absent, b"*" when unreadable): the write's fence.
     ``forgotten``, if given, gets the forget cutoffs of the users that were
-    forgotten (:mod:`streamer.service.forget`)."""
+    forgotten (:mod:`streamer.service.forget`). ``cluster``: the client is a
+    Redis Cluster's (None: ask the client)."""
     nu = len(user_ids)
     ukeys = [user_key(prefix, u).encode() for u in user_ids]
     fkeys = [forget_key(prefix, u).encode() for u in user_ids]
-    if is_cluster_client(client):
+    if cluster if cluster is not None else is_cluster_client(client):
         raws, markers, pointer = read_cluster(client, ukeys, fkeys, pointer_key.encode())
     else:
         replies = read_script(client, [*ukeys, *fkeys, pointer_key.encode()], [b"%d" % nu])
@@ -174,6 +176,7 @@ def write_batch(
     stats_blob: bytes | None,
     seen_at: dict[str, float] | None = None,
     expected: dict[str, bytes] | None = None,
+    cluster: bool | None = None,
 ) -> bytes | None:
     """Write every record (full hash + ``eids``) with its expiry and XADD the
     statistics, atomically (one Lua script). Returns the stream entry id.
@@ -197,7 +200,7 @@ def write_batch(
         sa = repr(float(seen_at[uid])).encode() if seen_at and uid in seen_at else b""
         rows.append((*vals, eids, sa))
     nf = len(names) + 2
-    if is_cluster_client(client):
+    if cluster if cluster is not None else is_cluster_client(client):
         return write_cluster(
             client,
             prefix,
