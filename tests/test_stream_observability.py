@@ -28,17 +28,25 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
 
 
 def test_labelled_gauge_renders_every_label_and_replace_drops_old_ones() -> None:
-    g = Gauge("x_lag", "help", ("topic", "partition"))
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry()
+
+    def samples() -> list[str]:
+        return [ln for ln in generate_latest(reg).decode().splitlines() if not ln.startswith("#")]
+
+    g = Gauge("x_lag", "help", ("topic", "partition"), registry=reg)
     g.replace({("t", "0"): 5, ("t", "1"): 0})
-    assert g.render()[2:] == [
-        'x_lag{topic="t",partition="0"} 5',
-        'x_lag{topic="t",partition="1"} 0',
+    assert samples() == [
+        'x_lag{partition="0",topic="t"} 5.0',
+        'x_lag{partition="1",topic="t"} 0.0',
     ]
     g.replace({("t", "1"): 3})  # partition 0 was revoked
-    assert g.render()[2:] == ['x_lag{topic="t",partition="1"} 3']
-    odd = Gauge("y", "help", "v")
+    assert samples() == ['x_lag{partition="1",topic="t"} 3.0']
+    reg2 = CollectorRegistry()
+    odd = Gauge("y", "help", "v", registry=reg2)
     odd.set(1, 'a"b\\c\nd')
-    assert odd.render()[2] == 'y{v="a\\"b\\\\c\\nd"} 1'
+    assert 'y{v="a\\"b\\\\c\\nd"} 1.0' in generate_latest(reg2).decode().splitlines()
 
 
 def test_durations_are_in_seconds_and_build_info_is_exported(
@@ -52,7 +60,7 @@ def test_durations_are_in_seconds_and_build_info_is_exported(
     assert "hpmf_stream_batch_duration_seconds_count 0" in text
     assert "_ms" not in text  # no millisecond names are left
     (info,) = [ln for ln in text.splitlines() if ln.startswith("hpmf_stream_build_info{")]
-    assert 'version="0.1.0"' in info and 'revision="abc1234"' in info and info.endswith(" 1")
+    assert 'version="0.1.0"' in info and 'revision="abc1234"' in info and info.endswith(" 1.0")
 
 
 def test_readiness_needs_set_up_and_redis_but_no_partitions() -> None:
@@ -119,7 +127,10 @@ def test_a_spare_replica_without_partitions_is_ready(
             wait_for(
                 lambda: (
                     assigned()
-                    == ["hpmf_stream_assigned_partitions 0", "hpmf_stream_assigned_partitions 1"]
+                    == [
+                        "hpmf_stream_assigned_partitions 0.0",
+                        "hpmf_stream_assigned_partitions 1.0",
+                    ]
                 ),
                 60,
                 "one owner, one spare",

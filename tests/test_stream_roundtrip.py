@@ -70,7 +70,8 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, 
 
         # The lag is refreshed on a timer, idle or not, per partition.
         zero_lags = [
-            f'hpmf_stream_consumer_lag{{topic="{topic_name}",partition="{p}"}} 0' for p in range(4)
+            f'hpmf_stream_consumer_lag{{partition="{p}",topic="{topic_name}"}} 0.0'
+            for p in range(4)
         ]
         wait_for(
             lambda: all(z in scrape().splitlines() for z in zero_lags),
@@ -92,10 +93,12 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, 
     assert 'hpmf_stream_skipped_events_total{why="duplicate"} 200' in metrics
     assert "hpmf_stream_freshness_seconds_count 3000" in metrics
     assert "hpmf_stream_batch_duration_seconds_count " in metrics
-    assert "hpmf_stream_redis_up 1" in metrics.splitlines()
-    assert "hpmf_stream_learner 1" in metrics.splitlines()  # the only worker is the learner
-    assert "hpmf_stream_learner_backlog_entries 0" in metrics.splitlines()  # ... and has caught up
-    assert 'hpmf_stream_build_info{version="0.1.0",revision="' in metrics
+    assert "hpmf_stream_redis_up 1.0" in metrics.splitlines()
+    assert "hpmf_stream_learner 1.0" in metrics.splitlines()  # the only worker is the learner
+    assert (
+        "hpmf_stream_learner_backlog_entries 0.0" in metrics.splitlines()
+    )  # ... and has caught up
+    assert 'revision="' in metrics and 'version="0.1.0"' in metrics  # hpmf_stream_build_info
     summary = stopped_summaries(log)[-1]
     assert summary["applied"] == 3000 and summary["skipped_duplicate"] == 200
 

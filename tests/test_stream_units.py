@@ -113,9 +113,12 @@ def test_snapshot_round_trip_and_import() -> None:
 
 
 def test_histogram_quantiles_from_scrapes() -> None:
-    h = Histogram("f_ms", "x", [10, 20, 50, 100])
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry()
+    h = Histogram("f_ms", "x", [10, 20, 50, 100], registry=reg)
     h.observe_many([5.0] * 50 + [15.0] * 40 + [70.0] * 10)
-    bounds, cum = parse_histogram("\n".join(h.render()), "f_ms")
+    bounds, cum = parse_histogram(generate_latest(reg).decode(), "f_ms")
     assert bounds == [10, 20, 50, 100] and cum == [50, 90, 90, 100, 100]
     assert histogram_quantile(0.5, bounds, cum) == pytest.approx(10.0)
     assert 50 < histogram_quantile(0.99, bounds, cum) <= 100

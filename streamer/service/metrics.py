@@ -1,8 +1,10 @@
-"""Metrics in the Prometheus text format, and the health endpoints.
+"""Metrics in the Prometheus text format (``prometheus-client``), and the
+health endpoints.
 
-Hand-rolled (no prometheus_client in the environment) and deliberately small:
-counters, gauges and fixed-bucket histograms, all O(1) memory, updated by the
-loop thread and read by the HTTP thread (a lock guards the rendering).
+Each :class:`StreamMetrics` has a registry of its own (tests and the demo run
+several in one process). The loop updates counters, gauges and histograms
+through the small wrappers below, which also keep each series' value for the
+loop's own use (``get``: the shutdown summary, the readiness check).
 
 Endpoints (``--metrics-port``):
 
@@ -21,7 +23,6 @@ Endpoints (``--metrics-port``):
 
 from __future__ import annotations
 
-import bisect
 import os
 import platform
 import socket
@@ -29,90 +30,87 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-_LOCK = threading.Lock()
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# No ``*_created`` series: the service's dashboards and alerts do not use them.
+prometheus_client.disable_created_metrics()
 
 #: A label value: one string, or a tuple of strings for several label names.
 LabelValue = str | tuple[str, ...]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _names(label: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if label is None else (label,) if isinstance(label, str) else tuple(label)
 
 
 class Counter:
+    """A counter family (``label``: its label name or names), values kept for ``get``."""
+
+    _kind: Callable[..., Any] = prometheus_client.Counter
+
     def __init__(
-        self, name: str, help_text: str, label: str | tuple[str, ...] | None = None
+        self,
+        name: str,
+        help_text: str,
+        label: str | tuple[str, ...] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.help, self.label = name, help_text, label
         self.values: dict[LabelValue, float] = {}
+        self._metric = self._kind(name, help_text, _names(label), registry=registry)
+
+    def _child(self, label: LabelValue) -> Any:
+        if self.label is None:
+            return self._metric
+        return self._metric.labels(*((label,) if isinstance(label, str) else label))
 
     def inc(self, amount: float = 1.0, label: LabelValue = "") -> None:
         self.values[label] = self.values.get(label, 0.0) + amount
+        self._child(label).inc(amount)
 
     def get(self, label: LabelValue = "") -> float:
         return self.values.get(label, 0.0)
 
-    def _selector(self, lab: LabelValue) -> str:
-        if self.label is None:
-            return ""
-        names = (self.label,) if isinstance(self.label, str) else self.label
-        vals = (lab,) if isinstance(lab, str) else lab
-        return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, vals, strict=True)) + "}"
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        if not self.values and self.label is None:
-            lines.append(f"{self.name} 0")
-        for lab, v in sorted(dict(self.values).items()):
-            lines.append(f"{self.name}{self._selector(lab)} {v:g}")
-        return lines
-
 
 class Gauge(Counter):
+    _kind = prometheus_client.Gauge
+
     def set(self, value: float, label: LabelValue = "") -> None:
         self.values[label] = float(value)
+        self._child(label).set(float(value))
 
     def replace(self, values: Mapping[LabelValue, float]) -> None:
         """Set the whole labelled family at once; labels not given disappear
         (a partition that was revoked stops being reported)."""
         self.values = {k: float(v) for k, v in values.items()}
-
-    def render(self) -> list[str]:
-        lines = super().render()
-        lines[1] = f"# TYPE {self.name} gauge"
-        return lines
+        self._metric.clear()
+        for k, v in self.values.items():
+            self._child(k).set(v)
 
 
 class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.name, self.help = name, help_text
-        self.bounds = list(buckets)
-        self.counts = [0] * (len(self.bounds) + 1)  # last: +Inf
-        self.total = 0.0
-        self.n = 0
+        self._metric = prometheus_client.Histogram(
+            name, help_text, buckets=tuple(buckets), registry=registry
+        )
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.n += 1
+        self._metric.observe(value)
 
     def observe_many(self, values: Sequence[float]) -> None:
+        observe = self._metric.observe
         for v in values:
-            self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.total += float(sum(values))
-        self.n += len(values)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        acc = 0
-        for b, c in zip(self.bounds, self.counts, strict=False):
-            acc += c
-            lines.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.n}')
-        lines.append(f"{self.name}_sum {self.total:g}")
-        lines.append(f"{self.name}_count {self.n}")
-        return lines
+            observe(v)
 
 
 #: Bucket bounds in seconds (1 ms to 60 s; the bounds the millisecond
@@ -173,75 +171,108 @@ class StreamMetrics:
 
     def __init__(self) -> None:
         p = "hpmf_stream_"
-        self.events = Counter(p + "events_consumed_total", "Kafka records consumed (valid or not).")
+        self.registry = reg = CollectorRegistry(auto_describe=True)
+        self.events = Counter(
+            p + "events_consumed_total", "Kafka records consumed (valid or not).", registry=reg
+        )
         self.invalid = Counter(
-            p + "invalid_events_total", "Events sent to the dead-letter topic.", "reason"
+            p + "invalid_events_total",
+            "Events sent to the dead-letter topic.",
+            "reason",
+            registry=reg,
         )
         self.dead_letters_reduced = Counter(
             p + "dead_letters_reduced_total",
             "Dead letters too large to produce whole, sent reduced (a prefix).",
+            registry=reg,
         )
         self.quarantined = Counter(
             p + "quarantined_stats_total",
             "Global statistics entries the learner could not apply or publish, dead-lettered.",
             "reason",
+            registry=reg,
         )
         self.skipped = Counter(
             p + "skipped_events_total",
             "Valid events not applied (replay: already applied; duplicate: event id seen; forgotten: produced before the user was forgotten).",
             "why",
+            registry=reg,
         )
-        self.applied = Counter(p + "applied_events_total", "Events folded into user posteriors.")
-        self.batches = Counter(p + "batches_total", "Minibatches processed (non-empty).")
-        self.users_written = Counter(p + "users_written_total", "User records written to Redis.")
+        self.applied = Counter(
+            p + "applied_events_total", "Events folded into user posteriors.", registry=reg
+        )
+        self.batches = Counter(
+            p + "batches_total", "Minibatches processed (non-empty).", registry=reg
+        )
+        self.users_written = Counter(
+            p + "users_written_total", "User records written to Redis.", registry=reg
+        )
         self.commit_failures = Counter(
-            p + "commit_failures_total", "Kafka offset commits that failed."
+            p + "commit_failures_total", "Kafka offset commits that failed.", registry=reg
         )
-        self.retries = Counter(p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what")
+        self.retries = Counter(
+            p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what", registry=reg
+        )
         self.batch_latency = Histogram(
             p + "batch_duration_seconds",
             "Poll-close to offsets-committed time of a batch.",
             SECONDS_BUCKETS,
+            registry=reg,
         )
         self.freshness = Histogram(
             p + "freshness_seconds",
             "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.",
             SECONDS_BUCKETS,
+            registry=reg,
         )
         self.lag = Gauge(
             p + "consumer_lag",
             "Per assigned partition, high watermark minus position (records), refreshed every lag_refresh_s.",
             ("topic", "partition"),
+            registry=reg,
         )
         self.lag_refreshed = Gauge(
             p + "consumer_lag_refreshed_timestamp_seconds",
             "Unix time of the last refresh of consumer_lag.",
+            registry=reg,
         )
         self.learner_backlog = Gauge(
             p + "learner_backlog_entries",
             "Batches' global statistics written but not yet applied by the learner (reported by the learner; 0 elsewhere).",
+            registry=reg,
         )
         self.learner_backlog_age = Gauge(
             p + "learner_backlog_age_seconds",
             "Age of the oldest statistics entry the learner has not applied (0: none waiting; reported by the learner).",
+            registry=reg,
         )
         self.global_version = Gauge(
-            p + "global_model_version", "Version of the globals this worker computes against."
+            p + "global_model_version",
+            "Version of the globals this worker computes against.",
+            registry=reg,
         )
-        self.learner = Gauge(p + "learner", "1 while this worker holds the learner lease.")
-        self.assigned = Gauge(p + "assigned_partitions", "Partitions assigned to this worker.")
+        self.learner = Gauge(
+            p + "learner", "1 while this worker holds the learner lease.", registry=reg
+        )
+        self.assigned = Gauge(
+            p + "assigned_partitions", "Partitions assigned to this worker.", registry=reg
+        )
         self.redis_up = Gauge(
-            p + "redis_up", "1 while the last Redis call succeeded, 0 after a failure."
+            p + "redis_up",
+            "1 while the last Redis call succeeded, 0 after a failure.",
+            registry=reg,
         )
         self.build_info = Gauge(
             p + "build_info",
             "Always 1; the labels say what runs.",
             ("version", "revision", "python"),
+            registry=reg,
         )
         self.build_info.set(1, build_labels())
         self.rebuilding = Gauge(
             p + "rebuilding",
             "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).",
+            registry=reg,
         )
         self.last_loop = time.time()
         self.started = False  # set-up done (connected, topics known, model warmed up)
@@ -255,15 +286,8 @@ class StreamMetrics:
     def redis_ok(self, ok: bool) -> None:
         self.redis_up.set(1 if ok else 0)
 
-    def all(self) -> list[Counter | Histogram]:
-        return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
-
     def render(self) -> str:
-        with _LOCK:
-            lines: list[str] = []
-            for m in self.all():
-                lines.extend(m.render())
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()
 
     def tick(self) -> None:
         """The loop is alive: called every iteration, and every ~50 ms while
@@ -285,7 +309,7 @@ def serve(
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.startswith("/metrics"):
-                self._send(200, metrics.render(), "text/plain; version=0.0.4")
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif self.path.startswith("/healthz"):
                 ok = metrics.live()
                 self._send(200 if ok else 503, "live\n" if ok else "stalled\n")

@@ -10,7 +10,7 @@ posterior was computed (``UserState.seen_at``; empty when the model does not
 track it).
 
 **Why Lua scripts and hand-packed commands.** A batch touches hundreds of
-users. Through redis-py's pure-Python protocol layer (no hiredis here) a
+users. Through redis-py's pure-Python protocol layer (before hiredis was installed) a
 MULTI/EXEC of 3 commands per user spent ~70% of the worker's time packing
 arguments and parsing one ``QUEUED`` reply per command. So both steps are one
 ``EVALSHA`` each, packed here in one ``bytes.join``:
