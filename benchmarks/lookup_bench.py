@@ -32,6 +32,7 @@ import uuid
 import numpy as np
 import redis
 
+from benchmarks.env import REDIS_URL
 from streamer.reader.lookup import Lookup
 from streamer.reader.redis_record import (
     GlobalRecord,
@@ -41,10 +42,6 @@ from streamer.reader.redis_record import (
     write_global_record,
 )
 from streamer.service.connections import redis_client
-
-REDIS_URL = os.environ.get(
-    "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
-)
 
 
 def _cleanup(client: redis.Redis, prefix: str) -> None:

@@ -47,7 +47,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -57,21 +56,12 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.env import BOOTSTRAP, PY, ROOT
 from streamer.cli.replay import produce
 from streamer.event import encode_event
 from streamer.reader.redis_record import global_current_key, global_key
 from streamer.service.kafka_admin import delete_topics, ensure_topics
 from streamer.service.rebuild import marker_key
-
-BOOTSTRAP = os.environ.get(
-    "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-)
-ROOT = Path(__file__).resolve().parents[1]
-PY = (
-    str(ROOT / ".venv" / "bin" / "python")
-    if (ROOT / ".venv" / "bin" / "python").exists()
-    else sys.executable
-)
 
 DURATION_S = float(os.environ.get("HPMF_BENCH_REDIS_S", "120"))
 RATE = float(os.environ.get("HPMF_BENCH_REDIS_RATE", "2000"))

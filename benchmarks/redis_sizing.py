@@ -25,24 +25,17 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from statistics import mean
 
 import redis
 
+from benchmarks.env import BOOTSTRAP, REDIS_URL, ROOT
 from streamer.cli.replay import produce
 from streamer.event import encode_event
 from streamer.reader.redis_record import global_current_key, global_key, user_key
 from streamer.service.connections import redis_client
 from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOTSTRAP = os.environ.get(
-    "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-)
-REDIS_URL = os.environ.get(
-    "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
-)
 #: (group, users, events per user)
 GROUPS = (("light", 1000, 2), ("medium", 300, 20), ("heavy", 40, 250))
 

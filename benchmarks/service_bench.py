@@ -54,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from model.evaluate import ladder_config, run_stream, warm_up
 from model.online import OnlineHPMF
 from model.simulate import PRESETS, SimConfig, simulate
@@ -70,18 +71,6 @@ from streamer.service.connections import redis_client
 from streamer.service.kafka_admin import delete_topics, ensure_topics
 from streamer.service.settings import StreamSettings
 
-BOOTSTRAP = os.environ.get(
-    "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-)
-REDIS_URL = os.environ.get(
-    "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
-)
-ROOT = Path(__file__).resolve().parents[1]
-PY = (
-    str(ROOT / ".venv" / "bin" / "python")
-    if (ROOT / ".venv" / "bin" / "python").exists()
-    else sys.executable
-)
 EVENTS = int(os.environ.get("HPMF_BENCH_SERVICE_EVENTS", "20000"))
 LOCKSTEP_EVENTS = int(os.environ.get("HPMF_BENCH_SERVICE_LOCKSTEP_EVENTS", "12000"))
 TRANSFORM = "log1p"  # the service's default; the simulator draws log1p(minutes)

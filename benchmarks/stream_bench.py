@@ -38,7 +38,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -46,25 +45,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from benchmarks.stream_floor import floor
 from streamer.cli.replay import produce
 from streamer.event import encode_event
 from streamer.service.connections import kafka_security, redis_client
 from streamer.service.kafka_admin import delete_topics, ensure_topics
 from streamer.service.metrics import histogram_quantile, parse_histogram
-
-BOOTSTRAP = os.environ.get(
-    "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-)
-REDIS_URL = os.environ.get(
-    "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
-)
-ROOT = Path(__file__).resolve().parents[1]
-PY = (
-    str(ROOT / ".venv" / "bin" / "python")
-    if (ROOT / ".venv" / "bin" / "python").exists()
-    else sys.executable
-)
 
 THROUGHPUT_EVENTS = int(os.environ.get("HPMF_BENCH_THROUGHPUT_EVENTS", "100000"))
 FRESHNESS_S = float(os.environ.get("HPMF_BENCH_FRESHNESS_S", "30"))

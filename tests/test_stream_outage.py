@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from test_stream_support import (
     make_events,
     produce,
     running,
+    start_private_redis,
     stopped_summaries,
     user_counts,
     wait_exit,
@@ -32,33 +32,6 @@ from test_stream_support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
-
-
-def start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            data_dir,
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    wait_for(lambda: _pings(client), 10, "private redis up")
-    return proc
 
 
 def probe(port: int, path: str) -> int:
@@ -78,13 +51,6 @@ def probe_for(port: int, seconds: float) -> list[tuple[int, int]]:
         out.append((probe(port, "/healthz"), probe(port, "/readyz")))
         time.sleep(0.2)
     return out
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
@@ -115,7 +81,7 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
         "2",
     )
     producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 500.0))
-    srv = start_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=True)
     try:
         with running(cmd, log) as proc:
             producer.start()
@@ -126,7 +92,9 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
             srv.wait(timeout=10)
             probes = probe_for(mport, 4.0)
             assert proc.poll() is None  # the worker waits, it does not die
-            srv = start_redis(port, str(data))  # back, with its append-only file
+            srv = start_private_redis(
+                port, str(data), durable=True
+            )  # back, with its append-only file
             wait_for(lambda: probe(mport, "/readyz") == 200, 20, "ready again once Redis is back")
             producer.join(timeout=60)
             assert wait_exit(proc, 90, log) == 0
@@ -162,7 +130,7 @@ def test_a_full_redis_is_waited_for_not_crashed_on(kafka_bootstrap, topic_name, 
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
-    srv = start_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=True)
     client = redis.Redis(port=port)
     mport = free_port()
     create_topic(kafka_bootstrap, topic_name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -33,6 +32,7 @@ from test_stream_support import (
     make_events,
     produce,
     running,
+    start_private_redis,
     user_counts,
     wait_exit,
     wait_for,
@@ -44,38 +44,6 @@ from streamer.reader.redis_record import global_current_key
 from streamer.service.checkpoint_topic import CheckpointTopic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def start_empty_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            data_dir,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-
-    def pings() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    wait_for(pings, 10, "private redis up")
-    return proc
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -141,7 +109,7 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(
             time.sleep(0.03)
 
     watcher = threading.Thread(target=watch, daemon=True)
-    srv = start_empty_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=False)
     ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", prefix)
     choice_ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", f"{prefix}:choice")
     try:
@@ -169,7 +137,7 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(
             srv.send_signal(signal.SIGKILL)  # Redis gone, with all its data
             srv.wait(timeout=10)
             time.sleep(1.0)
-            srv = start_empty_redis(port, str(data))  # back, empty
+            srv = start_private_redis(port, str(data), durable=False)  # back, empty
             watching.set()
             # Lookups work again before the rebuild is over: the learner
             # republished the checkpoint's global record.

@@ -162,3 +162,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_private_redis(port: int, data_dir: str, durable: bool) -> subprocess.Popen[bytes]:
+    """A Redis server of the test's own (to stop, restart or empty it):
+    ``durable`` keeps an append-only file fsynced on every write (it comes
+    back with its data after a restart), otherwise nothing is persisted (it
+    comes back empty)."""
+    import redis
+
+    persist = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    )
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir]
+        + ["--save", "", *persist, "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    wait_for(pings, 10, "private redis up")
+    return proc
