@@ -16,7 +16,7 @@ arguments and parsing one ``QUEUED`` reply per command. So both steps are one
 ``EVALSHA`` each, packed here in one ``bytes.join``:
 
 * read: one script returns, per user, the fields the loop needs
-  (``n p o et hist eids mean cov sa``) as one length-prefixed string
+  (the codec's ``n p o et hist mean cov``, then ``eids sa``) as one length-prefixed string
   (``<len>:<bytes>`` per field) -- one reply element per user instead of two
   dozen;
 * write: one script checks that no user changed since it was read (a fence:
