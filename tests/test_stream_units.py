@@ -159,7 +159,7 @@ def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
     assert back.mean is not None and back.cov is not None
     assert back.mean.tolist() == [0.5, -1.0] and back.cov.shape == (2, 2)
     assert (back.n_events, back.partition, back.offset, back.event_ms) == (3, 1, 42, 0)
-    assert back.history == [("v", 2.0, 3)]
+    assert back.history == {"v": (2.0, 3)}
     empty = decode_user_read([b"3", b"1", b"42", b"5", b"[]", b"", b""])
     assert empty.mean is None and empty.cov is None  # a record without a posterior stays without
     with pytest.raises(CorruptRecordError):  # the history is checked as the reader checks it

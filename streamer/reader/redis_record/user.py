@@ -199,25 +199,45 @@ def decode_user_record(fields: Mapping[Any, Any], key: str | None = None) -> Use
     )
 
 
-def _decode_history(raw: bytes, key: str | None) -> list[tuple[str, float, int]]:
-    """``[[video_id, summed_value, seq], ...]`` with the types checked."""
+def _history_columns(
+    raw: bytes, key: str | None
+) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+    """``[[video_id, summed_value, seq], ...]`` with the types checked, as
+    three columns. The checks run in C (``map(type, ...)`` over columns): a
+    per-item Python check tripled the cost of reading a user back."""
     try:
         items = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptRecordError(key, f"field 'hist' is not JSON: {exc}") from None
-    ok = isinstance(items, list) and all(
-        isinstance(h, list)
-        and len(h) == 3
-        and isinstance(h[0], str)
-        and isinstance(h[1], int | float)
-        and not isinstance(h[1], bool)
-        and isinstance(h[2], int)
-        and not isinstance(h[2], bool)
-        for h in items
-    )
-    if not ok:
-        raise CorruptRecordError(key, "field 'hist' is not a list of [video_id, value, seq]")
-    return [(vid, float(val), int(seq)) for vid, val, seq in items]
+    if type(items) is not list:
+        raise CorruptRecordError(key, _HIST_SHAPE)
+    if not items:
+        return (), (), ()
+    # bool is not int here: type() is exact, unlike isinstance. zip(strict)
+    # refuses rows of unequal length; rows of another length than 3 fail the unpack.
+    try:
+        if set(map(type, items)) != {list}:
+            raise ValueError
+        vids, vals, seqs = zip(*items, strict=True)
+    except ValueError:
+        raise CorruptRecordError(key, _HIST_SHAPE) from None
+    val_types = set(map(type, vals))
+    if (
+        set(map(type, vids)) != {str}
+        or not val_types <= _NUMBER_TYPES
+        or set(map(type, seqs)) != {int}
+    ):
+        raise CorruptRecordError(key, _HIST_SHAPE)
+    return vids, (vals if val_types == {float} else tuple(map(float, vals))), seqs
+
+
+_HIST_SHAPE = "field 'hist' is not a list of [video_id, value, seq]"
+_NUMBER_TYPES = {int, float}
+
+
+def _decode_history(raw: bytes, key: str | None) -> list[tuple[str, float, int]]:
+    """``[[video_id, summed_value, seq], ...]`` with the types checked."""
+    return list(zip(*_history_columns(raw, key), strict=True))
 
 
 def user_field_names(rec: UserRecord) -> tuple[str, ...]:
@@ -289,7 +309,7 @@ class UserReadBack:
     partition: int
     offset: int
     event_ms: int
-    history: list[tuple[str, float, int]]
+    history: dict[str, tuple[float, int]]  # video id -> (summed value, seq), oldest first
     mean: np.ndarray | None  # None when the stored arrays do not match
     cov: np.ndarray | None
 
@@ -303,7 +323,8 @@ def decode_user_read(values: Sequence[bytes], key: str | None = None) -> UserRea
         counts = int(n), int(p), int(o), int(et or 0)
     except ValueError:
         raise CorruptRecordError(key, "unreadable counts or offsets") from None
-    history = _decode_history(hist, key)
+    vids, vals, seqs = _history_columns(hist, key)
+    history = dict(zip(vids, zip(vals, seqs, strict=True), strict=True))
     d = len(mean) // 4
     m = c = None
     if d and len(mean) == 4 * d and len(cov) == 4 * d * d:

@@ -147,7 +147,7 @@ def load_users(
             # The model may withdraw the user's earlier evidence about videos
             # when it recomputes the posterior: the clock it was computed at.
             state = UserState(
-                history={vid: (val, seq) for vid, val, seq in back.history},
+                history=back.history,
                 n_events=back.n_events,
                 mean=back.mean,
                 cov=back.cov,
