@@ -286,6 +286,11 @@ class StreamMetrics:
     def redis_ok(self, ok: bool) -> None:
         self.redis_up.set(1 if ok else 0)
 
+    def all(self) -> list[Counter | Histogram]:
+        """Every metric family (the deploy tests check that alerts and
+        dashboards query only these)."""
+        return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+
     def render(self) -> str:
         return generate_latest(self.registry).decode()
 
