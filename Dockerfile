@@ -31,7 +31,7 @@ COPY streamer ./streamer
 # --no-deps: everything it needs came from the lock above; --no-build-isolation:
 # setuptools is in the lock too, so nothing unhashed is downloaded here.
 RUN /opt/hpmf/bin/pip install --no-deps --no-build-isolation . \
-    && /opt/hpmf/bin/python -c "import streamer.worker, model.online"
+    && /opt/hpmf/bin/python -c "import streamer.service.worker, model.online"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG HPMF_VERSION=0.1.0

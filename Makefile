@@ -33,15 +33,15 @@ status:  ## say whether the local services run
 	@bash deploy/local/kafka.sh status || true
 
 demo: venv  ## the main job: stream a simulated AVOD watch stream through Kafka into Redis, then look users up
-	@bash $(SERVICES) $(PY) -m streamer.demo
+	@bash $(SERVICES) $(PY) -m streamer.cli.demo
 
-test: venv  ## run lint and the whole test suite against the real local Kafka and Redis
-	@$(PY) -m ruff check model streamer tests
+test: venv lint  ## run lint and the whole test suite against the real local Kafka and Redis
 	@bash deploy/local/promtool.sh
 	@bash $(SERVICES) $(PY) -m pytest --doctest-modules model streamer tests $(PYTEST_ARGS)
 
-lint:  ## ruff
-	@$(PY) -m ruff check model streamer tests
+lint: venv  ## ruff: lint and format check of model/, streamer/, tests/ and benchmarks/
+	@$(PY) -m ruff check model streamer tests benchmarks
+	@$(PY) -m ruff format --check model streamer tests benchmarks
 
 bench: venv  ## benchmarks against the real local services; writes benchmarks/results.json
 	@bash $(SERVICES) $(PY) -m benchmarks.run

@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.movielens import movielens_100k
 from model.evaluate import earlier_events
-from streamer.events_file import read_events
+from streamer.files.events_file import read_events
 
 
 def damped_biases_errors(
@@ -66,7 +66,9 @@ def damped_biases_errors(
     return np.asarray(err)
 
 
-def cold_slice_floor(users: np.ndarray, videos: np.ndarray, values: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
+def cold_slice_floor(
+    users: np.ndarray, videos: np.ndarray, values: np.ndarray, batch: int
+) -> tuple[np.ndarray, float]:
     """(mask of events whose user has nothing learned before their minibatch,
     RMSE of the in-slice per-video oracle on them)."""
     seen: set[str] = set()
@@ -85,12 +87,17 @@ def river_errors(users: np.ndarray, videos: np.ndarray, values: np.ndarray) -> n
     from river import optim, reco
 
     model = reco.BiasedMF(
-        n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.025),
-        l2_bias=0.1, l2_latent=0.1,
+        n_factors=10,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.025),
+        l2_bias=0.1,
+        l2_latent=0.1,
         latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
-    )  # fmt: skip
+    )
     out = np.empty(len(values))
-    for k, (u, v, y) in enumerate(zip(users.tolist(), videos.tolist(), values.tolist(), strict=True)):
+    for k, (u, v, y) in enumerate(
+        zip(users.tolist(), videos.tolist(), values.tolist(), strict=True)
+    ):
         out[k] = (y - model.predict_one(user=u, item=v)) ** 2
         model.learn_one(user=u, item=v, y=y)
     return out

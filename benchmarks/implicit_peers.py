@@ -8,7 +8,7 @@ scratch on every (user, video) pair seen so far every ``retrain_every`` events
 last training; ALS folds each user's current history in at scoring time
 (``recalculate_user``, closed form), BPR cannot, so a user it was not trained
 on gets the training's popularity. Row indices are the ranking protocol's
-catalogue rows (:func:`streamer.ranking_eval.run_ranking`).
+catalogue rows (:func:`streamer.evaluation.ranking_eval.run_ranking`).
 """
 
 from __future__ import annotations
@@ -108,4 +108,7 @@ def implicit_rankers(retrain_every: int = 2000) -> dict[str, ImplicitRanker]:
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(1, "blas")
-    return {"implicit_als": ImplicitRanker("als", retrain_every), "implicit_bpr": ImplicitRanker("bpr", retrain_every)}
+    return {
+        "implicit_als": ImplicitRanker("als", retrain_every),
+        "implicit_bpr": ImplicitRanker("bpr", retrain_every),
+    }

@@ -32,17 +32,16 @@ import uuid
 import numpy as np
 import redis
 
-from streamer.connections import redis_client
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import (
+from benchmarks.env import REDIS_URL
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     global_record_from_snapshot,
     queue_user_record,
     write_global_record,
 )
-
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
+from streamer.service.connections import redis_client
 
 
 def _cleanup(client: redis.Redis, prefix: str) -> None:
@@ -61,12 +60,21 @@ def synthetic_globals(n_videos: int, k: int, rng: np.random.Generator) -> Global
     a = rng.normal(0, 0.1, size=(n_videos, d, d))
     cov = a @ a.transpose(0, 2, 1) + 0.01 * np.eye(d)  # SPD
     return GlobalRecord(
-        version=1, dim=d, n_factors=k, biases=True, transform="log1p", b0=3.0, sigma=0.5,
-        prior_mean=np.zeros(d), prior_cov=0.25 * np.eye(d),
+        version=1,
+        dim=d,
+        n_factors=k,
+        biases=True,
+        transform="log1p",
+        b0=3.0,
+        sigma=0.5,
+        prior_mean=np.zeros(d),
+        prior_cov=0.25 * np.eye(d),
         video_ids=[f"video-{j}" for j in range(n_videos)],
-        video_mean=rng.normal(0, 0.5, size=(n_videos, d)), video_cov=cov,
-        video_scale=np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), updated_ms=int(time.time() * 1000),
-    )  # fmt: skip
+        video_mean=rng.normal(0, 0.5, size=(n_videos, d)),
+        video_cov=cov,
+        video_scale=np.sqrt(np.diagonal(cov, axis1=1, axis2=2)),
+        updated_ms=int(time.time() * 1000),
+    )
 
 
 def with_synthetic_choice(g: GlobalRecord, rng: np.random.Generator) -> GlobalRecord:
@@ -76,9 +84,12 @@ def with_synthetic_choice(g: GlobalRecord, rng: np.random.Generator) -> GlobalRe
     v, d = g.n_videos, g.dim
     a = rng.normal(0, 0.05, size=(v, d, d))
     return dataclasses.replace(
-        g, choice_prior_mean=np.zeros(d), choice_prior_cov=np.diag([0.09] * (d - 1) + [0.0]),
-        choice_video_mean=rng.normal(0, 0.3, size=(v, d)), choice_video_cov=a @ a.transpose(0, 2, 1),
-    )  # fmt: skip
+        g,
+        choice_prior_mean=np.zeros(d),
+        choice_prior_cov=np.diag([0.09] * (d - 1) + [0.0]),
+        choice_video_mean=rng.normal(0, 0.3, size=(v, d)),
+        choice_video_cov=a @ a.transpose(0, 2, 1),
+    )
 
 
 def latency(
@@ -98,9 +109,21 @@ def latency(
         d = k + 1
         for i, uid in enumerate(users):
             a = rng.normal(0, 0.1, size=(d, d))
-            hist = [(f"video-{j}", 10.0, n + 1) for n, j in enumerate(rng.choice(n_videos, 20, replace=False))]
-            rec = UserRecord(rng.normal(0, 0.5, d), a @ a.T + 0.01 * np.eye(d), 20,
-                             int(time.time() * 1000), int(time.time() * 1000), 1, 0, i, hist)  # fmt: skip
+            hist = [
+                (f"video-{j}", 10.0, n + 1)
+                for n, j in enumerate(rng.choice(n_videos, 20, replace=False))
+            ]
+            rec = UserRecord(
+                rng.normal(0, 0.5, d),
+                a @ a.T + 0.01 * np.eye(d),
+                20,
+                int(time.time() * 1000),
+                int(time.time() * 1000),
+                1,
+                0,
+                i,
+                hist,
+            )
             if choice:
                 c = np.zeros((d, d))
                 c[:-1, :-1] = 0.01 * np.eye(d - 1)
@@ -132,7 +155,9 @@ def latency(
             "lookup.user_posterior_p50_ms": _ms(post, 50),
             "lookup.user_posterior_p99_ms": _ms(post, 99),
         }
-        out["lookup.posterior_vs_bare_ratio"] = out["lookup.user_posterior_p99_ms"] / out["lookup.bare_get_p99_ms"]
+        out["lookup.posterior_vs_bare_ratio"] = (
+            out["lookup.user_posterior_p99_ms"] / out["lookup.bare_get_p99_ms"]
+        )
         cpu_clock = time.thread_time_ns
         for strategy in ("mean", "ucb", "thompson"):
             samples, cpu = [], []
@@ -183,18 +208,28 @@ def replay(
     try:
         for strategy in ("popularity", "mean", "ucb", "thompson"):
             prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
-            model = OnlineHPMF(HPMFConfig(n_factors=k, transform="log1p", seed=seed, svi_min_events=200))
+            model = OnlineHPMF(
+                HPMFConfig(n_factors=k, transform="log1p", seed=seed, svi_min_events=200)
+            )
             lk = Lookup(client, prefix, refresh_interval_ms=0)
             states: dict = {}
             watched = np.zeros((n_users, n_videos), dtype=bool)
             sums, counts = np.zeros(n_videos), np.zeros(n_videos)
 
             def learn(
-                pairs: list[tuple[int, int]], r: int, _m=model, _s=states, _p=prefix, _w=watched,
-                _sum=sums, _cnt=counts,
-            ) -> None:  # fmt: skip
+                pairs: list[tuple[int, int]],
+                r: int,
+                _m=model,
+                _s=states,
+                _p=prefix,
+                _w=watched,
+                _sum=sums,
+                _cnt=counts,
+            ) -> None:
                 # minutes watched: the model-scale draw through expm1 (clipped at 0 minutes)
-                vals = [float(np.expm1(max(true_mean[i, j] + noise[r, i, j], 0.0))) for i, j in pairs]
+                vals = [
+                    float(np.expm1(max(true_mean[i, j] + noise[r, i, j], 0.0))) for i, j in pairs
+                ]
                 batch = Batch.of([users[i] for i, _ in pairs], [videos[j] for _, j in pairs], vals)
                 _s.update(_m.learn(batch, _s))
                 for (i, j), v in zip(pairs, vals, strict=True):
@@ -207,8 +242,17 @@ def replay(
                 pipe = client.pipeline(transaction=True)
                 for i in {i for i, _ in pairs}:
                     st = _s[users[i]]
-                    rec = UserRecord(st.mean, st.cov, st.n_events, now, now, st.model_version, 0, r,
-                                     [(vid, val, int(sq)) for vid, (val, sq) in st.history.items()])  # fmt: skip
+                    rec = UserRecord(
+                        st.mean,
+                        st.cov,
+                        st.n_events,
+                        now,
+                        now,
+                        st.model_version,
+                        0,
+                        r,
+                        [(vid, val, int(sq)) for vid, (val, sq) in st.history.items()],
+                    )
                     queue_user_record(pipe, _p, users[i], rec, ttl_s=600)
                 pipe.execute()
 
@@ -219,7 +263,10 @@ def replay(
             for r in range(1, rounds + 1):
                 if strategy == "popularity":
                     shrunk = (sums + 5 * b0) / (counts + 5)  # shrink unseen videos to b0
-                    picks = [int(np.argmax(np.where(watched[i], -np.inf, shrunk))) for i in range(n_users)]
+                    picks = [
+                        int(np.argmax(np.where(watched[i], -np.inf, shrunk)))
+                        for i in range(n_users)
+                    ]
                 else:
                     recs = lk.recommend_many(users, k=1, strategy=strategy, seed=r)  # type: ignore[arg-type]
                     index = {v: j for j, v in enumerate(videos)}
@@ -255,9 +302,11 @@ if __name__ == "__main__":
         n = int(sys.argv[-1]) if sys.argv[-1].isdigit() else 5000
         results = latency(n) | latency(n, choice=True)
         target = results["lookup.v2_recommend_p99_ms"]
-        print(f"v2 recommend p99 over 10,000 videos: {target:.2f} ms wall "
-              f"({results['lookup.v2_recommend_cpu_p99_ms']:.2f} ms CPU); target <= 5 ms: "
-              f"{'met' if target <= 5 else 'missed'}; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"v2 recommend p99 over 10,000 videos: {target:.2f} ms wall "
+            f"({results['lookup.v2_recommend_cpu_p99_ms']:.2f} ms CPU); target <= 5 ms: "
+            f"{'met' if target <= 5 else 'missed'}; load average {os.getloadavg()[0]:.1f}"
+        )
     else:
         results = run()
     for key, value in results.items():

@@ -49,7 +49,7 @@ from model.online import OnlineHPMF
 from model.oracle import oracle_stream
 from model.simulate import PRESETS, SimConfig, simulate
 from model.taste_diagnostics import subspace_cosines, taste_share
-from streamer.events_file import read_events
+from streamer.files.events_file import read_events
 
 RIVER_SEED = 73
 SPEED_REPEATS = 7
@@ -58,7 +58,9 @@ STAR_MIDPOINT = 3.0
 the 1-5 star scale, what hpmf predicts before it has learned anything."""
 
 
-def river_prequential(users: list[str], videos: list[str], values: np.ndarray) -> tuple[float, float]:
+def river_prequential(
+    users: list[str], videos: list[str], values: np.ndarray
+) -> tuple[float, float]:
     """(events/s, RMSE) of River BiasedMF, predict_one then learn_one per event."""
     from river import optim, reco
 
@@ -81,10 +83,21 @@ def river_prequential(users: list[str], videos: list[str], values: np.ndarray) -
     return len(ys) / secs, float(np.sqrt(sq / len(ys)))
 
 
-def hpmf_prequential(users: list[str], videos: list[str], values: np.ndarray, batch_size: int,
-                     rung: str = "hpmf", **overrides: object) -> dict[str, float]:
-    bar = tqdm(total=len(values), desc=f"{rung} minibatch {batch_size}", unit="ev", file=sys.stderr,
-               mininterval=5.0)  # fmt: skip
+def hpmf_prequential(
+    users: list[str],
+    videos: list[str],
+    values: np.ndarray,
+    batch_size: int,
+    rung: str = "hpmf",
+    **overrides: object,
+) -> dict[str, float]:
+    bar = tqdm(
+        total=len(values),
+        desc=f"{rung} minibatch {batch_size}",
+        unit="ev",
+        file=sys.stderr,
+        mininterval=5.0,
+    )
     try:
         model = OnlineHPMF(ladder_config(rung, global_mean_prior=STAR_MIDPOINT, **overrides))
         res = run_stream(model, users, videos, values, batch_size=batch_size, progress=bar.update)
@@ -98,19 +111,32 @@ def simulator_figures(seed: int = 0) -> dict[str, float]:
     coverage of the true user factors by the local step's 90% intervals with the
     video factors, noise and prior at the truth."""
     sim = simulate(SimConfig(seed=seed))
-    res = run_stream(OnlineHPMF(ladder_config("hpmf", transform="log1p")), sim.user_ids,
-                     sim.video_ids, sim.values, batch_size=256)  # fmt: skip
+    res = run_stream(
+        OnlineHPMF(ladder_config("hpmf", transform="log1p")),
+        sim.user_ids,
+        sim.video_ids,
+        sim.values,
+        batch_size=256,
+    )
     truth = sim.truth
     w = truth.video_factors()
     d = w.shape[1]
     f = torch.from_numpy
     y = np.log1p(sim.values)
-    entries = HistoryEntries(f(sim.user_rows), f(sim.video_rows), f(y), torch.ones(len(y), dtype=torch.float64))
+    entries = HistoryEntries(
+        f(sim.user_rows), f(sim.video_rows), f(y), torch.ones(len(y), dtype=torch.float64)
+    )
     mean, cov, _ = user_local_step(
-        entries, len(truth.user_ids), f(w), torch.zeros(len(w), d, d, dtype=torch.float64),
-        torch.tensor(truth.b0, dtype=torch.float64), torch.tensor(truth.sigma**2, dtype=torch.float64),
-        f(truth.mu_u), f(truth.s_u), truth.biases,
-    )  # fmt: skip
+        entries,
+        len(truth.user_ids),
+        f(w),
+        torch.zeros(len(w), d, d, dtype=torch.float64),
+        torch.tensor(truth.b0, dtype=torch.float64),
+        torch.tensor(truth.sigma**2, dtype=torch.float64),
+        f(truth.mu_u),
+        f(truth.s_u),
+        truth.biases,
+    )
     sd = np.sqrt(np.diagonal(cov.numpy(), axis1=1, axis2=2))
     inside = np.abs(truth.user_factors() - mean.numpy()) <= 1.6449 * sd
     return {
@@ -130,20 +156,34 @@ def taste_figures() -> dict[str, float]:
     out: dict[str, float] = {}
     models: dict[str, OnlineHPMF] = {}
     for rung, key in (("hpmf", "model.sim_rmse"), ("biases", "model.sim_biases_rmse")):
-        bar = tqdm(total=len(sim), desc=f"churn60 {rung} minibatch 1", unit="ev", file=sys.stderr, mininterval=5.0)
+        bar = tqdm(
+            total=len(sim),
+            desc=f"churn60 {rung} minibatch 1",
+            unit="ev",
+            file=sys.stderr,
+            mininterval=5.0,
+        )
         try:
             models[rung] = OnlineHPMF(ladder_config(rung, transform="log1p"))
-            res = run_stream(models[rung], users, videos, sim.values, batch_size=1, progress=bar.update)
+            res = run_stream(
+                models[rung], users, videos, sim.values, batch_size=1, progress=bar.update
+            )
         finally:
             bar.close()
         out[key] = metrics(res)["rmse"]
     truth = sim.truth.to_arrays()
-    out["model.sim_oracle_rmse"] = metrics(oracle_stream(users, videos, np.log1p(sim.values), truth))["rmse"]
+    out["model.sim_oracle_rmse"] = metrics(
+        oracle_stream(users, videos, np.log1p(sim.values), truth)
+    )["rmse"]
     gap = out["model.sim_biases_rmse"] - out["model.sim_oracle_rmse"]
-    out["model.sim_gap_closed"] = (out["model.sim_biases_rmse"] - out["model.sim_rmse"]) / gap if gap > 0 else 0.0
+    out["model.sim_gap_closed"] = (
+        (out["model.sim_biases_rmse"] - out["model.sim_rmse"]) / gap if gap > 0 else 0.0
+    )
     m = models["hpmf"]
     snap = m.export_globals()
-    out["model.sim_taste_share"] = taste_share(snap.video_mean, snap.user_prior_mean, snap.user_prior_cov)
+    out["model.sim_taste_share"] = taste_share(
+        snap.video_mean, snap.user_prior_mean, snap.user_prior_cov
+    )
     rows = [m.video_index[str(v)] for v in sim.truth.video_ids if str(v) in m.video_index]
     known = [k for k, v in enumerate(sim.truth.video_ids) if str(v) in m.video_index]
     cos = subspace_cosines(snap.video_mean[rows, :-1], sim.truth.V[known])
@@ -175,9 +215,12 @@ def _run() -> dict[str, float]:
         ours.append(m1024["events_per_s"])
         rivers.append(river_eps)
         ratios.append(m1024["events_per_s"] / river_eps)
-        print(f"   speed pair {k + 1}/{SPEED_REPEATS}: hpmf @1024 {ours[-1]:.0f} events/s (RMSE "
-              f"{m1024['rmse']:.4f}), River BiasedMF {river_eps:.0f} (RMSE {river_rmse:.4f}), "
-              f"ratio {ratios[-1]:.3f}", flush=True)  # fmt: skip
+        print(
+            f"   speed pair {k + 1}/{SPEED_REPEATS}: hpmf @1024 {ours[-1]:.0f} events/s (RMSE "
+            f"{m1024['rmse']:.4f}), River BiasedMF {river_eps:.0f} (RMSE {river_rmse:.4f}), "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
     out["model.events_per_s"] = float(np.median(ours))
     out["model.rmse_at_1024"] = m1024["rmse"]
     out["model.river_events_per_s"] = float(np.median(rivers))
@@ -187,16 +230,21 @@ def _run() -> dict[str, float]:
     out["model.speed_ratio_max"] = float(max(ratios))
     inline = hpmf_prequential(users, videos, values, 1024)
     out["model.events_per_s_inline_sweeps"] = inline["events_per_s"]
-    print(f"   hpmf @1024 with each sweep run in the loop (the harness): {inline['events_per_s']:.0f} events/s",
-          flush=True)  # fmt: skip
+    print(
+        f"   hpmf @1024 with each sweep run in the loop (the harness): {inline['events_per_s']:.0f} events/s",
+        flush=True,
+    )
     m256 = hpmf_prequential(users, videos, values, 256)
     print(f"   hpmf @256: RMSE {m256['rmse']:.4f}, coverage90 {m256['coverage90']:.3f}", flush=True)
     out["model.rmse_at_256"] = m256["rmse"]
     out["model.rmse_lt5_at_256"] = m256["rmse_lt5"]
     out["model.coverage90_at_256"] = m256["coverage90"]
     out.update(simulator_figures())
-    print(f"   simulator: coverage90 {out['model.sim_coverage90']:.3f}, user-factor coverage90 "
-          f"{out['model.sim_user_factor_coverage90']:.3f}", flush=True)  # fmt: skip
+    print(
+        f"   simulator: coverage90 {out['model.sim_coverage90']:.3f}, user-factor coverage90 "
+        f"{out['model.sim_user_factor_coverage90']:.3f}",
+        flush=True,
+    )
     m1 = hpmf_prequential(users, videos, values, 1)
     print(f"   hpmf @1: RMSE {m1['rmse']:.4f}, {m1['events_per_s']:.0f} events/s", flush=True)
     out["model.rmse_at_1"] = m1["rmse"]
@@ -207,9 +255,12 @@ def _run() -> dict[str, float]:
         print(f"   {rung} @1: RMSE {r1['rmse']:.4f}", flush=True)
         out[f"model.{rung}_rmse_at_1"] = r1["rmse"]
     out.update(taste_figures())
-    print(f"   churn60 @1: hpmf {out['model.sim_rmse']:.4f}, biases {out['model.sim_biases_rmse']:.4f}, "
-          f"oracle {out['model.sim_oracle_rmse']:.4f}: gap closed {out['model.sim_gap_closed']:.2f}, "
-          f"taste share {out['model.sim_taste_share']:.2f}", flush=True)  # fmt: skip
+    print(
+        f"   churn60 @1: hpmf {out['model.sim_rmse']:.4f}, biases {out['model.sim_biases_rmse']:.4f}, "
+        f"oracle {out['model.sim_oracle_rmse']:.4f}: gap closed {out['model.sim_gap_closed']:.2f}, "
+        f"taste share {out['model.sim_taste_share']:.2f}",
+        flush=True,
+    )
     return out
 
 

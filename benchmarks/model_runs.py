@@ -36,24 +36,33 @@ def _override(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("stream", choices=("movielens", "churn60"))
     p.add_argument("rung", help="global_mean, biases, pmf, hpmf, or oracle (churn60 only)")
-    p.add_argument("overrides", nargs="*", type=_override, help="HPMFConfig field=value; batch_size=N")
+    p.add_argument(
+        "overrides", nargs="*", type=_override, help="HPMFConfig field=value; batch_size=N"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     kw = dict(args.overrides)
     batch_size = int(kw.pop("batch_size", 1))  # type: ignore[call-overload]
     if args.stream == "movielens":
         from benchmarks.movielens import movielens_100k
-        from streamer.events_file import read_events
+        from streamer.files.events_file import read_events
 
         ev = read_events(movielens_100k())
         users, videos, values, truth = ev.user_ids.tolist(), ev.video_ids.tolist(), ev.values, None
         cfg = dict(global_mean_prior=3.0)
     else:
         sim = simulate(SimConfig(**PRESETS["churn60"]))  # type: ignore[arg-type]
-        users, videos, values, truth = sim.user_ids.tolist(), sim.video_ids.tolist(), sim.values, sim.truth
+        users, videos, values, truth = (
+            sim.user_ids.tolist(),
+            sim.video_ids.tolist(),
+            sim.values,
+            sim.truth,
+        )
         cfg = dict(transform="log1p")
     warm_up()
     t0 = time.perf_counter()
@@ -65,10 +74,14 @@ def main(argv: list[str] | None = None) -> None:
         model = OnlineHPMF(ladder_config(args.rung, **cfg, **kw))  # type: ignore[arg-type]
         res = run_stream(model, users, videos, values, batch_size=batch_size)
     out = {k: round(v, 4) for k, v in metrics(res).items()}
-    print(f"{args.stream} {args.rung} minibatch {batch_size} {kw}: {out} ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"{args.stream} {args.rung} minibatch {batch_size} {kw}: {out} ({time.perf_counter() - t0:.0f} s)"
+    )
     for row in by_history(res):
-        print(f"  earlier events [{row['lo']:.0f}, {row['hi']:.0f}): n {row['n']:.0f}, rmse {row['rmse']:.4f}, "
-              f"spread {row['spread']:.4f}")  # fmt: skip
+        print(
+            f"  earlier events [{row['lo']:.0f}, {row['hi']:.0f}): n {row['n']:.0f}, rmse {row['rmse']:.4f}, "
+            f"spread {row['spread']:.4f}"
+        )
     if model is not None:
         print(f"  noise sd {model.sigma:.4f}")
 

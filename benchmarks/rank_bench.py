@@ -2,7 +2,7 @@
 
     python -m benchmarks.run rank
 
-Figures (prequential ranking, minibatch 1, :mod:`streamer.ranking_eval`):
+Figures (prequential ranking, minibatch 1, :mod:`streamer.evaluation.ranking_eval`):
 
     rank.hpmf_hit10, rank.hpmf_ndcg10          MovieLens 100K, every 40th event after 20,000
     rank.popularity_hit10, rank.decayed_popularity_hit10, rank.cooccurrence_hit10
@@ -30,8 +30,8 @@ from benchmarks.implicit_peers import SKIP_MESSAGE, implicit_rankers
 from benchmarks.movielens import movielens_100k
 from model.evaluate import warm_up
 from model.simulate import SimConfig, simulate
-from streamer.events_file import read_events
-from streamer.ranking_eval import make_rankers, run_ranking
+from streamer.evaluation.ranking_eval import make_rankers, run_ranking
+from streamer.files.events_file import read_events
 
 ML_RUNGS = ("popularity", "decayed_popularity", "cooccurrence", "hpmf")
 SIM = SimConfig(days=7, users_per_day=1000, heavy_fraction=0.3, heavy_mean_views=30.0, choice_strength=3.0,

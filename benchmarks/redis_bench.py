@@ -47,7 +47,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -57,15 +56,12 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.env import BOOTSTRAP, PY, ROOT
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.rebuild import marker_key
-from streamer.redis_record import global_current_key, global_key
-from streamer.replay import produce
-
-BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-ROOT = Path(__file__).resolve().parents[1]
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+from streamer.reader.redis_record import global_current_key, global_key
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.rebuild import marker_key
 
 DURATION_S = float(os.environ.get("HPMF_BENCH_REDIS_S", "120"))
 RATE = float(os.environ.get("HPMF_BENCH_REDIS_RATE", "2000"))
@@ -99,9 +95,22 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                self.dir,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         end = time.monotonic() + 10
         while time.monotonic() < end:
             try:
@@ -121,12 +130,30 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_worker(topic: str, redis_url: str, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    topic: str, redis_url: str, port: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     cmd = [
-        PY, "-m", "streamer.cli", "stream", "--kafka-bootstrap", BOOTSTRAP, "--redis-url", redis_url,
-        "--topic", topic, "--group-id", f"w-{topic}", "--redis-prefix", "hpmf",
-        "--metrics-port", str(port), "--log-level", "WARNING", *extra,
-    ]  # fmt: skip
+        PY,
+        "-m",
+        "streamer.cli",
+        "stream",
+        "--kafka-bootstrap",
+        BOOTSTRAP,
+        "--redis-url",
+        redis_url,
+        "--topic",
+        topic,
+        "--group-id",
+        f"w-{topic}",
+        "--redis-prefix",
+        "hpmf",
+        "--metrics-port",
+        str(port),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 
@@ -138,7 +165,9 @@ def ready(port: int) -> bool:
         return False
 
 
-def wait(cond: object, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait(
+    cond: object, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
@@ -166,7 +195,11 @@ def lag_zero(port: int) -> bool:
         return False
     # One gauge per partition (hpmf_stream_consumer_lag{topic=...,partition=...});
     # caught up when there is at least one and every one is 0.
-    lags = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("hpmf_stream_consumer_lag{")]
+    lags = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hpmf_stream_consumer_lag{")
+    ]
     return bool(lags) and all(x == 0 for x in lags)
 
 
@@ -196,7 +229,12 @@ def steady_events(n: int, tag: str, flood: int = 0, seed: int = 0) -> Iterator[t
             k += 1
         else:
             vid = f"v{rng.randrange(VIDEOS)}"
-        yield uid.encode(), encode_event(f"{tag}-{i}", uid, vid, round(rng.expovariate(1 / 25), 2), int(time.time() * 1000))
+        yield (
+            uid.encode(),
+            encode_event(
+                f"{tag}-{i}", uid, vid, round(rng.expovariate(1 / 25), 2), int(time.time() * 1000)
+            ),
+        )
 
 
 def memory_usage(client: redis.Redis, keys: list[bytes]) -> int:
@@ -257,9 +295,12 @@ def memory_run(name: str, flood: int, extra: tuple[str, ...], logdir: Path) -> d
         fp["rate"] = n / produce_s
         fp["duration_s"] = produce_s
         fp["events"] = float(n)
-        print(f"   {name}: used_memory {fp['used_memory_mb']:.1f} MB, live {fp['live_mb']:.1f} MB "
-              f"(users {fp['users_mb']:.1f} + global {fp['global_mb']:.2f}), ratio {fp['ratio']:.2f}, "
-              f"{fp['global_versions']:.0f} versions, {fp['n_videos']:.0f} videos", flush=True)  # fmt: skip
+        print(
+            f"   {name}: used_memory {fp['used_memory_mb']:.1f} MB, live {fp['live_mb']:.1f} MB "
+            f"(users {fp['users_mb']:.1f} + global {fp['global_mb']:.2f}), ratio {fp['ratio']:.2f}, "
+            f"{fp['global_versions']:.0f} versions, {fp['n_videos']:.0f} videos",
+            flush=True,
+        )
         return {f"redis.{name}_{k}": float(v) for k, v in fp.items()}
     finally:
         stop(proc)
@@ -280,7 +321,10 @@ def rebuild_run(logdir: Path) -> dict[str, float]:
         now = int(time.time() * 1000)
         for i, u in enumerate(order):
             uid = f"u{u}"
-            yield uid.encode(), encode_event(f"{tag}-{i}", uid, f"v{rng.randrange(VIDEOS)}", 10.0, now)
+            yield (
+                uid.encode(),
+                encode_event(f"{tag}-{i}", uid, f"v{rng.randrange(VIDEOS)}", 10.0, now),
+            )
 
     produce(BOOTSTRAP, topic, events(), progress=False, linger_ms=20)
     srv = PrivateRedis()
@@ -297,7 +341,12 @@ def rebuild_run(logdir: Path) -> dict[str, float]:
         srv.kill()
         srv.start()  # empty
         t1 = time.monotonic()
-        wait(lambda: srv.client.get(global_current_key("hpmf")) is not None, 120, "globals republished", proc)
+        wait(
+            lambda: srv.client.get(global_current_key("hpmf")) is not None,
+            120,
+            "globals republished",
+            proc,
+        )
         globals_s = time.monotonic() - t1
         marker = marker_key("hpmf")
         wait(lambda: len(srv.client.hkeys(marker)) == 5 and ready(port), 1800, "rebuild done", proc)
@@ -309,16 +358,24 @@ def rebuild_run(logdir: Path) -> dict[str, float]:
         for u in sample:
             pipe.hget(f"hpmf:u:{{{u}}}", "n")
         wrong = sum(1 for n in pipe.execute() if n != b"2")
-        print(f"   rebuild: {n_users} users ({2 * n_users} events): first pass {first_s:.1f} s, "
-              f"globals back {globals_s:.1f} s, rebuilt in {rebuild_s:.1f} s; users {users_before} -> {users_after}, "
-              f"{wrong} of 2000 sampled counts wrong; load average {load1:.1f}", flush=True)  # fmt: skip
+        print(
+            f"   rebuild: {n_users} users ({2 * n_users} events): first pass {first_s:.1f} s, "
+            f"globals back {globals_s:.1f} s, rebuilt in {rebuild_s:.1f} s; users {users_before} -> {users_after}, "
+            f"{wrong} of 2000 sampled counts wrong; load average {load1:.1f}",
+            flush=True,
+        )
         return {
-            "redis.rebuild_users": float(n_users), "redis.rebuild_events": float(2 * n_users),
-            "redis.rebuild_first_pass_s": first_s, "redis.rebuild_globals_s": globals_s,
-            "redis.rebuild_s": rebuild_s, "redis.rebuild_events_per_s": 2 * n_users / rebuild_s,
-            "redis.rebuild_users_before": float(users_before), "redis.rebuild_users_after": float(users_after),
-            "redis.rebuild_sample_wrong": float(wrong), "redis.rebuild_loadavg_1m": load1,
-        }  # fmt: skip
+            "redis.rebuild_users": float(n_users),
+            "redis.rebuild_events": float(2 * n_users),
+            "redis.rebuild_first_pass_s": first_s,
+            "redis.rebuild_globals_s": globals_s,
+            "redis.rebuild_s": rebuild_s,
+            "redis.rebuild_events_per_s": 2 * n_users / rebuild_s,
+            "redis.rebuild_users_before": float(users_before),
+            "redis.rebuild_users_after": float(users_after),
+            "redis.rebuild_sample_wrong": float(wrong),
+            "redis.rebuild_loadavg_1m": load1,
+        }
     finally:
         stop(proc)
         srv.close()
@@ -327,15 +384,26 @@ def rebuild_run(logdir: Path) -> dict[str, float]:
 
 def run() -> dict[str, float]:
     logdir = Path(tempfile.mkdtemp(prefix="hpmf-bench-redis-logs-"))
-    out: dict[str, float] = {"redis.duration_target_s": DURATION_S, "redis.rate_target": RATE,
-                             "redis.users_population": float(USERS), "redis.videos": float(VIDEOS)}  # fmt: skip
+    out: dict[str, float] = {
+        "redis.duration_target_s": DURATION_S,
+        "redis.rate_target": RATE,
+        "redis.users_population": float(USERS),
+        "redis.videos": float(VIDEOS),
+    }
     if "steady" in ONLY:
         out |= memory_run("steady", 0, (), logdir)
     if "flood" in ONLY:
         out |= memory_run("flood", FLOOD, (), logdir)
     if LEGACY:
-        out |= memory_run("legacy", 0, ("--global-keep-versions", "1000000", "--max-videos", "0"), logdir)
-        out |= memory_run("legacy_flood", FLOOD, ("--global-keep-versions", "1000000", "--max-videos", "0"), logdir)
+        out |= memory_run(
+            "legacy", 0, ("--global-keep-versions", "1000000", "--max-videos", "0"), logdir
+        )
+        out |= memory_run(
+            "legacy_flood",
+            FLOOD,
+            ("--global-keep-versions", "1000000", "--max-videos", "0"),
+            logdir,
+        )
     if "rebuild" in ONLY:
         out |= rebuild_run(logdir)
     print(f"   logs in {logdir}")

@@ -25,20 +25,17 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from statistics import mean
 
 import redis
 
-from streamer.connections import redis_client
+from benchmarks.env import BOOTSTRAP, REDIS_URL, ROOT
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
-from streamer.redis_record import global_current_key, global_key, user_key
-from streamer.replay import produce
+from streamer.reader.redis_record import global_current_key, global_key, user_key
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
 #: (group, users, events per user)
 GROUPS = (("light", 1000, 2), ("medium", 300, 20), ("heavy", 40, 250))
 
@@ -52,9 +49,16 @@ def events(n_videos: int, seed: int) -> list[tuple[bytes, bytes]]:
         for u in range(n_users):
             uid = f"{group}-{u:06d}"
             for _ in range(per_user):
-                video = f"v-{i % n_videos:06d}" if i < n_videos else f"v-{rng.randrange(n_videos):06d}"
+                video = (
+                    f"v-{i % n_videos:06d}" if i < n_videos else f"v-{rng.randrange(n_videos):06d}"
+                )
                 eid = str(uuid.UUID(int=rng.getrandbits(128)))
-                out.append((uid.encode(), encode_event(eid, uid, video, round(rng.expovariate(1 / 20), 2), now)))
+                out.append(
+                    (
+                        uid.encode(),
+                        encode_event(eid, uid, video, round(rng.expovariate(1 / 20), 2), now),
+                    )
+                )
                 i += 1
     rng.shuffle(out)  # interleave users, as a real stream would
     return out
@@ -65,16 +69,48 @@ def usage(r: redis.Redis, key: str) -> int:
 
 
 def measure(n_videos: int, n_factors: int, tag: str) -> dict[str, float]:
-    topic, prefix, group = f"sizing-{tag}-{n_videos}", f"sizing-{tag}-{n_videos}", f"sizing-{tag}-{n_videos}"
+    topic, prefix, group = (
+        f"sizing-{tag}-{n_videos}",
+        f"sizing-{tag}-{n_videos}",
+        f"sizing-{tag}-{n_videos}",
+    )
     r = redis_client(url=REDIS_URL)
     ensure_topics(BOOTSTRAP, {topic: 4, f"{topic}.dlq": 4})
     evs = events(n_videos, seed=n_videos)
     produce(BOOTSTRAP, topic, evs, progress=False)
-    cmd = [sys.executable, "-m", "streamer.cli", "stream", "--kafka-bootstrap", BOOTSTRAP, "--redis-url", REDIS_URL,
-           "--topic", topic, "--group-id", group, "--redis-prefix", prefix, "--metrics-port", "0",
-           "--n-factors", str(n_factors), "--stop-when-idle-s", "3", "--publish-every-ms", "200"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "stream",
+        "--kafka-bootstrap",
+        BOOTSTRAP,
+        "--redis-url",
+        REDIS_URL,
+        "--topic",
+        topic,
+        "--group-id",
+        group,
+        "--redis-prefix",
+        prefix,
+        "--metrics-port",
+        "0",
+        "--n-factors",
+        str(n_factors),
+        "--stop-when-idle-s",
+        "3",
+        "--publish-every-ms",
+        "200",
+    ]
     try:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        subprocess.run(
+            cmd,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=600,
+        )
         out: dict[str, float] = {"videos": n_videos, "factors": n_factors, "events": len(evs)}
         for g, n_users, per_user in GROUPS:
             keys = [user_key(prefix, f"{g}-{u:06d}") for u in range(min(n_users, 200))]
@@ -109,10 +145,22 @@ def main() -> int:
         print(json.dumps(row))
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
-        slope = (b["global_record_bytes"] - a["global_record_bytes"]) / (b["videos"] - a["videos"]) * 1000
-        ckpt = (b["learner_hash_bytes"] - a["learner_hash_bytes"]) / (b["videos"] - a["videos"]) * 1000
-        print(json.dumps({"global_record_bytes_per_1000_videos": round(slope),
-                          "learner_hash_bytes_per_1000_videos": round(ckpt)}))  # fmt: skip
+        slope = (
+            (b["global_record_bytes"] - a["global_record_bytes"])
+            / (b["videos"] - a["videos"])
+            * 1000
+        )
+        ckpt = (
+            (b["learner_hash_bytes"] - a["learner_hash_bytes"]) / (b["videos"] - a["videos"]) * 1000
+        )
+        print(
+            json.dumps(
+                {
+                    "global_record_bytes_per_1000_videos": round(slope),
+                    "learner_hash_bytes_per_1000_videos": round(ckpt),
+                }
+            )
+        )
     return 0
 
 

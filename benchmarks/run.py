@@ -32,17 +32,29 @@ def commit() -> str:
     """The checked-out commit, ``-dirty`` if the tree has changes; "unknown" outside git."""
     root = RESULTS.parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
 
 
 def main(argv: list[str]) -> int:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see streamer/cli.py
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", "1"
+    )  # before torch loads; see streamer/cli/__init__.py
     suites = argv or list(SUITES)
     results: dict[str, object] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     failed = []

@@ -36,14 +36,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from streamer.connections import redis_client
+from benchmarks.env import BOOTSTRAP, REDIS_URL, ROOT
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_group, delete_topics, ensure_topics
-from streamer.replay import produce
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
 PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -74,7 +72,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]], collections.Counter[str]]:
+def make_events(
+    n: int, users: int, seed: int
+) -> tuple[list[tuple[bytes, bytes]], collections.Counter[str]]:
     rng = random.Random(seed)
     now = int(time.time() * 1000)
     counts: collections.Counter[str] = collections.Counter()
@@ -82,16 +82,48 @@ def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]
     for i in range(n):
         u = f"u{rng.randrange(users)}"
         counts[u] += 1
-        out.append((u.encode(), encode_event(f"s{seed}-{i}", u, f"v{rng.randrange(2000)}", round(rng.expovariate(1 / 20), 2), now)))
+        out.append(
+            (
+                u.encode(),
+                encode_event(
+                    f"s{seed}-{i}",
+                    u,
+                    f"v{rng.randrange(2000)}",
+                    round(rng.expovariate(1 / 20), 2),
+                    now,
+                ),
+            )
+        )
     return out, counts
 
 
 class Worker:
     def __init__(self, name: str, topic: str, prefix: str, logdir: Path) -> None:
         self.name, self.port = name, free_port()
-        cmd = [sys.executable, "-m", "streamer.cli", "stream", "--kafka-bootstrap", BOOTSTRAP, "--redis-url", REDIS_URL,
-               "--topic", topic, "--group-id", f"g-{topic}", "--redis-prefix", prefix, "--metrics-port", str(self.port),
-               "--worker-id", name, "--lag-refresh-s", "1", "--session-timeout-ms", "10000"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamer.cli",
+            "stream",
+            "--kafka-bootstrap",
+            BOOTSTRAP,
+            "--redis-url",
+            REDIS_URL,
+            "--topic",
+            topic,
+            "--group-id",
+            f"g-{topic}",
+            "--redis-prefix",
+            prefix,
+            "--metrics-port",
+            str(self.port),
+            "--worker-id",
+            name,
+            "--lag-refresh-s",
+            "1",
+            "--session-timeout-ms",
+            "10000",
+        ]
         self.log = (logdir / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=self.log)
 
@@ -124,7 +156,9 @@ def consumed(workers: list[Worker]) -> float:
     return sum(w.metrics().get("hpmf_stream_events_consumed_total", 0) for w in workers)
 
 
-def run(n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: float) -> dict[str, float]:
+def run(
+    n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: float
+) -> dict[str, float]:
     tag = uuid.uuid4().hex[:6]
     topic, prefix = f"scale-{n_workers}-{tag}", f"scale{n_workers}{tag}"
     ensure_topics(BOOTSTRAP, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS})
@@ -136,6 +170,7 @@ def run(n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: f
     workers = [Worker(f"w{i}", topic, prefix, logdir) for i in range(n_workers)]
     r = redis_client(url=REDIS_URL)
     try:
+
         def settled() -> bool:
             held = [w.metrics().get("hpmf_stream_assigned_partitions", 0) for w in workers]
             return sum(held) == PARTITIONS and all(h > 0 for h in held)
@@ -158,8 +193,11 @@ def run(n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: f
             raise RuntimeError(f"backlog not consumed: {consumed(workers)} of {n_events}")
         cpu = sum(cpu_s(w.proc.pid) - cpu0[w.name] for w in workers)
         # 2. A worker joins a steady stream: the longest stretch without progress.
-        producer = threading.Thread(target=produce, args=(BOOTSTRAP, topic, steady),
-                                    kwargs={"rate": join_rate, "progress": False})  # fmt: skip
+        producer = threading.Thread(
+            target=produce,
+            args=(BOOTSTRAP, topic, steady),
+            kwargs={"rate": join_rate, "progress": False},
+        )
         producer.start()
         workers.append(Worker(f"w{len(workers)}", topic, prefix, logdir))
         pause, last_move, prev = 0.0, time.monotonic(), n_events
@@ -189,7 +227,9 @@ def run(n_workers: int, n_events: int, logdir: Path, join_rate: float, join_s: f
             if '"msg": "stopped"' in line:
                 applied += json.loads(line)["applied"]
     # {prefix}:* too: the global keys on a Redis Cluster (HPMF_REDIS_CLUSTER=true).
-    keys = [k for pat in (f"{prefix}:*", f"{{{prefix}}}:*") for k in r.scan_iter(match=pat, count=1000)]
+    keys = [
+        k for pat in (f"{prefix}:*", f"{{{prefix}}}:*") for k in r.scan_iter(match=pat, count=1000)
+    ]
     for i in range(0, len(keys), 500):
         r.delete(*keys[i : i + 500])
     delete_topics(BOOTSTRAP, [topic, f"{topic}.dlq"])
@@ -219,7 +259,11 @@ def main() -> int:
     for k in counts:
         rows.append(run(k, n_events, logdir, rate, join_s))
         print(json.dumps(rows[-1]), flush=True)
-    return 0 if all(r["counts_exact"] == 1.0 and r["applied_total"] == r["events_total"] for r in rows) else 1
+    return (
+        0
+        if all(r["counts_exact"] == 1.0 and r["applied_total"] == r["events_total"] for r in rows)
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ The churn60 simulated stream (``hpmf simulate --preset churn60``) is written
 to a file; its first ``HPMF_BENCH_SERVICE_EVENTS`` events (default 20,000, in
 time order) are replayed one at a time through Kafka into a real worker
 (``hpmf stream`` subprocess, the service's defaults except
-:data:`streamer.through_service.SERVICE_SETTINGS`), each scored against the
+:data:`streamer.evaluation.through_service.SERVICE_SETTINGS`), each scored against the
 posterior the public reader served just before it
-(:func:`streamer.through_service.score_through_service`). The same events go
+(:func:`streamer.evaluation.through_service.score_through_service`). The same events go
 through the harness behind ``hpmf evaluate``, as
 
     hpmf evaluate FILE --limit N --transform log1p --batch-size 1 --models hpmf
@@ -36,7 +36,7 @@ thread, folded in when done; the harness folds each the moment it is due.
 A second run, **lockstep** (``HPMF_BENCH_SERVICE_LOCKSTEP_EVENTS``, default
 12,000, so that the learner's first replay sweeps are inside; 0 skips it):
 the worker publishes its globals after every batch, folds each sweep in when
-due (:data:`streamer.through_service.LOCKSTEP_SETTINGS`), and the scorer
+due (:data:`streamer.evaluation.through_service.LOCKSTEP_SETTINGS`), and the scorer
 waits for each version before it reads, which takes both asynchronies out. Its figures are ``service.lockstep_*`` (the same names); what is left
 is float32 storage, so ``service.lockstep_max_abs_diff`` is ~1e-7.
 """
@@ -54,14 +54,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from model.evaluate import ladder_config, run_stream, warm_up
 from model.online import OnlineHPMF
 from model.simulate import PRESETS, SimConfig, simulate
-from streamer.connections import redis_client
-from streamer.events_file import read_events_head, write_events
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.settings import StreamSettings
-from streamer.through_service import (
+from streamer.evaluation.through_service import (
     ASYNC_FIELDS,
     LOCKSTEP_SETTINGS,
     SERVICE_SETTINGS,
@@ -69,11 +66,11 @@ from streamer.through_service import (
     config_mismatch,
     score_through_service,
 )
+from streamer.files.events_file import read_events_head, write_events
+from streamer.service.connections import redis_client
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.settings import StreamSettings
 
-BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
-ROOT = Path(__file__).resolve().parents[1]
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 EVENTS = int(os.environ.get("HPMF_BENCH_SERVICE_EVENTS", "20000"))
 LOCKSTEP_EVENTS = int(os.environ.get("HPMF_BENCH_SERVICE_LOCKSTEP_EVENTS", "12000"))
 TRANSFORM = "log1p"  # the service's default; the simulator draws log1p(minutes)
@@ -86,16 +83,37 @@ def worker_settings(lockstep: bool = False) -> dict[str, object]:
 
 def worker_flags(lockstep: bool = False) -> list[str]:
     """:func:`worker_settings` as ``hpmf stream`` flags."""
-    return [a for k, v in worker_settings(lockstep).items() for a in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))]
+    return [
+        a
+        for k, v in worker_settings(lockstep).items()
+        for a in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))
+    ]
 
 
-def start_worker(topic: str, prefix: str, log: Path, bootstrap: str, redis_url: str,
-                 lockstep: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+def start_worker(
+    topic: str, prefix: str, log: Path, bootstrap: str, redis_url: str, lockstep: bool = False
+) -> subprocess.Popen[bytes]:
     cmd = [
-        PY, "-m", "streamer.cli", "stream", "--kafka-bootstrap", bootstrap, "--redis-url", redis_url,
-        "--topic", topic, "--group-id", f"g-{topic}", "--redis-prefix", prefix, "--metrics-port", "0",
-        "--log-level", "WARNING", *worker_flags(lockstep),
-    ]  # fmt: skip
+        PY,
+        "-m",
+        "streamer.cli",
+        "stream",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--redis-url",
+        redis_url,
+        "--topic",
+        topic,
+        "--group-id",
+        f"g-{topic}",
+        "--redis-prefix",
+        prefix,
+        "--metrics-port",
+        "0",
+        "--log-level",
+        "WARNING",
+        *worker_flags(lockstep),
+    ]
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 
@@ -126,11 +144,17 @@ def _cleanup(bootstrap: str, redis_url: str, topic: str, prefix: str) -> None:
 
 
 def through_service(
-    path: Path, limit: int | None, workdir: Path, *, bootstrap: str = BOOTSTRAP, redis_url: str = REDIS_URL,
-    progress: bool = True, lockstep: bool = False,
-) -> dict[str, float]:  # fmt: skip
+    path: Path,
+    limit: int | None,
+    workdir: Path,
+    *,
+    bootstrap: str = BOOTSTRAP,
+    redis_url: str = REDIS_URL,
+    progress: bool = True,
+    lockstep: bool = False,
+) -> dict[str, float]:
     """The first ``limit`` events of ``path`` through a fresh worker and through
-    the harness; :func:`streamer.through_service.compare`'s figures."""
+    the harness; :func:`streamer.evaluation.through_service.compare`'s figures."""
     mismatch = config_mismatch(StreamSettings(**worker_settings(lockstep)), TRANSFORM)
     # As deployed, the learner may differ in when its work lands (ASYNC_FIELDS); in what it learns, never.
     allowed = () if lockstep else ASYNC_FIELDS
@@ -148,25 +172,42 @@ def through_service(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(events), desc="through the service", unit="ev", file=sys.stderr, mininterval=5.0)
+        bar = tqdm(
+            total=len(events),
+            desc="through the service",
+            unit="ev",
+            file=sys.stderr,
+            mininterval=5.0,
+        )
     try:
         served = score_through_service(
-            events, bootstrap=bootstrap, topic=topic, client=client, prefix=prefix, source=path.name,
-            alive=lambda: proc.poll() is None, progress=None if bar is None else bar.update, lockstep=lockstep,
-        )  # fmt: skip
+            events,
+            bootstrap=bootstrap,
+            topic=topic,
+            client=client,
+            prefix=prefix,
+            source=path.name,
+            alive=lambda: proc.poll() is None,
+            progress=None if bar is None else bar.update,
+            lockstep=lockstep,
+        )
     except (TimeoutError, RuntimeError) as exc:
-        raise RuntimeError(f"{exc}; worker log tail:\n{log.read_text(errors='replace')[-3000:]}") from exc
+        raise RuntimeError(
+            f"{exc}; worker log tail:\n{log.read_text(errors='replace')[-3000:]}"
+        ) from exc
     finally:
         if bar is not None:
             bar.close()
         stop(proc)
         client.close()
         _cleanup(bootstrap, redis_url, topic, prefix)
-    # The harness, as hpmf evaluate runs it (streamer/evaluate_cli.py).
+    # The harness, as hpmf evaluate runs it (streamer/cli/evaluate.py).
     torch.set_num_threads(1)
     warm_up()
     model = OnlineHPMF(ladder_config("hpmf", transform=TRANSFORM))
-    harness = run_stream(model, events.user_ids.tolist(), events.video_ids.tolist(), events.values, batch_size=1)
+    harness = run_stream(
+        model, events.user_ids.tolist(), events.video_ids.tolist(), events.values, batch_size=1
+    )
     return compare(served, harness, events.user_ids)
 
 
@@ -188,12 +229,18 @@ def run() -> dict[str, float]:
         lock = through_service(path, LOCKSTEP_EVENTS, workdir, lockstep=True)
         out.update({f"service.lockstep_{k}": v for k, v in lock.items()})
         out["service.lockstep_seconds"] = time.monotonic() - t0
-        print(f"   lockstep ({LOCKSTEP_EVENTS} events): rmse diff {lock['rmse_diff']:+.2e}, "
-              f"max |served - harness| {lock['max_abs_diff']:.2e}", flush=True)  # fmt: skip
-    print(f"   through the service: rmse {out['service.sim_rmse']:.4f} on {out['service.n_scored']:.0f} events; "
-          f"harness on the same events {out['service.harness_sim_rmse_same_events']:.4f} "
-          f"(diff {out['service.rmse_diff']:+.5f}); harness on all {out['service.n_events']:.0f}: "
-          f"{out['service.harness_sim_rmse']:.4f}", flush=True)  # fmt: skip
+        print(
+            f"   lockstep ({LOCKSTEP_EVENTS} events): rmse diff {lock['rmse_diff']:+.2e}, "
+            f"max |served - harness| {lock['max_abs_diff']:.2e}",
+            flush=True,
+        )
+    print(
+        f"   through the service: rmse {out['service.sim_rmse']:.4f} on {out['service.n_scored']:.0f} events; "
+        f"harness on the same events {out['service.harness_sim_rmse_same_events']:.4f} "
+        f"(diff {out['service.rmse_diff']:+.5f}); harness on all {out['service.n_events']:.0f}: "
+        f"{out['service.harness_sim_rmse']:.4f}",
+        flush=True,
+    )
     return out
 
 

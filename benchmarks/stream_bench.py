@@ -38,7 +38,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -46,17 +45,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from benchmarks.stream_floor import floor
-from streamer.connections import kafka_security, redis_client
+from streamer.cli.replay import produce
 from streamer.event import encode_event
-from streamer.kafka_admin import delete_topics, ensure_topics
-from streamer.metrics import histogram_quantile, parse_histogram
-from streamer.replay import produce
-
-BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
-ROOT = Path(__file__).resolve().parents[1]
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+from streamer.service.connections import kafka_security, redis_client
+from streamer.service.kafka_admin import delete_topics, ensure_topics
+from streamer.service.metrics import histogram_quantile, parse_histogram
 
 THROUGHPUT_EVENTS = int(os.environ.get("HPMF_BENCH_THROUGHPUT_EVENTS", "100000"))
 FRESHNESS_S = float(os.environ.get("HPMF_BENCH_FRESHNESS_S", "30"))
@@ -65,7 +60,9 @@ MEMORY_EVENTS = int(os.environ.get("HPMF_BENCH_MEMORY_EVENTS", "1000000"))
 MEMORY_USERS = int(os.environ.get("HPMF_BENCH_MEMORY_USERS", "200000"))
 
 
-def synthetic(n: int, n_users: int, n_videos: int, tag: str, churn: bool = False, seed: int = 0) -> Iterator[tuple[bytes, bytes]]:
+def synthetic(
+    n: int, n_users: int, n_videos: int, tag: str, churn: bool = False, seed: int = 0
+) -> Iterator[tuple[bytes, bytes]]:
     """Valid events; with ``churn`` user k is active only around event k*n/n_users."""
     rng = random.Random(seed)
     window = max(1, n_users // 20)
@@ -76,18 +73,32 @@ def synthetic(n: int, n_users: int, n_videos: int, tag: str, churn: bool = False
         else:
             u = rng.randrange(n_users)
         uid = f"u{u}"
-        yield uid.encode(), encode_event(f"{tag}-{i}", uid, f"v{int(rng.paretovariate(1.2)) % n_videos}",
-                                         round(rng.expovariate(1 / 25), 2), int(time.time() * 1000))  # fmt: skip
+        yield (
+            uid.encode(),
+            encode_event(
+                f"{tag}-{i}",
+                uid,
+                f"v{int(rng.paretovariate(1.2)) % n_videos}",
+                round(rng.expovariate(1 / 25), 2),
+                int(time.time() * 1000),
+            ),
+        )
 
 
 def bare_consumer_rate(topic: str, n: int) -> float:
     from kafka import KafkaConsumer
 
     c = KafkaConsumer(
-        topic, bootstrap_servers=BOOTSTRAP, group_id=f"bare-{topic}", enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=512, max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=100, **kafka_security(),
-    )  # fmt: skip
+        topic,
+        bootstrap_servers=BOOTSTRAP,
+        group_id=f"bare-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=512,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=100,
+        **kafka_security(),
+    )
     got, t0 = 0, None
     deadline = time.monotonic() + 300
     while got < n and time.monotonic() < deadline:
@@ -102,12 +113,30 @@ def bare_consumer_rate(topic: str, n: int) -> float:
     return n / dt
 
 
-def start_worker(topic: str, prefix: str, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    topic: str, prefix: str, port: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     cmd = [
-        PY, "-m", "streamer.cli", "stream", "--kafka-bootstrap", BOOTSTRAP, "--redis-url", REDIS_URL,
-        "--topic", topic, "--group-id", f"w-{topic}", "--redis-prefix", prefix,
-        "--metrics-port", str(port), "--log-level", "WARNING", *extra,
-    ]  # fmt: skip
+        PY,
+        "-m",
+        "streamer.cli",
+        "stream",
+        "--kafka-bootstrap",
+        BOOTSTRAP,
+        "--redis-url",
+        REDIS_URL,
+        "--topic",
+        topic,
+        "--group-id",
+        f"w-{topic}",
+        "--redis-prefix",
+        prefix,
+        "--metrics-port",
+        str(port),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 
@@ -215,7 +244,13 @@ def freshness(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
         n = int(FRESHNESS_RATE * FRESHNESS_S)
         warm = int(FRESHNESS_RATE * min(5.0, FRESHNESS_S / 4))
         events = synthetic(n, 20_000, 2_000, tag, seed=1)
-        produce(BOOTSTRAP, topic, (next(events) for _ in range(warm)), rate=FRESHNESS_RATE, progress=False)
+        produce(
+            BOOTSTRAP,
+            topic,
+            (next(events) for _ in range(warm)),
+            rate=FRESHNESS_RATE,
+            progress=False,
+        )
         time.sleep(0.5)
         b0, c0 = parse_histogram(scrape(port), name)
         t0 = time.monotonic()
@@ -245,8 +280,12 @@ def memory(tag: str, prefix: str, logdir: Path) -> dict[str, float]:
     samples: list[tuple[float, int]] = []  # (events consumed, rss kB)
     try:
         wait_ready(port, proc)
-        producer = threading.Thread(target=produce, args=(BOOTSTRAP, topic, synthetic(n, MEMORY_USERS, 2_000, tag, churn=True, seed=2)),
-                                    kwargs={"progress": False, "linger_ms": 20}, daemon=True)  # fmt: skip
+        producer = threading.Thread(
+            target=produce,
+            args=(BOOTSTRAP, topic, synthetic(n, MEMORY_USERS, 2_000, tag, churn=True, seed=2)),
+            kwargs={"progress": False, "linger_ms": 20},
+            daemon=True,
+        )
         producer.start()
         end = time.monotonic() + 3600
         done = 0.0
@@ -296,8 +335,13 @@ def run() -> dict[str, float]:
                 t0 = time.monotonic()
                 out.update(fn(tag, prefix, logdir))
                 # The machine is shared: say how busy it was (1-min load average, 2 cores).
-                out[f"stream.{name}_loadavg_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
-                print(f"   stream {name}: {json.dumps({k: v for k, v in out.items()})} ({time.monotonic() - t0:.0f} s)", flush=True)
+                out[f"stream.{name}_loadavg_1m"] = float(
+                    Path("/proc/loadavg").read_text().split()[0]
+                )
+                print(
+                    f"   stream {name}: {json.dumps({k: v for k, v in out.items()})} ({time.monotonic() - t0:.0f} s)",
+                    flush=True,
+                )
     finally:
         _cleanup(prefix)
     return out

@@ -48,9 +48,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pydantic import TypeAdapter
 
-from streamer.connections import kafka_security, redis_client
 from streamer.event import _WireEvent
-from streamer.redis_record import UserRecord, encode_user_record
+from streamer.reader.redis_record import UserRecord, encode_user_record
+from streamer.service.connections import kafka_security, redis_client
 
 STAGES = ("bare", "validate", "read", "write", "commit")
 ROUNDS = int(os.environ.get("HPMF_BENCH_FLOOR_ROUNDS", "3"))
@@ -68,23 +68,39 @@ return #KEYS
 def one_event_record_bytes(dim: int = 11) -> int:
     """Bytes of a v1 user record (field values only) with one history entry,
     at the default model size (10 factors + a bias)."""
-    rec = UserRecord(mean=np.zeros(dim), cov=np.eye(dim), n_events=1, updated_ms=1_700_000_000_000,
-                     event_ms=1_700_000_000_000, global_version=1, partition=0, offset=12345,
-                     history=[("v123", 12.5, 1)])  # fmt: skip
+    rec = UserRecord(
+        mean=np.zeros(dim),
+        cov=np.eye(dim),
+        n_events=1,
+        updated_ms=1_700_000_000_000,
+        event_ms=1_700_000_000_000,
+        global_version=1,
+        partition=0,
+        offset=12345,
+        history=[("v123", 12.5, 1)],
+    )
     return sum(len(v) for v in encode_user_record(rec).values())
 
 
-def stage_rate(bootstrap: str, topic: str, n: int, stage: str, group: str, client: redis.Redis, prefix: str) -> tuple[float, float]:
+def stage_rate(
+    bootstrap: str, topic: str, n: int, stage: str, group: str, client: redis.Redis, prefix: str
+) -> tuple[float, float]:
     """(events per wall second, events per CPU second) of one stage over the topic."""
     batch_events = TypeAdapter(list[_WireEvent])
     set_all = client.register_script(_SET_ALL)
     blob = b"\0" * one_event_record_bytes()
     work = STAGES.index(stage)
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=512, max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=100, **kafka_security(),
-    )  # fmt: skip
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=512,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=100,
+        **kafka_security(),
+    )
     got, t0, cpu0 = 0, 0.0, 0.0
     deadline = time.monotonic() + 300
     while got < n and time.monotonic() < deadline:
@@ -107,7 +123,10 @@ def stage_rate(bootstrap: str, topic: str, n: int, stage: str, group: str, clien
         set_all(keys=keys, args=[blob * len(keys), len(blob), 3_600_000])
         if work < 4:
             continue
-        offsets = {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1) for r in records}
+        offsets = {
+            TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1)
+            for r in records
+        }
         consumer.commit_async(offsets)
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     consumer.close()
@@ -116,7 +135,9 @@ def stage_rate(bootstrap: str, topic: str, n: int, stage: str, group: str, clien
     return got / wall, got / cpu
 
 
-def floor(bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Callable[[str], Any] = print) -> dict[str, float]:
+def floor(
+    bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Callable[[str], Any] = print
+) -> dict[str, float]:
     """The stages over an existing topic of ``n`` valid events (the throughput
     benchmark's): ``stream.floor_<stage>_events_per_s``, ``..._cpu_events_per_s``
     and ``stream.floor_<stage>_ratio`` (wall rate / bare rate, both medians)."""
@@ -127,10 +148,14 @@ def floor(bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Cal
     try:
         for k in range(ROUNDS):
             for stage in STAGES:
-                w, c = stage_rate(bootstrap, topic, n, stage, f"floor-{tag}-{stage}-{k}", client, prefix)
+                w, c = stage_rate(
+                    bootstrap, topic, n, stage, f"floor-{tag}-{stage}-{k}", client, prefix
+                )
                 wall[stage].append(w)
                 cpu[stage].append(c)
-                log(f"   floor round {k + 1}/{ROUNDS} {stage:10s} {w:9,.0f} events/s (CPU-only {c:9,.0f})")
+                log(
+                    f"   floor round {k + 1}/{ROUNDS} {stage:10s} {w:9,.0f} events/s (CPU-only {c:9,.0f})"
+                )
     finally:
         keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
@@ -147,14 +172,20 @@ def floor(bootstrap: str, redis_url: str, topic: str, n: int, tag: str, log: Cal
 
 def main() -> None:
     from benchmarks.stream_bench import BOOTSTRAP, REDIS_URL, THROUGHPUT_EVENTS, synthetic
-    from streamer.kafka_admin import delete_topics, ensure_topics
-    from streamer.replay import produce
+    from streamer.cli.replay import produce
+    from streamer.service.kafka_admin import delete_topics, ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     topic = f"bench-floor-{tag}"
     ensure_topics(BOOTSTRAP, {topic: 4})
     try:
-        produce(BOOTSTRAP, topic, synthetic(THROUGHPUT_EVENTS, 20_000, 2_000, tag), progress=False, linger_ms=20)
+        produce(
+            BOOTSTRAP,
+            topic,
+            synthetic(THROUGHPUT_EVENTS, 20_000, 2_000, tag),
+            progress=False,
+            linger_ms=20,
+        )
         print(json.dumps(floor(BOOTSTRAP, REDIS_URL, topic, THROUGHPUT_EVENTS, tag), indent=2))
     finally:
         delete_topics(BOOTSTRAP, [topic])

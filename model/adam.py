@@ -22,7 +22,11 @@ import torch
 
 class Adam:
     def __init__(
-        self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+        self,
+        params: list[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ) -> None:
         self.params = list(params)
         self.lr, self.betas, self.eps = lr, betas, eps
@@ -52,7 +56,9 @@ class Adam:
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if len(sd["m"]) != len(self.params):
-            raise ValueError(f"optimizer state has {len(sd['m'])} leaves, expected {len(self.params)}")
+            raise ValueError(
+                f"optimizer state has {len(sd['m'])} leaves, expected {len(self.params)}"
+            )
         self.t = int(sd["t"])
         self.m = [m.clone() for m in sd["m"]]
         self.v = [v.clone() for v in sd["v"]]

@@ -49,7 +49,10 @@ class Batch:
 
 
 def event_columns(
-    user_ids: Sequence[object], video_ids: Sequence[object], values: Sequence[float] | np.ndarray, what: str
+    user_ids: Sequence[object],
+    video_ids: Sequence[object],
+    values: Sequence[float] | np.ndarray,
+    what: str,
 ) -> np.ndarray:
     """The values as a float64 vector, after checking that the three columns
     line up and every value is finite; ``what`` names them in the errors."""

@@ -48,7 +48,10 @@ def video_jitter(video_id: str, dim: int, scale: float, biases: bool) -> np.ndar
     u *= 2.0**-53  # uniform in (0, 1)
     u1, u2 = u[0::2], u[1::2]
     radius = np.sqrt(-2.0 * np.log(u1))
-    j = scale * np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:dim]
+    j = (
+        scale
+        * np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:dim]
+    )
     if biases:
         j[-1] = 0.0
     return j
@@ -86,14 +89,18 @@ class VideoCatalogue(HyperState):
         index = self.video_index
         try:
             # fromiter + from_numpy: torch.tensor on a long Python list is ~5x slower
-            rows = np.fromiter(map(index.__getitem__, video_ids), dtype=np.int64, count=len(video_ids))
+            rows = np.fromiter(
+                map(index.__getitem__, video_ids), dtype=np.int64, count=len(video_ids)
+            )
             return torch.from_numpy(rows)
         except KeyError:
             pass
         if register:
             self._register([v for v in dict.fromkeys(video_ids) if v not in index])
             return self._rows(video_ids, register=False)
-        rows = np.fromiter((index.get(v, -1) for v in video_ids), dtype=np.int64, count=len(video_ids))
+        rows = np.fromiter(
+            (index.get(v, -1) for v in video_ids), dtype=np.int64, count=len(video_ids)
+        )
         return torch.from_numpy(rows)
 
     def _register(self, new_ids: list[str]) -> None:
@@ -108,7 +115,9 @@ class VideoCatalogue(HyperState):
         self.video_ids.extend(new_ids)
         cfg = self.config
         mean, scale = self._video_prior()
-        jitter = np.stack([video_jitter(v, cfg.dim, 0.1 * cfg.prior_scale, cfg.biases) for v in new_ids])
+        jitter = np.stack(
+            [video_jitter(v, cfg.dim, 0.1 * cfg.prior_scale, cfg.biases) for v in new_ids]
+        )
         rows = slice(first, first + len(new_ids))
         self._v_mean[rows] = mean + torch.from_numpy(jitter.reshape(len(new_ids), cfg.dim))
         self._v_cov[rows] = torch.diag(scale.pow(2))
@@ -121,8 +130,10 @@ class VideoCatalogue(HyperState):
         self._v_prec, self._v_shift = double(self._v_prec), double(self._v_shift)
         self._w_prec, self._w_shift = double(self._w_prec), double(self._w_shift)
         self._v_time, self._v_mean, self._v_cov = (
-            double(self._v_time), double(self._v_mean), double(self._v_cov),
-        )  # fmt: skip
+            double(self._v_time),
+            double(self._v_mean),
+            double(self._v_cov),
+        )
 
     def _video_moments(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior of videos by row; row -1 (unknown) gets the video prior."""
@@ -170,10 +181,19 @@ class VideoCatalogue(HyperState):
         remap = np.full(n, -1, dtype=np.int64)
         remap[keep] = np.arange(len(keep))
         idx = torch.from_numpy(keep)
+
         # Every per-video table, the replay window's share (_w_prec/_w_shift)
         # included: a sweep subtracts it from _v_prec/_v_shift row by row.
         def tables() -> tuple[torch.Tensor, ...]:
-            return (self._v_prec, self._v_shift, self._w_prec, self._w_shift, self._v_time, self._v_mean, self._v_cov)
+            return (
+                self._v_prec,
+                self._v_shift,
+                self._w_prec,
+                self._w_shift,
+                self._v_time,
+                self._v_mean,
+                self._v_cov,
+            )
 
         old = tables()
         ids = [self.video_ids[k] for k in keep.tolist()]

@@ -51,11 +51,11 @@ event's video gets its pair's term added at once.
 Serving. q(a_i) and q(q_j) are Gaussian, so s_ij has mean E[y_i].m_j and
 variance tr(S_j E[y y^T]) + m_j^T S_y m_j: exactly the minutes model's
 predictive with biases, b0 = 0 and a user "bias" fixed at 0. That is how
-:mod:`streamer.lookup_math` serves it (one more packed matrix pass), and why a
+:mod:`streamer.reader.lookup_math` serves it (one more packed matrix pass), and why a
 user's choice posterior is stored padded to K+1 dims, [a_i, 0].
 The served user vector adds a session term, E[a_i] + gamma x mean z_k over the
 user's latest L started videos (:meth:`ChoiceModel.served_means`), and P(start)
-is read as exp(lambda (s - max s)) (:func:`streamer.lookup_math.start_probability`).
+is read as exp(lambda (s - max s)) (:func:`streamer.reader.lookup_math.start_probability`).
 
 >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=4))
 >>> st = {}
@@ -75,12 +75,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model.choice_catalogue import retain_videos
 from model.choice_config import ChoiceConfig, ChoiceState
 from model.choice_sweep import sweep_window
 from model.choice_user_step import feature_second_moment, pad_user, session_means, user_step
 from model.online import video_jitter
 
-__all__ = ["ChoiceConfig", "ChoiceModel", "ChoiceState", "feature_second_moment", "pad_user", "user_step"]
+__all__ = [
+    "ChoiceConfig",
+    "ChoiceModel",
+    "ChoiceState",
+    "feature_second_moment",
+    "pad_user",
+    "user_step",
+]
 
 
 class ChoiceModel:
@@ -133,7 +141,8 @@ class ChoiceModel:
             row = len(self.video_ids)
             if row >= self._mean.shape[0]:
                 self._mean, self._cov, self._prec, self._shift = (
-                    np.concatenate([a, np.zeros_like(a)]) for a in (self._mean, self._cov, self._prec, self._shift)
+                    np.concatenate([a, np.zeros_like(a)])
+                    for a in (self._mean, self._cov, self._prec, self._shift)
                 )
             self.video_index[vid] = row
             self.video_ids.append(vid)
@@ -177,8 +186,15 @@ class ChoiceModel:
         rows = np.fromiter((self.video_index[v] for v in recent), dtype=np.int64, count=len(recent))
         ages = np.arange(len(recent) - 1, -1, -1, dtype=np.float64)
         conf = cfg.negative_weight + cfg.positive_weight * cfg.user_forgetting**ages
-        mean, cov = user_step(self._mean[rows], self._cov[rows], conf, self.gram, self.prior_mean,
-                              self.prior_var, cfg.negative_weight)  # fmt: skip
+        mean, cov = user_step(
+            self._mean[rows],
+            self._cov[rows],
+            conf,
+            self.gram,
+            self.prior_mean,
+            self.prior_var,
+            cfg.negative_weight,
+        )
         return pad_user(mean, cov)
 
     def user_posteriors(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +213,9 @@ class ChoiceModel:
             lens[u] = len(recent)
         return self._posteriors_of_rows(np.asarray(rows_l, dtype=np.int64), lens)
 
-    def _posteriors_of_rows(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _posteriors_of_rows(
+        self, rows: np.ndarray, lens: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`user_posteriors` of users given as video rows, each user's
         ``lens[u]`` rows contiguous and oldest first (at most history_size)."""
         cfg = self.config
@@ -235,7 +253,10 @@ class ChoiceModel:
         """The user vectors ``recommend`` serves: :func:`model.choice_user_step.session_means`
         against the current videos (the learner fits the videos to the posteriors alone)."""
         cfg = self.config
-        rows = [[self.video_index[v] for v in h[-cfg.session_size :] if v in self.video_index] for h in histories]
+        rows = [
+            [self.video_index[v] for v in h[-cfg.session_size :] if v in self.video_index]
+            for h in histories
+        ]
         return session_means(self._mean[:, : cfg.n_factors], rows, means, cfg.session_weight)
 
     def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -287,9 +308,13 @@ class ChoiceModel:
         self.version += 1
 
     def global_batch(
-        self, users: Sequence[str], videos: Sequence[str], pairs: Sequence[tuple[int, int]],
-        means: np.ndarray, covs: np.ndarray,
-    ) -> None:  # fmt: skip
+        self,
+        users: Sequence[str],
+        videos: Sequence[str],
+        pairs: Sequence[tuple[int, int]],
+        means: np.ndarray,
+        covs: np.ndarray,
+    ) -> None:
         """The learner's step for one minibatch (the service's path): ``pairs``
         are (user index, video index) of the batch's distinct (user, video)
         events in stream order, ``means``/``covs`` the users' new padded
@@ -300,12 +325,18 @@ class ChoiceModel:
         if not pairs:
             return
         self.register(videos)
-        vrows = np.fromiter((self.video_index[v] for v in videos), dtype=np.int64, count=len(videos))
+        vrows = np.fromiter(
+            (self.video_index[v] for v in videos), dtype=np.int64, count=len(videos)
+        )
         ey, eyy = feature_second_moment(means, covs)
         # G_u: each user's new E[yy^T] replaces the one it had in it.
-        olds = [(self._users[uid], self._gu_weight.get(uid, 1.0)) for uid in users if uid in self._users]
+        olds = [
+            (self._users[uid], self._gu_weight.get(uid, 1.0)) for uid in users if uid in self._users
+        ]
         if olds:
-            o_eyy = feature_second_moment(np.stack([o[0][0] for o in olds]), np.stack([o[0][1] for o in olds]))[1]
+            o_eyy = feature_second_moment(
+                np.stack([o[0][0] for o in olds]), np.stack([o[0][1] for o in olds])
+            )[1]
             self._gu -= np.einsum("u,uab->ab", np.array([o[1] for o in olds]), o_eyy)
         self._gu += eyy.sum(0)
         w0, a = cfg.negative_weight, cfg.positive_weight
@@ -349,11 +380,8 @@ class ChoiceModel:
             sweep_window(self)
 
     def retain(self, video_ids: Sequence[str]) -> int:
-        """Forget every video not in ``video_ids`` (the minutes model's
-        catalogue after its cap evicted some: the learner keeps the two
-        components' catalogues the same, so memory stays bounded), with their
-        window pairs; the Gram matrix is rebuilt from the rows kept. Returns
-        how many were forgotten. A forgotten video seen again starts at the prior.
+        """Forget every video not in ``video_ids`` (:mod:`model.choice_catalogue`);
+        returns how many. A forgotten video seen again starts at the prior.
 
         >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
         >>> for v in "abc":
@@ -361,29 +389,11 @@ class ChoiceModel:
         >>> m.retain(["a", "c", "zzz"]), m.video_ids, sorted(r for _, r in m._pairs)
         (1, ['a', 'c'], [0, 1])
         """
-        wanted = set(video_ids)
-        keep = np.array([r for r, v in enumerate(self.video_ids) if v in wanted], dtype=np.int64)
-        n = self.n_videos
-        if keep.shape[0] == n:
-            return 0
-        remap = np.full(n, -1, dtype=np.int64)
-        remap[keep] = np.arange(keep.shape[0])
-        cap = max(64, keep.shape[0])
-        for name in ("_mean", "_cov", "_prec", "_shift"):
-            old = getattr(self, name)
-            new = np.zeros((cap, *old.shape[1:]))
-            new[: keep.shape[0]] = old[keep]
-            setattr(self, name, new)
-        self.video_ids = [self.video_ids[r] for r in keep.tolist()]
-        self.video_index = {v: k for k, v in enumerate(self.video_ids)}
-        m, c = self._mean[: keep.shape[0]], self._cov[: keep.shape[0]]
-        self.gram = (c + m[:, :, None] * m[:, None, :]).sum(0)
-        self._pairs = OrderedDict(((u, int(remap[r])), t) for (u, r), t in self._pairs.items() if remap[r] >= 0)
-        return n - keep.shape[0]
+        return retain_videos(self, video_ids)
 
     # ------------------------------------------------------------ scoring (tests, docs)
     def score_all(self, state: ChoiceState | None) -> np.ndarray:
-        """E[s_ij] for every video (the mean score; serving is in streamer.lookup_math)."""
+        """E[s_ij] for every video (the mean score; serving is in streamer.reader.lookup_math)."""
         mean = self.prior_state()[0] if state is None or state.mean is None else state.mean
         ey = mean.copy()
         ey[-1] = 1.0

@@ -69,7 +69,7 @@ class ChoiceState:
     """One user's choice posterior and the started videos it came from.
 
     ``mean``/``cov`` are padded to K+1 dims ([a_i, 0], zero variance in the
-    last): the layout :mod:`streamer.lookup_math` serves. ``history``: the
+    last): the layout :mod:`streamer.reader.lookup_math` serves. ``history``: the
     started videos, oldest first, each once.
     """
 

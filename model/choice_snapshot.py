@@ -60,18 +60,25 @@ def export_snapshot(model: ChoiceModel, dtype: type = np.float32) -> ChoiceSnaps
     """
     n = model.n_videos
     return ChoiceSnapshot(
-        version=int(model.version), n_factors=int(model.config.n_factors), video_ids=list(model.video_ids),
-        video_mean=model._mean[:n].astype(dtype), video_cov=model._cov[:n].astype(dtype),
-        prior_mean=model.prior_mean.copy(), prior_var=model.prior_var.copy(),
-        video_prior_mean=model.video_prior_mean.copy(), video_prior_var=model.video_prior_var.copy(),
-    )  # fmt: skip
+        version=int(model.version),
+        n_factors=int(model.config.n_factors),
+        video_ids=list(model.video_ids),
+        video_mean=model._mean[:n].astype(dtype),
+        video_cov=model._cov[:n].astype(dtype),
+        prior_mean=model.prior_mean.copy(),
+        prior_var=model.prior_var.copy(),
+        video_prior_mean=model.video_prior_mean.copy(),
+        video_prior_var=model.video_prior_var.copy(),
+    )
 
 
 def import_snapshot(snap: ChoiceSnapshot, config: ChoiceConfig) -> ChoiceModel:
     """A model that computes local steps against ``snap`` (a worker's; it
     learns no globals). ``config``'s factor count must match the snapshot's."""
     if int(snap.n_factors) != config.n_factors:
-        raise ValueError(f"choice snapshot has {snap.n_factors} factors, this model {config.n_factors}")
+        raise ValueError(
+            f"choice snapshot has {snap.n_factors} factors, this model {config.n_factors}"
+        )
     m = ChoiceModel(config)
     _load_videos(m, snap)
     m.version = int(snap.version)
@@ -98,12 +105,16 @@ def export_checkpoint(model: ChoiceModel) -> ChoiceCheckpoint:
     n = model.n_videos
     pairs = list(model._pairs.items())
     return ChoiceCheckpoint(
-        snapshot=export_snapshot(model, np.float64), prec=model._prec[:n].copy(), shift=model._shift[:n].copy(),
-        gu=model._gu.copy(), clock=int(model.clock), since_sweep=int(model._since_sweep),
+        snapshot=export_snapshot(model, np.float64),
+        prec=model._prec[:n].copy(),
+        shift=model._shift[:n].copy(),
+        gu=model._gu.copy(),
+        clock=int(model.clock),
+        since_sweep=int(model._since_sweep),
         pair_users=[u for (u, _), _ in pairs],
         pair_rows=np.fromiter((r for (_, r), _ in pairs), dtype=np.int64, count=len(pairs)),
         pair_clock=np.fromiter((t for _, t in pairs), dtype=np.int64, count=len(pairs)),
-    )  # fmt: skip
+    )
 
 
 def import_checkpoint(ck: ChoiceCheckpoint, config: ChoiceConfig) -> ChoiceModel:
@@ -123,7 +134,10 @@ def import_checkpoint(ck: ChoiceCheckpoint, config: ChoiceConfig) -> ChoiceModel
     m._gu = np.asarray(ck.gu, dtype=np.float64).copy()
     m.clock, m._since_sweep = int(ck.clock), int(ck.since_sweep)
     m._pairs = OrderedDict(
-        ((str(u), int(r)), int(t)) for u, r, t in zip(ck.pair_users, ck.pair_rows.tolist(), ck.pair_clock.tolist(), strict=True)
+        ((str(u), int(r)), int(t))
+        for u, r, t in zip(
+            ck.pair_users, ck.pair_rows.tolist(), ck.pair_clock.tolist(), strict=True
+        )
     )
     hist: dict[str, list[str]] = {}
     last: dict[str, int] = {}

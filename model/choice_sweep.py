@@ -66,7 +66,9 @@ def sweep_window(model: ChoiceModel) -> None:
         starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
         ub = pu_s[lo : lo + 8192]
         rows_u = rows_b[starts]  # distinct within the block: += is exact
-        prec[rows_u] += np.add.reduceat(extra_s[lo : lo + 8192, None] * eyy_flat[ub], starts, axis=0)
+        prec[rows_u] += np.add.reduceat(
+            extra_s[lo : lo + 8192, None] * eyy_flat[ub], starts, axis=0
+        )
         shift[rows_u] += np.add.reduceat(c_s[lo : lo + 8192, None] * ey[ub], starts, axis=0)
     model._prec[:n] = prec.reshape(n, d, d)
     model._shift[:n] = shift

@@ -3,7 +3,7 @@ the video step share (:mod:`model.choice` has the derivation).
 
 q(a_i) = N(Lambda_i^-1 h_i, Lambda_i^-1) from the user's started videos and the
 catalogue's Gram matrix; users are stored padded to [a_i, 0], the layout
-:mod:`streamer.lookup_math` serves.
+:mod:`streamer.reader.lookup_math` serves.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def user_step(
     k = gram.shape[0] - 1
     eqq = q_cov + q_mean[:, :, None] * q_mean[:, None, :]
     extra = confidence - w0
-    prec = np.diag(1.0 / prior_var) + w0 * gram[:k, :k] + np.einsum("n,nab->ab", extra, eqq[:, :k, :k])
+    prec = (
+        np.diag(1.0 / prior_var) + w0 * gram[:k, :k] + np.einsum("n,nab->ab", extra, eqq[:, :k, :k])
+    )
     shift = (
         prior_mean / prior_var
         - w0 * gram[k, :k]

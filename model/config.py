@@ -146,8 +146,14 @@ class HPMFConfig:
             raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
         if not math.isfinite(self.global_mean_prior):
             raise ValueError(f"global_mean_prior must be finite, got {self.global_mean_prior}")
-        if self.replay_window_events < 0 or self.replay_iterations < 1 or self.replay_interval_min < 1:
-            raise ValueError("replay_window_events >= 0, replay_iterations >= 1 and replay_interval_min >= 1 are required")
+        if (
+            self.replay_window_events < 0
+            or self.replay_iterations < 1
+            or self.replay_interval_min < 1
+        ):
+            raise ValueError(
+                "replay_window_events >= 0, replay_iterations >= 1 and replay_interval_min >= 1 are required"
+            )
         if self.max_videos < 0:
             raise ValueError(f"max_videos must be >= 0 (0: no cap), got {self.max_videos}")
         if self.svi_interval_growth < 0 or self.svi_interval_max < 1:

@@ -65,11 +65,21 @@ METRICS = ("rmse", "mae", "nll", "coverage90", "rmse_new", "rmse_lt5", "rmse_lt2
 
 Z90 = 1.6449  # the 95% quantile of N(0, 1): mean +- Z90 * std is a central 90% interval
 
-HISTORY_BINS: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 5), (5, 10), (10, 20), (20, 50), (50, 10**12))
+HISTORY_BINS: tuple[tuple[int, int], ...] = (
+    (0, 1),
+    (1, 2),
+    (2, 5),
+    (5, 10),
+    (10, 20),
+    (20, 50),
+    (50, 10**12),
+)
 """Bins [lo, hi) of a user's earlier events, for :func:`by_history`."""
 
 
-def ladder_config(name: str, transform: str = "identity", seed: int = 0, **overrides: Any) -> HPMFConfig:
+def ladder_config(
+    name: str, transform: str = "identity", seed: int = 0, **overrides: Any
+) -> HPMFConfig:
     """The HPMFConfig of ladder rung ``name``.
 
     >>> ladder_config("pmf").user_pooling, ladder_config("hpmf") == HPMFConfig()
@@ -236,11 +246,17 @@ def by_history(
     for lo, hi in bins:
         sel = (res.n_prior >= lo) & (res.n_prior < hi)
         err = (res.target - res.mean)[sel]
-        out.append({
-            "lo": float(lo), "hi": float(hi), "n": float(sel.sum()),
-            "rmse": _rmse(err),
-            "spread": float(np.sqrt(np.mean(np.square(res.std[sel])))) if sel.any() else math.nan,
-        })  # fmt: skip
+        out.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": float(sel.sum()),
+                "rmse": _rmse(err),
+                "spread": float(np.sqrt(np.mean(np.square(res.std[sel]))))
+                if sel.any()
+                else math.nan,
+            }
+        )
     return out
 
 
@@ -289,7 +305,13 @@ def evaluate(
         model = OnlineHPMF(ladder_config(name, transform=transform, seed=seed, **overrides))
         cb = None if progress is None else (lambda k, _n=name: progress(_n, k))
         out[name] = run_stream(
-            model, user_ids, video_ids, values, batch_size=batch_size, protocol=protocol, progress=cb
+            model,
+            user_ids,
+            video_ids,
+            values,
+            batch_size=batch_size,
+            protocol=protocol,
+            progress=cb,
         )
     return out
 

@@ -55,4 +55,3 @@ class GlobalStats:
 class LocalUpdate:
     states: dict[str, UserState]
     stats: GlobalStats
-

@@ -46,4 +46,6 @@ class GlobalsSnapshot:
         }
         for name, (got, want) in checks.items():
             if tuple(got) != want:
-                raise ValueError(f"globals snapshot field {name} has shape {tuple(got)}, expected {want}")
+                raise ValueError(
+                    f"globals snapshot field {name} has shape {tuple(got)}, expected {want}"
+                )

@@ -106,9 +106,14 @@ class Hypers:
 
     def leaves(self) -> list[torch.Tensor]:
         return [
-            self.b0, self.log_sigma, self.mu_u_loc, self.mu_u_log_scale,
-            self.log_s_u, self.mu_v, self.log_s_v,
-        ]  # fmt: skip
+            self.b0,
+            self.log_sigma,
+            self.mu_u_loc,
+            self.mu_u_log_scale,
+            self.log_s_u,
+            self.mu_v,
+            self.log_s_v,
+        ]
 
 
 def mean_mask(cfg: HPMFConfig) -> torch.Tensor:
@@ -128,7 +133,9 @@ def _mean_mask(dim: int, biases: bool) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _initial_scales(dim: int, biases: bool, prior_scale: float, bias_prior_scale: float) -> torch.Tensor:
+def _initial_scales(
+    dim: int, biases: bool, prior_scale: float, bias_prior_scale: float
+) -> torch.Tensor:
     s = torch.full((dim,), prior_scale, dtype=torch.float64)
     if biases:
         s[-1] = bias_prior_scale
@@ -147,16 +154,22 @@ def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     fixed_scale = Hypers.initial_scales(cfg)
     zeros = torch.zeros(d, dtype=torch.float64)
     # Globals
-    b0 = pyro.sample("b0", dist.Normal(torch.tensor(cfg.global_mean_prior, dtype=torch.float64), 10.0))
+    b0 = pyro.sample(
+        "b0", dist.Normal(torch.tensor(cfg.global_mean_prior, dtype=torch.float64), 10.0)
+    )
     sigma = pyro.sample("sigma", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.5))
     if cfg.user_pooling:
         mu_u = pyro.sample("mu_u", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
-        s_u = pyro.sample("s_u", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1))
+        s_u = pyro.sample(
+            "s_u", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1)
+        )
     else:
         mu_u, s_u = zeros, fixed_scale
     if cfg.video_pooling:
         mu_v = pyro.sample("mu_v", dist.Normal(zeros, 1.0).to_event(1)) * mean_mask(cfg)
-        s_v = pyro.sample("s_v", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1))
+        s_v = pyro.sample(
+            "s_v", dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1)
+        )
     else:
         mu_v, s_v = zeros, fixed_scale
     n_users, n_events = data.user_mean.shape[0], data.target.shape[0]

@@ -49,7 +49,12 @@ def feature_moments(
     if not biases:
         eyy = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
         zeros = torch.zeros_like(mean)
-        return mean, eyy, zeros, zeros[..., 0] if mean.shape[-1] else mean.new_zeros(mean.shape[:-1])
+        return (
+            mean,
+            eyy,
+            zeros,
+            zeros[..., 0] if mean.shape[-1] else mean.new_zeros(mean.shape[:-1]),
+        )
     k = mean.shape[-1] - 1
     # y = [u, 1]: its covariance is cov with the bias row and column zeroed
     # (a mask, not clone-and-assign: this runs on every batch's posteriors).

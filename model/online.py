@@ -56,7 +56,14 @@ from model.replay_job import SweepJob, SweepThread
 from model.replay_window import ReplayWindow
 from model.snapshots import export_globals, import_globals
 
-__all__ = ["GlobalStats", "LocalUpdate", "OnlineHPMF", "export_globals", "import_globals", "video_jitter"]
+__all__ = [
+    "GlobalStats",
+    "LocalUpdate",
+    "OnlineHPMF",
+    "export_globals",
+    "import_globals",
+    "video_jitter",
+]
 
 DTYPE = torch.float64
 
@@ -81,7 +88,9 @@ class OnlineHPMF(LocalStep, GlobalStep):
         self._reset_videos(64)
         # Buffered batch statistics with their videos' rows (mapped once, here).
         self._svi_buffer: list[tuple[GlobalStats, np.ndarray]] = []
-        self._svi_buffered = 0  # events in _svi_buffer (a running count: summing it per batch was quadratic)
+        self._svi_buffered = (
+            0  # events in _svi_buffer (a running count: summing it per batch was quadratic)
+        )
         self.learner = True  # False once globals were imported from a snapshot
         # The learner's window of recent events, revisited by replay sweeps.
         self.replay = ReplayWindow(self.config.replay_window_events)
@@ -132,7 +141,9 @@ class OnlineHPMF(LocalStep, GlobalStep):
         ``noise_calibration`` may be absent (states saved before it existed):
         it then starts afresh."""
         if self.video_ids or self.hp is not None:
-            raise RuntimeError("load_state_dict needs a fresh model (nothing learned or registered)")
+            raise RuntimeError(
+                "load_state_dict needs a fresh model (nothing learned or registered)"
+            )
         self.version = int(d["version"])
         self.n_seen = int(d["n_seen"])
         self._register([str(v) for v in d["video_ids"]])
@@ -162,9 +173,11 @@ class OnlineHPMF(LocalStep, GlobalStep):
         import_globals(self, snap)
 
     def learn(
-        self, batch: Batch, states: Mapping[str, UserState | None],
+        self,
+        batch: Batch,
+        states: Mapping[str, UserState | None],
         served: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> dict[str, UserState]:  # fmt: skip
+    ) -> dict[str, UserState]:
         """Learn one minibatch: local step, then global step. Returns the new
         state of every user in the batch; ``states`` may lack new users.
         ``served``: see :meth:`local_update`."""

@@ -51,18 +51,27 @@ class GlobalStep(ReplaySchedule):
             self.hp.b0.fill_(self._r_sum / self._r_weight)
         # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
-        batch_prec, batch_shift = torch.from_numpy(stats.video_prec), torch.from_numpy(stats.video_shift)
+        batch_prec, batch_shift = (
+            torch.from_numpy(stats.video_prec),
+            torch.from_numpy(stats.video_shift),
+        )
         self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + batch_prec
         self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + batch_shift
         replayed = bool(stats.user_ids) and self.replay.capacity > 0
-        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] + (batch_prec if replayed else 0.0)
-        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] + (batch_shift if replayed else 0.0)
+        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] + (
+            batch_prec if replayed else 0.0
+        )
+        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] + (
+            batch_shift if replayed else 0.0
+        )
         self._v_time[rows] = float(self.n_seen)
         self._refresh_videos(rows)
         # 2. The replay window: revisit recent events so the videos learn taste.
         if replayed:
             users = [stats.user_ids[k] for k in stats.event_user.tolist()]
-            self.replay.add(users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen))
+            self.replay.add(
+                users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen)
+            )
             self._replay_step()
         # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
         self._svi_buffer.append((stats, rows.numpy()))
@@ -133,12 +142,16 @@ class GlobalStep(ReplaySchedule):
         data = SVIData(
             user_mean=user_mean,
             user_tril=torch.linalg.cholesky(user_cov + jitter),
-            video_rows=vrows, video_mean=vm, video_tril=torch.linalg.cholesky(vc + jitter),
-            event_user=event_user, event_video=ev_video,
-            target=target, n_videos=max(self.n_videos, 1),
+            video_rows=vrows,
+            video_mean=vm,
+            video_tril=torch.linalg.cholesky(vc + jitter),
+            event_user=event_user,
+            event_video=ev_video,
+            target=target,
+            n_videos=max(self.n_videos, 1),
             users_size=cfg.effective_data_size * n_users / n_events,
             events_size=cfg.effective_data_size,
-        )  # fmt: skip
+        )
         elbo = pyro.infer.Trace_ELBO()
         # fork_rng(devices=[]): only the CPU generator (asking for CUDA devices
         # loads the driver library on every call); argument validation off:
@@ -146,7 +159,9 @@ class GlobalStep(ReplaySchedule):
         with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             # The CPU generator only: torch.manual_seed also seeds every
             # accelerator backend, a cost paid on every step.
-            torch.default_generator.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
+            torch.default_generator.manual_seed(
+                int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng))
+            )
             for _ in range(cfg.svi_steps):
                 self._opt.zero_grad()
                 # Scale the loss per event so Adam's step size does not depend on N_eff.

@@ -79,9 +79,11 @@ class LocalStep(VideoCatalogue):
         return mean.numpy(), var.sqrt().numpy()
 
     def local_update(
-        self, batch: Batch, states: Mapping[str, UserState | None],
+        self,
+        batch: Batch,
+        states: Mapping[str, UserState | None],
         served: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> LocalUpdate:  # fmt: skip
+    ) -> LocalUpdate:
         """Fold the batch into the users' histories and recompute their
         posteriors exactly (the local step). Globals are not changed, except
         that new videos are registered at their prior.
@@ -109,14 +111,22 @@ class LocalStep(VideoCatalogue):
         served_err = None
         if batch_sums is not None:
             if served is not None and len(served[0]) != len(batch):
-                raise ValueError(f"served has {len(served[0])} predictions for a batch of {len(batch)}")
-            at = np.fromiter(first.values(), dtype=np.int64, count=len(first)) if served is not None else None
+                raise ValueError(
+                    f"served has {len(served[0])} predictions for a batch of {len(batch)}"
+                )
+            at = (
+                np.fromiter(first.values(), dtype=np.int64, count=len(first))
+                if served is not None
+                else None
+            )
             served_err = self._served_errors(pairs, states, batch_sums, served, at)
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)
             new_states[uid] = old.copy() if old is not None else UserState()
-        for uid, vid, val in zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True):
+        for uid, vid, val in zip(
+            batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True
+        ):
             new_states[uid].fold(vid, val)
         for st in new_states.values():
             st.trim(cfg.history_size)  # bounded to H videos at every minibatch's end
@@ -135,10 +145,14 @@ class LocalStep(VideoCatalogue):
             e_vs.extend(h.values())
             e_len.append(len(h))
             e_nev.append(st.n_events)
-        e_all = np.fromiter(chain.from_iterable(e_vs), dtype=np.float64, count=2 * len(e_vs)).reshape(-1, 2)
+        e_all = np.fromiter(
+            chain.from_iterable(e_vs), dtype=np.float64, count=2 * len(e_vs)
+        ).reshape(-1, 2)
         e_user = np.repeat(np.arange(len(users), dtype=np.int64), e_len)
         e_val = e_all[:, 0]
-        e_age = np.array(e_nev, dtype=np.float64)[e_user] - e_all[:, 1]  # seq -> age in the user's events
+        e_age = (
+            np.array(e_nev, dtype=np.float64)[e_user] - e_all[:, 1]
+        )  # seq -> age in the user's events
         rows = self._rows(e_vid, register=True)
         targets = forward(cfg.transform, np.asarray(e_val))
         self._ensure_hypers(forward(cfg.transform, batch.values))
@@ -148,7 +162,16 @@ class LocalStep(VideoCatalogue):
         b0, noise_var = self._b0(), self._noise_var()
         vm, vc = self._v_mean[: self.n_videos], self._v_cov[: self.n_videos]
         u_mean, u_cov, _ = user_local_step(
-            entries, len(users), vm, vc, b0, noise_var, prior_mean, prior_scale, cfg.biases, tril=False
+            entries,
+            len(users),
+            vm,
+            vc,
+            b0,
+            noise_var,
+            prior_mean,
+            prior_scale,
+            cfg.biases,
+            tril=False,
         )
         u_mean_np, u_cov_np = u_mean.numpy(), u_cov.numpy()
         for k, uid in enumerate(users):
@@ -182,16 +205,21 @@ class LocalStep(VideoCatalogue):
             # A user whose earlier contribution is unknown (a state saved
             # without its posterior or clock) gives evidence on this batch's
             # videos only, so nothing is ever counted twice.
-            known = torch.tensor([
-                (o := states.get(u)) is None
-                or (o.mean is not None and o.cov is not None and o.seen_at is not None)
-                for u in users
-            ])  # fmt: skip
+            known = torch.tensor(
+                [
+                    (o := states.get(u)) is None
+                    or (o.mean is not None and o.cov is not None and o.seen_at is not None)
+                    for u in users
+                ]
+            )
             batch_pairs = set(pairs)
             keep = known[entries.user]
             if not bool(keep.all()):
                 keep = keep | torch.tensor(
-                    [(users[k], v) in batch_pairs for k, v in zip(e_user.tolist(), e_vid, strict=True)],
+                    [
+                        (users[k], v) in batch_pairs
+                        for k, v in zip(e_user.tolist(), e_vid, strict=True)
+                    ],
                     dtype=torch.bool,
                 )
             # Each term uses one of: a new posterior (rows 0..U-1), a user's old
@@ -218,7 +246,9 @@ class LocalStep(VideoCatalogue):
                 vids_u = [v for v in oh if v in kept]
                 if not vids_u:
                     continue
-                decay = float(np.exp(-max(self.n_seen - old.seen_at, 0.0) / cfg.effective_data_size))
+                decay = float(
+                    np.exp(-max(self.n_seen - old.seen_at, 0.0) / cfg.effective_data_size)
+                )
                 src = n_u + len(o_means)
                 o_means.append(np.asarray(old.mean, dtype=np.float64))
                 o_covs.append(np.asarray(old.cov, dtype=np.float64))
@@ -231,7 +261,9 @@ class LocalStep(VideoCatalogue):
             if o_vid:
                 c_rows.append(self._rows(o_vid, register=True))
                 c_src.append(torch.tensor(o_src, dtype=torch.long))
-                c_tgt.append(torch.from_numpy(forward(cfg.transform, np.array(o_val, dtype=np.float64))))
+                c_tgt.append(
+                    torch.from_numpy(forward(cfg.transform, np.array(o_val, dtype=np.float64)))
+                )
                 c_w.append(torch.tensor(o_w, dtype=DTYPE))
                 src_mean.append(torch.from_numpy(np.stack(o_means)))
                 src_cov.append(torch.from_numpy(np.stack(o_covs)))
@@ -249,9 +281,17 @@ class LocalStep(VideoCatalogue):
             uniq, inv = torch.unique(all_rows, return_inverse=True)
             vids = [self.video_ids[r] for r in uniq.tolist()]
             prec, shift = video_batch_statistics(
-                inv, len(vids), torch.cat(src_mean), torch.cat(src_cov), torch.cat(c_tgt),
-                b0, noise_var, cfg.biases, weight=torch.cat(c_w), event_source=torch.cat(c_src),
-            )  # fmt: skip
+                inv,
+                len(vids),
+                torch.cat(src_mean),
+                torch.cat(src_cov),
+                torch.cat(c_tgt),
+                b0,
+                noise_var,
+                cfg.biases,
+                weight=torch.cat(c_w),
+                event_source=torch.cat(c_src),
+            )
             vindex = {v: k for k, v in enumerate(vids)}
             ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
         else:
@@ -260,24 +300,40 @@ class LocalStep(VideoCatalogue):
             vindex = {v: k for k, v in enumerate(vids)}
             ev_video = np.array([vindex[v] for _, v in pairs], dtype=np.int64)
             prec, shift = video_batch_statistics(
-                torch.from_numpy(ev_video), len(vids), u_mean, u_cov,
-                torch.from_numpy(ev_target), b0, noise_var, cfg.biases, event_source=torch.from_numpy(ev_user),
-            )  # fmt: skip
+                torch.from_numpy(ev_video),
+                len(vids),
+                u_mean,
+                u_cov,
+                torch.from_numpy(ev_target),
+                b0,
+                noise_var,
+                cfg.biases,
+                event_source=torch.from_numpy(ev_user),
+            )
         stats = GlobalStats(
-            video_ids=vids, video_prec=prec.numpy(), video_shift=shift.numpy(),
-            user_mean=u_mean.numpy(), user_cov=u_cov.numpy(),
-            event_user=ev_user, event_video=ev_video, target=ev_target, n_events=len(batch),
+            video_ids=vids,
+            video_prec=prec.numpy(),
+            video_shift=shift.numpy(),
+            user_mean=u_mean.numpy(),
+            user_cov=u_cov.numpy(),
+            event_user=ev_user,
+            event_video=ev_video,
+            target=ev_target,
+            n_events=len(batch),
             user_ids=list(users),
-        )  # fmt: skip
+        )
         if served_err is not None:
             stats.served_sq_err, stats.served_model_var = served_err
         return LocalUpdate(new_states, stats)
 
     def _served_errors(
-        self, pairs: list[tuple[str, str]], states: Mapping[str, UserState | None],
-        sums: dict[tuple[str, str], float], served: tuple[np.ndarray, np.ndarray] | None = None,
+        self,
+        pairs: list[tuple[str, str]],
+        states: Mapping[str, UserState | None],
+        sums: dict[tuple[str, str], float],
+        served: tuple[np.ndarray, np.ndarray] | None = None,
         at: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Each pair's squared error against the mean served from its user's
         state before this batch, and that prediction's variance less the noise.
         The target is the pair's value in this batch (the first time the pair
@@ -285,10 +341,15 @@ class LocalStep(VideoCatalogue):
         (per event) with ``at`` (each pair's first event): the caller's
         predictions, made from the same states; otherwise predicted here."""
         if served is not None and at is not None:
-            mean, std = np.asarray(served[0], dtype=np.float64)[at], np.asarray(served[1], dtype=np.float64)[at]
+            mean, std = (
+                np.asarray(served[0], dtype=np.float64)[at],
+                np.asarray(served[1], dtype=np.float64)[at],
+            )
         else:
             mean, std = self.predict([states.get(u) for u, _ in pairs], [v for _, v in pairs])
-        target = forward(self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64))
+        target = forward(
+            self.config.transform, np.array([sums[p] for p in pairs], dtype=np.float64)
+        )
         model_var = np.maximum(std**2 - float(self._noise_var()), 0.0)
         return (target - mean) ** 2, model_var
 

@@ -98,6 +98,11 @@ def oracle_stream(
             post[u] = (cov @ shift[u], cov)
     seconds = time.perf_counter() - t0
     return StreamResult(
-        index=np.arange(n), target=targets, mean=mean, std=std,
-        n_prior=earlier_events(list(user_ids)), n_events=n, seconds=seconds,
-    )  # fmt: skip
+        index=np.arange(n),
+        target=targets,
+        mean=mean,
+        std=std,
+        n_prior=earlier_events(list(user_ids)),
+        n_events=n,
+        seconds=seconds,
+    )

@@ -2,7 +2,7 @@
 
 The question a ranking asks is not "how long will this user watch video j?"
 but "which video will they start next?". The prequential ranking protocol
-(:mod:`streamer.ranking_eval` drives it) replays a stream in time order and, at
+(:mod:`streamer.evaluation.ranking_eval` drives it) replays a stream in time order and, at
 a scored event (user i watched video t), ranks every video seen so far that i
 has not watched yet, with the states from before that event, and records the
 *rank* of t. From the ranks r_1..r_N of N scored events:
@@ -12,7 +12,7 @@ has not watched yet, with the states from before that event, and records the
     MRR       = (1/N) sum_n 1 / r_n
     catalogue_share = |union of the top-10 lists shown| / |videos in the catalogue|
 
-Ties are broken the way :func:`streamer.lookup_math.top_k` breaks them
+Ties are broken the way :func:`streamer.reader.lookup_math.top_k` breaks them
 (stable: the lower catalogue row first), so a rank here is the position the
 video would have in the list ``recommend`` serves.
 
@@ -45,7 +45,7 @@ K = 10
 
 def rank_of(scores: np.ndarray, target: int) -> int:
     """1-based position of ``target`` when ``scores`` are sorted descending, ties
-    broken by the lower index first (as :func:`streamer.lookup_math.top_k`).
+    broken by the lower index first (as :func:`streamer.reader.lookup_math.top_k`).
     A non-finite target score ranks last (``len(scores)``)."""
     s = scores[target]
     if not np.isfinite(s):

@@ -93,8 +93,12 @@ class SweepThread:
 
     def submit(self, inputs: SweepInputs) -> Future[SweepResult]:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpmf-replay-sweep",
-                                            initializer=_lower_priority, initargs=(self.nice,))  # fmt: skip
+            self._pool = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="hpmf-replay-sweep",
+                initializer=_lower_priority,
+                initargs=(self.nice,),
+            )
         return self._pool.submit(_run, inputs)
 
 
@@ -111,8 +115,14 @@ class SweepJob:
     _result: SweepResult | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, inputs: SweepInputs, window_prec: torch.Tensor, window_shift: torch.Tensor, remaps: int,
-              thread: SweepThread | None) -> SweepJob:  # fmt: skip
+    def start(
+        cls,
+        inputs: SweepInputs,
+        window_prec: torch.Tensor,
+        window_shift: torch.Tensor,
+        remaps: int,
+        thread: SweepThread | None,
+    ) -> SweepJob:
         """Run the sweep now (``thread`` None) or submit it to ``thread``."""
         job = cls(inputs, window_prec, window_shift, remaps)
         if thread is None:
@@ -130,6 +140,3 @@ class SweepJob:
             assert self._future is not None
             self._result = self._future.result()
         return self._result
-
-
-

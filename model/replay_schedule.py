@@ -68,13 +68,25 @@ class ReplaySchedule(VideoCatalogue):
         w_shift = decay[:, None] * self._w_shift[rows]
         n_drop = max(0, len(window[0]) - self.replay.capacity)
         inputs = SweepInputs(
-            window, rows, self._v_mean[rows], self._v_cov[rows],
-            decay[:, None, None] * self._v_prec[rows] - w_prec, decay[:, None] * self._v_shift[rows] - w_shift,
-            self._b0().clone(), self._noise_var().clone(), tuple(t.clone() for t in self._user_prior()),
-            tuple(t.clone() for t in self._video_prior()), cfg.biases, float(self.n_seen),
-            cfg.effective_data_size, cfg.replay_iterations, n_drop,
-        )  # fmt: skip
-        return SweepJob.start(inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None)
+            window,
+            rows,
+            self._v_mean[rows],
+            self._v_cov[rows],
+            decay[:, None, None] * self._v_prec[rows] - w_prec,
+            decay[:, None] * self._v_shift[rows] - w_shift,
+            self._b0().clone(),
+            self._noise_var().clone(),
+            tuple(t.clone() for t in self._user_prior()),
+            tuple(t.clone() for t in self._video_prior()),
+            cfg.biases,
+            float(self.n_seen),
+            cfg.effective_data_size,
+            cfg.replay_iterations,
+            n_drop,
+        )
+        return SweepJob.start(
+            inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None
+        )
 
     def _fold_sweep(self, job: SweepJob) -> None:
         """Swap the window share a sweep replaced for its result.
@@ -94,8 +106,18 @@ class ReplaySchedule(VideoCatalogue):
         kept_prec, kept_shift = since * result.kept_prec, since * result.kept_shift
         out_prec, out_shift = since * job.window_prec, since * job.window_shift
         # Pairs leaving the window hand their last evidence to the kept part.
-        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] - out_prec + kept_prec + since * result.dropped_prec
-        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] - out_shift + kept_shift + since * result.dropped_shift
+        self._v_prec[rows] = (
+            decay[:, None, None] * self._v_prec[rows]
+            - out_prec
+            + kept_prec
+            + since * result.dropped_prec
+        )
+        self._v_shift[rows] = (
+            decay[:, None] * self._v_shift[rows]
+            - out_shift
+            + kept_shift
+            + since * result.dropped_shift
+        )
         self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] - out_prec + kept_prec
         self._w_shift[rows] = decay[:, None] * self._w_shift[rows] - out_shift + kept_shift
         self._v_time[rows] = float(self.n_seen)

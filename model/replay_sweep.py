@@ -114,7 +114,16 @@ def replay_sweep(
         )
         # 2. Every window video's evidence, rebuilt from those users.
         prec, shift = video_batch_statistics(
-            event_video, n_v, um, uc, target, b0, noise_var, biases, weight=weight, event_source=event_user
+            event_video,
+            n_v,
+            um,
+            uc,
+            target,
+            b0,
+            noise_var,
+            biases,
+            weight=weight,
+            event_source=event_user,
         )
         vm, vc, _ = gaussian_posterior(prior_prec, prior_shift, prec, shift, tril=False)
     if n_drop <= 0:
@@ -123,6 +132,15 @@ def replay_sweep(
     old = torch.zeros(len(target), dtype=DTYPE)
     old[:n_drop] = 1.0
     dropped_prec, dropped_shift = video_batch_statistics(
-        event_video, n_v, um, uc, target, b0, noise_var, biases, weight=weight * old, event_source=event_user
+        event_video,
+        n_v,
+        um,
+        uc,
+        target,
+        b0,
+        noise_var,
+        biases,
+        weight=weight * old,
+        event_source=event_user,
     )
     return SweepResult(prec - dropped_prec, shift - dropped_shift, dropped_prec, dropped_shift)

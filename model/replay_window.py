@@ -48,14 +48,18 @@ class ReplayWindow:
     def __len__(self) -> int:
         return self._rows
 
-    def add(self, user_ids: Sequence[str], video_rows: np.ndarray, targets: np.ndarray, clock: float) -> None:
+    def add(
+        self, user_ids: Sequence[str], video_rows: np.ndarray, targets: np.ndarray, clock: float
+    ) -> None:
         """Append one batch's (user, video row, transformed value) triples. The
         window grows until the next replay sweep, which drops what is beyond
         ``capacity`` (:meth:`drop_oldest`)."""
         if self.capacity == 0 or len(user_ids) == 0:
             return
         index = self._user_index
-        users = np.fromiter((index.setdefault(u, len(index)) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        users = np.fromiter(
+            (index.setdefault(u, len(index)) for u in user_ids), dtype=np.int64, count=len(user_ids)
+        )
         self._users.append(users)
         self._videos.append(np.asarray(video_rows, dtype=np.int64))
         self._targets.append(np.asarray(targets, dtype=np.float64))

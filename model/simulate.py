@@ -18,7 +18,7 @@ and the traffic around it:
 * events after the last day are dropped.
 
 With the defaults about 0.4% of the user x video matrix is observed. Pure numpy,
-no I/O: :mod:`streamer.simulate_cli` writes the files.
+no I/O: :mod:`streamer.cli.simulate` writes the files.
 
 >>> sim = simulate(SimConfig(days=1, users_per_day=200, n_videos=50, seed=3))
 >>> sim.truth.user_factors().shape[1] == SimConfig().n_factors + 1
@@ -120,9 +120,10 @@ class Truth:
         """(len(users), J) the true probabilities of the next video each of
         ``users`` (row indices) starts, before excluding what they watched:
         popularity_j x exp(strength x u_i . v_j / affinity_sd), normalised."""
-        logits = np.log(self.popularity)[None, :] + self.choice_strength * (
-            self.U[users] @ self.V.T
-        ) / self.affinity_sd
+        logits = (
+            np.log(self.popularity)[None, :]
+            + self.choice_strength * (self.U[users] @ self.V.T) / self.affinity_sd
+        )
         logits -= logits.max(axis=1, keepdims=True)
         w = np.exp(logits)
         return w / w.sum(axis=1, keepdims=True)
@@ -200,14 +201,27 @@ def _draw_truth(cfg: SimConfig, n_users: int, rng: np.random.Generator) -> Truth
     if cfg.biases:
         s_u[-1], s_v[-1] = cfg.user_bias_scale, cfg.video_bias_scale
     # sd of u.v over all pairs: sum_k E[u_k^2] Var[v_k] with v ~ N(0, video_scale^2)
-    aff_sd = float(np.sqrt(np.sum(np.mean(np.square(U), axis=0)) * cfg.video_scale**2)) if k else 1.0
+    aff_sd = (
+        float(np.sqrt(np.sum(np.mean(np.square(U), axis=0)) * cfg.video_scale**2)) if k else 1.0
+    )
     return Truth(
         user_ids=np.array([f"u{i:07d}" for i in range(n_users)]),
         video_ids=np.array([f"v{j:04d}" for j in range(cfg.n_videos)]),
-        U=U, V=V, user_bias=ub, video_bias=vb, popularity=pop,
-        b0=cfg.b0, sigma=cfg.sigma, mu_u=mu_u, s_u=s_u, mu_v=np.zeros(d), s_v=s_v,
-        biases=cfg.biases, choice_strength=cfg.choice_strength, affinity_sd=max(aff_sd, 1e-12),
-    )  # fmt: skip
+        U=U,
+        V=V,
+        user_bias=ub,
+        video_bias=vb,
+        popularity=pop,
+        b0=cfg.b0,
+        sigma=cfg.sigma,
+        mu_u=mu_u,
+        s_u=s_u,
+        mu_v=np.zeros(d),
+        s_v=s_v,
+        biases=cfg.biases,
+        choice_strength=cfg.choice_strength,
+        affinity_sd=max(aff_sd, 1e-12),
+    )
 
 
 def simulate(cfg: SimConfig | None = None) -> Simulation:

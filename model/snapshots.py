@@ -55,9 +55,13 @@ def import_globals(model: OnlineHPMF, snap: GlobalsSnapshot) -> None:
     hp = Hypers.initial(cfg, b0=snap.b0, sigma=max(snap.sigma, 1e-6))
     with torch.no_grad():
         hp.mu_u_loc.copy_(torch.from_numpy(np.asarray(snap.user_prior_mean, dtype=np.float64)))
-        hp.log_s_u.copy_(torch.from_numpy(np.log(np.asarray(snap.user_prior_scale, dtype=np.float64))))
+        hp.log_s_u.copy_(
+            torch.from_numpy(np.log(np.asarray(snap.user_prior_scale, dtype=np.float64)))
+        )
         hp.mu_v.copy_(torch.from_numpy(np.asarray(snap.video_prior_mean, dtype=np.float64)))
-        hp.log_s_v.copy_(torch.from_numpy(np.log(np.asarray(snap.video_prior_scale, dtype=np.float64))))
+        hp.log_s_v.copy_(
+            torch.from_numpy(np.log(np.asarray(snap.video_prior_scale, dtype=np.float64)))
+        )
         extra = np.diag(snap.user_prior_cov) - np.asarray(snap.user_prior_scale) ** 2
         hp.mu_u_log_scale.copy_(torch.from_numpy(0.5 * np.log(np.maximum(extra, 1e-12))))
     model.hp = hp

@@ -28,7 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def taste_share(video_mean: np.ndarray, user_prior_mean: np.ndarray, user_prior_cov: np.ndarray) -> float:
+def taste_share(
+    video_mean: np.ndarray, user_prior_mean: np.ndarray, user_prior_cov: np.ndarray
+) -> float:
     """Share of the across-video prediction variance that comes from taste
     (see module docstring); factors laid out [taste..., bias]."""
     vm = np.asarray(video_mean, dtype=np.float64)

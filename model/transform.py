@@ -32,7 +32,9 @@ def forward(name: str, values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def to_original_units(name: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_original_units(
+    name: str, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Predictive mean and standard deviation in raw units.
 
     For log1p, y = log1p(x) ~ N(m, s^2) means x + 1 is log-normal, so

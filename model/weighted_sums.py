@@ -37,5 +37,7 @@ def pair_weights(
         flat.index_add_(0, target * n_sources + source, weight)
         return flat.view(n_targets, n_sources)
     indices = torch.stack([target, source])
-    sparse = torch.sparse_coo_tensor(indices, weight, (n_targets, n_sources), check_invariants=False)
+    sparse = torch.sparse_coo_tensor(
+        indices, weight, (n_targets, n_sources), check_invariants=False
+    )
     return sparse.coalesce()

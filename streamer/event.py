@@ -56,10 +56,21 @@ BAD_ID = "bad_id"
 KEY_MISMATCH = "key_mismatch"
 DECODER_ERROR = "decoder_error"
 REASONS = (
-    PAYLOAD_TOO_LARGE, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
-    NOT_FINITE, NEGATIVE_MINUTES, ABSURD_MINUTES, BAD_TIMESTAMP, FUTURE_TIMESTAMP, BAD_ID,
-    KEY_MISMATCH, DECODER_ERROR,
-)  # fmt: skip
+    PAYLOAD_TOO_LARGE,
+    INVALID_UTF8,
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    NOT_FINITE,
+    NEGATIVE_MINUTES,
+    ABSURD_MINUTES,
+    BAD_TIMESTAMP,
+    FUTURE_TIMESTAMP,
+    BAD_ID,
+    KEY_MISMATCH,
+    DECODER_ERROR,
+)
 """``key_mismatch``: the Kafka key is not the ``user_id`` (see :func:`check_key`).
 ``decoder_error``: the decoder itself failed on the record (a bug, never a
 contract rule); the worker dead-letters the record rather than stop on it."""
@@ -157,13 +168,21 @@ def _check_id(name: str, value: str | int, limits: EventLimits) -> str:
         # refused before it is converted (Python refuses str() of an integer
         # over 4,300 digits with a ValueError of its own).
         if value.bit_length() > 4 * limits.max_id_chars:
-            raise InvalidEvent(BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters (an integer of over {limits.max_id_chars} digits)")
+            raise InvalidEvent(
+                BAD_ID,
+                f"{name} must have 1..{limits.max_id_chars} characters (an integer of over {limits.max_id_chars} digits)",
+            )
         value = str(value)
     if not 0 < len(value) <= limits.max_id_chars:
-        raise InvalidEvent(BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters, got {len(value)}")
+        raise InvalidEvent(
+            BAD_ID, f"{name} must have 1..{limits.max_id_chars} characters, got {len(value)}"
+        )
     if not value.isprintable():
         bad = next(c for c in value if not c.isprintable())
-        raise InvalidEvent(BAD_ID, f"{name} holds a non-printable character U+{ord(bad):04X} (control, format or separator)")
+        raise InvalidEvent(
+            BAD_ID,
+            f"{name} holds a non-printable character U+{ord(bad):04X} (control, format or separator)",
+        )
     return value
 
 
@@ -189,7 +208,9 @@ def _as_float(name: str, value: float | int) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise InvalidEvent(NOT_FINITE, f"{name} does not fit a float (an integer of {value.bit_length()} bits)") from None
+        raise InvalidEvent(
+            NOT_FINITE, f"{name} does not fit a float (an integer of {value.bit_length()} bits)"
+        ) from None
 
 
 def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEvent:
@@ -201,7 +222,9 @@ def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEv
     try:
         raw.decode("utf-8")  # its own reason: a producer encoding bug, not a JSON bug
     except UnicodeDecodeError as exc:
-        raise InvalidEvent(INVALID_UTF8, f"payload is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise InvalidEvent(
+            INVALID_UTF8, f"payload is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     try:
         wire = _validate_wire_json(raw)
     except ValidationError as exc:
@@ -215,7 +238,10 @@ def decode_event(raw: bytes | None, limits: EventLimits, now_ms: int) -> WatchEv
         raise InvalidEvent(ABSURD_MINUTES, f"minutes {minutes} > cap {limits.max_minutes}")
     ts_ms = _ts_ms(wire["ts"])
     if ts_ms < limits.min_ts_ms:
-        raise InvalidEvent(BAD_TIMESTAMP, f"ts {_short(ts_ms)} ms is before the plausible window (min_ts_ms {limits.min_ts_ms})")
+        raise InvalidEvent(
+            BAD_TIMESTAMP,
+            f"ts {_short(ts_ms)} ms is before the plausible window (min_ts_ms {limits.min_ts_ms})",
+        )
     if ts_ms > now_ms + limits.max_future_ms:
         raise InvalidEvent(
             FUTURE_TIMESTAMP,
@@ -249,16 +275,28 @@ def check_key(event: WatchEvent, key: bytes | None) -> None:
     streamer.event.InvalidEvent: key_mismatch: record has no key; it must be the user_id 'u1'
     """
     if key is None:
-        raise InvalidEvent(KEY_MISMATCH, f"record has no key; it must be the user_id {event.user_id!r}")
+        raise InvalidEvent(
+            KEY_MISMATCH, f"record has no key; it must be the user_id {event.user_id!r}"
+        )
     if key != event.user_id.encode():
-        raise InvalidEvent(KEY_MISMATCH, f"record key {key[:64]!r} is not the user_id {event.user_id!r}")
+        raise InvalidEvent(
+            KEY_MISMATCH, f"record key {key[:64]!r} is not the user_id {event.user_id!r}"
+        )
 
 
-def encode_event(event_id: str, user_id: str | int, video_id: str | int, minutes: float, ts_ms: int) -> bytes:
+def encode_event(
+    event_id: str, user_id: str | int, video_id: str | int, minutes: float, ts_ms: int
+) -> bytes:
     """The producer side of the contract (used by ``hpmf replay`` and tests)."""
     import json
 
     return json.dumps(
-        {"event_id": event_id, "user_id": user_id, "video_id": video_id, "minutes": minutes, "ts": ts_ms},
+        {
+            "event_id": event_id,
+            "user_id": user_id,
+            "video_id": video_id,
+            "minutes": minutes,
+            "ts": ts_ms,
+        },
         separators=(",", ":"),
     ).encode()

@@ -16,10 +16,17 @@ from typing import Any
 
 import pytest
 
-KAFKA_BOOTSTRAP = os.environ.get("HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-REDIS_URL = os.environ.get("HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
+KAFKA_BOOTSTRAP = os.environ.get(
+    "HPMF_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+)
+REDIS_URL = os.environ.get(
+    "HPMF_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0"
+)
 # One node of the cluster of deploy/local/redis_cluster.sh (the client finds the others).
-REDIS_CLUSTER_URL = os.environ.get("HPMF_TEST_REDIS_CLUSTER_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_CLUSTER_PORT', '7000')}/0")
+REDIS_CLUSTER_URL = os.environ.get(
+    "HPMF_TEST_REDIS_CLUSTER_URL",
+    f"redis://127.0.0.1:{os.environ.get('REDIS_CLUSTER_PORT', '7000')}/0",
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +37,9 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
-        pytest.fail(f"no Redis at {REDIS_URL}: run the tests with `make test` (it starts Redis): {exc}")
+        pytest.fail(
+            f"no Redis at {REDIS_URL}: run the tests with `make test` (it starts Redis): {exc}"
+        )
     finally:
         client.close()
     return REDIS_URL
@@ -84,7 +93,9 @@ def redis_cluster_url() -> str:
         info = client.cluster_info()
         client.close()
     except (RedisError, RedisClusterException) as exc:
-        pytest.fail(f"no Redis Cluster at {REDIS_CLUSTER_URL}: run the tests with `make test` (it starts one): {exc}")
+        pytest.fail(
+            f"no Redis Cluster at {REDIS_CLUSTER_URL}: run the tests with `make test` (it starts one): {exc}"
+        )
     assert info.get("cluster_state") == "ok", info
     return REDIS_CLUSTER_URL
 

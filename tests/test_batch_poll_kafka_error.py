@@ -12,7 +12,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-from streamer.batch_poll import RebalanceTracker, poll_batch
+from streamer.service.event_batch import RebalanceTracker, poll_batch
 
 
 class _Consumer:
@@ -26,15 +26,21 @@ class _Consumer:
         return answer
 
 
-def test_a_retriable_poll_error_closes_the_batch_with_what_it_holds(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_retriable_poll_error_closes_the_batch_with_what_it_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     tp = TopicPartition("t", 0)
     consumer = _Consumer([{tp: ["r1", "r2"]}, KafkaConnectionError("111 ECONNREFUSED")])
-    with caplog.at_level(logging.WARNING, logger="streamer.batch_poll"):
-        got = poll_batch(consumer, RebalanceTracker(), max_events=10, max_age_ms=10_000, idle_ms=10_000)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="streamer.service.event_batch"):
+        got = poll_batch(
+            consumer, RebalanceTracker(), max_events=10, max_age_ms=10_000, idle_ms=10_000
+        )  # type: ignore[arg-type]
     assert got == ["r1", "r2"]
     assert any("poll failed" in r.getMessage() for r in caplog.records)
     consumer = _Consumer([KafkaConnectionError("111 ECONNREFUSED")])
-    assert poll_batch(consumer, RebalanceTracker(), max_events=10, max_age_ms=50, idle_ms=10_000) == []  # type: ignore[arg-type]
+    assert (
+        poll_batch(consumer, RebalanceTracker(), max_events=10, max_age_ms=50, idle_ms=10_000) == []
+    )  # type: ignore[arg-type]
 
 
 def test_a_non_retriable_poll_error_still_raises() -> None:

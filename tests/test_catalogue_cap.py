@@ -15,7 +15,7 @@ from model.batch import Batch
 from model.checkpoint import from_bytes, to_bytes
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.redis_record import encode_global_record, global_record_from_snapshot
+from streamer.reader.redis_record import encode_global_record, global_record_from_snapshot
 
 
 def _flood(model: OnlineHPMF, n_new: int, batch: int = 500, seed: int = 0) -> None:
@@ -90,7 +90,12 @@ def test_svi_buffer_survives_eviction() -> None:
     rng = np.random.default_rng(3)
     for k in range(12):
         vids = [f"v{k}-{j}" for j in range(100)]
-        m.learn(Batch.of([f"u{int(x)}" for x in rng.integers(0, 50, 100)], vids, rng.uniform(1, 9, 100)), {})
+        m.learn(
+            Batch.of(
+                [f"u{int(x)}" for x in rng.integers(0, 50, 100)], vids, rng.uniform(1, 9, 100)
+            ),
+            {},
+        )
     assert m.n_videos <= 200 and np.isfinite(m.sigma) and np.isfinite(m.global_mean)
     # The replay window (model/replay_window.py) refers to rows too: remapped.
     _, video, _, _, _ = m.replay.arrays()
@@ -98,16 +103,23 @@ def test_svi_buffer_survives_eviction() -> None:
 
 
 def test_replay_window_is_remapped_by_eviction() -> None:
-    m = OnlineHPMF(HPMFConfig(n_factors=2, max_videos=100, svi_min_events=100000, replay_warmup_events=10**9))
+    m = OnlineHPMF(
+        HPMFConfig(n_factors=2, max_videos=100, svi_min_events=100000, replay_warmup_events=10**9)
+    )
     m.learn(Batch.of(["a"] * 60, [f"old-{j}" for j in range(60)], [1.0] * 60), {})
-    m.learn(Batch.of(["b"] * 60, [f"new-{j}" for j in range(60)], [2.0] * 60), {})  # 120 > 100: evict
+    m.learn(
+        Batch.of(["b"] * 60, [f"new-{j}" for j in range(60)], [2.0] * 60), {}
+    )  # 120 > 100: evict
     user, video, target, _, _ = m.replay.arrays()
     assert int(video.max()) < m.n_videos and len(video) == len(target)
     names = {m.video_ids[r] for r in video.tolist()}
     assert {f"new-{j}" for j in range(60)} <= names  # the kept ones still point at their own rows
     assert all(n in m.video_index for n in names)
     # Each row still points at the video its value came from.
-    assert all(m.video_ids[r].startswith("new-") == (t == 2.0) for r, t in zip(video.tolist(), target.tolist(), strict=True))
+    assert all(
+        m.video_ids[r].startswith("new-") == (t == 2.0)
+        for r, t in zip(video.tolist(), target.tolist(), strict=True)
+    )
 
 
 def test_eviction_keeps_each_videos_tables_and_window_share() -> None:
@@ -121,11 +133,18 @@ def test_eviction_keeps_each_videos_tables_and_window_share() -> None:
     rng = np.random.default_rng(5)
     for _ in range(6):
         vids = [f"v{int(x)}" for x in rng.integers(0, 90, 200)]
-        m.learn(Batch.of([f"u{int(x)}" for x in rng.integers(0, 40, 200)], vids, rng.uniform(1, 9, 200)), {})
+        m.learn(
+            Batch.of(
+                [f"u{int(x)}" for x in rng.integers(0, 40, 200)], vids, rng.uniform(1, 9, 200)
+            ),
+            {},
+        )
     n = m.n_videos
     tables = ("_v_prec", "_v_shift", "_w_prec", "_w_shift", "_v_time", "_v_mean", "_v_cov")
     before = {t: {v: getattr(m, t)[r].clone() for v, r in m.video_index.items()} for t in tables}
-    assert any(float(x.abs().sum()) > 0 for x in before["_w_prec"].values())  # the window holds a share
+    assert any(
+        float(x.abs().sum()) > 0 for x in before["_w_prec"].values()
+    )  # the window holds a share
     m.config = dataclasses.replace(m.config, max_videos=n // 2)
     assert m.enforce_catalogue_cap() > 0
     assert 0 < m.n_videos < n

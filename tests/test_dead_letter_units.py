@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from streamer.dead_letter import DeadLetterSink
 from streamer.event import InvalidEvent
-from streamer.metrics import StreamMetrics
+from streamer.service.dead_letter import DeadLetterSink
+from streamer.service.metrics import StreamMetrics
 
 
 class _Future:
@@ -27,12 +27,16 @@ class _Producer:
     """Refuses at send() what exceeds ``client_max``; fails at flush the
     sends listed in ``fail_next`` (by value length), once each."""
 
-    def __init__(self, client_max: int = 1 << 30, fail_next: dict[int, BaseException] | None = None) -> None:
+    def __init__(
+        self, client_max: int = 1 << 30, fail_next: dict[int, BaseException] | None = None
+    ) -> None:
         self.client_max = client_max
         self.fail_next = dict(fail_next or {})
         self.sent: list[dict[str, Any]] = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> _Future:
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> _Future:
         size = len(key or b"") + len(value or b"")
         if size > self.client_max:
             raise MessageSizeTooLargeError(f"The message is {size} bytes")
@@ -57,7 +61,11 @@ def test_small_dead_letters_are_copied_whole() -> None:
     sink = DeadLetterSink(p, "t.dlq", StreamMetrics())  # type: ignore[arg-type]
     sink.send(_Rec(b"k", b"v" * 10), ERR)
     sink.flush()
-    assert p.sent[0]["value"] == b"v" * 10 and "truncated" not in p.sent[0]["headers"] and sink.pending == 0
+    assert (
+        p.sent[0]["value"] == b"v" * 10
+        and "truncated" not in p.sent[0]["headers"]
+        and sink.pending == 0
+    )
 
 
 def test_over_the_setting_is_reduced_before_sending() -> None:
@@ -68,8 +76,16 @@ def test_over_the_setting_is_reduced_before_sending() -> None:
     (d,) = p.sent
     assert d["value"] == b"v" * 100 and d["key"] == b"k" * 100
     h = d["headers"]
-    assert (h["truncated"], h["original_value_bytes"], h["original_key_bytes"]) == (b"1", b"20000", b"300")
-    assert (h["source_partition"], h["source_offset"], h["error"]) == (b"2", b"41", b"payload_too_large")
+    assert (h["truncated"], h["original_value_bytes"], h["original_key_bytes"]) == (
+        b"1",
+        b"20000",
+        b"300",
+    )
+    assert (h["source_partition"], h["source_offset"], h["error"]) == (
+        b"2",
+        b"41",
+        b"payload_too_large",
+    )
     assert m.dead_letters_reduced.get() == 1 and m.invalid.get("payload_too_large") == 1
 
 

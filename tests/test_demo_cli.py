@@ -16,9 +16,16 @@ def test_a_taken_metrics_port_is_one_line_error_before_any_step() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "streamer.demo", "--metrics-port", str(port)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "streamer.cli.demo", "--metrics-port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 1
-    assert done.stderr.strip() == (f"[demo] error: port 127.0.0.1:{port} (the service's metrics) is already in use "
-                                   "by another process; choose another: DEMO_METRICS_PORT=<port> make demo")  # fmt: skip
+    assert done.stderr.strip() == (
+        f"[demo] error: port 127.0.0.1:{port} (the service's metrics) is already in use "
+        "by another process; choose another: DEMO_METRICS_PORT=<port> make demo"
+    )
     assert "1/7" not in done.stdout  # no step ran

@@ -1,4 +1,4 @@
-"""The demo's truth report (streamer/demo_truth.py) against the real Redis: a
+"""The demo's truth report (streamer/evaluation/demo_truth.py) against the real Redis: a
 small taste-driven simulation learned by both components, published as the
 service publishes it, then scored against its own truth."""
 
@@ -14,8 +14,8 @@ from model.choice import ChoiceConfig, ChoiceModel
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.simulate import SimConfig, simulate
-from streamer.demo_truth import load_truth, render, served_vs_truth, watched_by_user
-from streamer.redis_record import (
+from streamer.evaluation.demo_truth import load_truth, render, served_vs_truth, watched_by_user
+from streamer.reader.redis_record import (
     global_record_from_snapshot,
     queue_user_record,
     user_record_from_state,
@@ -24,9 +24,20 @@ from streamer.redis_record import (
 )
 
 
-def test_report_scores_served_lists_against_the_truth(tmp_path: Path, redis_client, redis_url, key_prefix) -> None:  # type: ignore[no-untyped-def]
-    sim = simulate(SimConfig(days=2, users_per_day=150, n_videos=60, n_factors=3, heavy_fraction=0.3,
-                             choice_strength=2.0, seed=5))  # fmt: skip
+def test_report_scores_served_lists_against_the_truth(
+    tmp_path: Path, redis_client, redis_url, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate(
+        SimConfig(
+            days=2,
+            users_per_day=150,
+            n_videos=60,
+            n_factors=3,
+            heavy_fraction=0.3,
+            choice_strength=2.0,
+            seed=5,
+        )
+    )
     events = tmp_path / "sim.tsv"
     with events.open("w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
@@ -39,13 +50,22 @@ def test_report_scores_served_lists_against_the_truth(tmp_path: Path, redis_clie
     m = OnlineHPMF(HPMFConfig(n_factors=3, transform="log1p"))
     choice = ChoiceModel(ChoiceConfig(n_factors=3, sweep_every=100))
     states: dict = {}
-    kept = [(u, v, x) for u, v, x in zip(sim.user_ids, sim.video_ids, sim.values, strict=True) if x <= 1440]
+    kept = [
+        (u, v, x)
+        for u, v, x in zip(sim.user_ids, sim.video_ids, sim.values, strict=True)
+        if x <= 1440
+    ]
     for s in range(0, len(kept), 64):
         us, vs, xs = zip(*kept[s : s + 64], strict=True)
         states.update(m.learn(Batch.of(list(us), list(vs), list(xs)), states))
     for u, v, _ in kept:  # the learner's per-event path
         choice.global_step(u, v, choice.local_step(u, v, None))
-    write_global_record(redis_client, key_prefix, with_choice(global_record_from_snapshot(m.export_globals(), 1), choice), 600)
+    write_global_record(
+        redis_client,
+        key_prefix,
+        with_choice(global_record_from_snapshot(m.export_globals(), 1), choice),
+        600,
+    )
     pipe = redis_client.pipeline(transaction=True)
     cm, cc = choice.user_posteriors([list(states[u].history) for u in states])
     for k, (u, st) in enumerate(states.items()):
@@ -54,7 +74,9 @@ def test_report_scores_served_lists_against_the_truth(tmp_path: Path, redis_clie
         queue_user_record(pipe, key_prefix, u, rec, 600)
     pipe.execute()
 
-    rep = served_vs_truth(events, tmp_path / "sim.truth.npz", redis_url, key_prefix, k=5, max_users=100)
+    rep = served_vs_truth(
+        events, tmp_path / "sim.truth.npz", redis_url, key_prefix, k=5, max_users=100
+    )
     assert 0 < len(rep.users) <= 100 and all(len(watched[u]) >= 3 for u in rep.users)
     for u in rep.users:  # neither the served list nor the true best holds a watched video
         assert len(rep.served[u]) == 5 and not set(rep.served[u]) & set(watched[u])

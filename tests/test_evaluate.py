@@ -26,10 +26,19 @@ from model.evaluate import (
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.simulate import SimConfig, simulate
-from streamer import evaluate_cli
-from streamer.events_file import write_events
+from streamer.cli import evaluate as evaluate_cli
+from streamer.files.events_file import write_events
 
-EXACT_METRICS = ["rmse", "mae", "nll", "coverage90", "rmse_new", "rmse_lt5", "rmse_lt20", "events_per_s"]
+EXACT_METRICS = [
+    "rmse",
+    "mae",
+    "nll",
+    "coverage90",
+    "rmse_new",
+    "rmse_lt5",
+    "rmse_lt20",
+    "events_per_s",
+]
 
 
 class Recorder:
@@ -40,12 +49,16 @@ class Recorder:
         self.config = HPMFConfig(n_factors=1)
         self.n_learned = 0
 
-    def predict(self, states: Sequence[UserState | None], video_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, states: Sequence[UserState | None], video_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
         mean = np.full(len(states), float(self.n_learned))
         std = np.array([1.0 + (0 if s is None else s.n_events) for s in states])
         return mean, std
 
-    def learn(self, batch: Batch, states: Mapping[str, UserState | None], served: object = None) -> dict[str, UserState]:
+    def learn(
+        self, batch: Batch, states: Mapping[str, UserState | None], served: object = None
+    ) -> dict[str, UserState]:
         self.n_learned += len(batch)
         out: dict[str, UserState] = {}
         for u in batch.user_ids:
@@ -72,8 +85,14 @@ def test_prequential_predicts_each_minibatch_before_learning_it() -> None:
 
 def test_holdout_learns_only_the_training_part() -> None:
     model = Recorder()
-    res = run_stream(model, USERS, ["v"] * 10, np.ones(10), batch_size=3,  # type: ignore[arg-type]
-                     protocol="holdout")  # fmt: skip
+    res = run_stream(
+        model,
+        USERS,
+        ["v"] * 10,
+        np.ones(10),
+        batch_size=3,  # type: ignore[arg-type]
+        protocol="holdout",
+    )
     assert model.n_learned == 8  # 80%: no batch straddles the split, test never learned
     np.testing.assert_array_equal(res.index, [8, 9])
     np.testing.assert_array_equal(res.mean, [8, 8])
@@ -92,8 +111,12 @@ def test_metrics_formulas() -> None:
     err = y - m
     assert got["rmse"] == pytest.approx(math.sqrt(np.mean(err**2)))
     assert got["mae"] == pytest.approx(np.mean(np.abs(err)))
-    want_nll = np.mean([-math.log(math.exp(-(e**2) / (2 * v**2)) / math.sqrt(2 * math.pi * v**2))
-                        for e, v in zip(err, s, strict=True)])  # fmt: skip
+    want_nll = np.mean(
+        [
+            -math.log(math.exp(-(e**2) / (2 * v**2)) / math.sqrt(2 * math.pi * v**2))
+            for e, v in zip(err, s, strict=True)
+        ]
+    )
     assert got["nll"] == pytest.approx(want_nll)
     assert got["coverage90"] == pytest.approx(3 / 5)  # |err| <= 1.6449 s: events 0, 1, 3
     assert got["rmse_new"] == pytest.approx(0.5)
@@ -106,8 +129,15 @@ def test_metrics_formulas() -> None:
 
 
 def test_rolling_and_binned() -> None:
-    r = StreamResult(np.arange(6), np.zeros(6), np.array([1.0, 1, 1, 3, 3, 3]), np.full(6, 2.0),
-                     np.array([0, 1, 2, 5, 60, 0]), 6, 1.0)  # fmt: skip
+    r = StreamResult(
+        np.arange(6),
+        np.zeros(6),
+        np.array([1.0, 1, 1, 3, 3, 3]),
+        np.full(6, 2.0),
+        np.array([0, 1, 2, 5, 60, 0]),
+        6,
+        1.0,
+    )
     pos, val = rolling_rmse(r, 3)
     np.testing.assert_array_equal(pos, [2, 3, 4, 5])
     np.testing.assert_allclose(val, [1.0, math.sqrt(11 / 3), math.sqrt(19 / 3), 3.0])
@@ -125,9 +155,16 @@ def small_sim():  # noqa: ANN201
 def test_metrics_sane_on_a_small_simulated_stream(small_sim) -> None:  # noqa: ANN001
     sim = small_sim
     y = np.log1p(sim.values)
-    res = {name: run_stream(OnlineHPMF(ladder_config(name, transform="log1p")), sim.user_ids,
-                            sim.video_ids, sim.values, batch_size=64)
-           for name in ("biases", "hpmf")}  # fmt: skip
+    res = {
+        name: run_stream(
+            OnlineHPMF(ladder_config(name, transform="log1p")),
+            sim.user_ids,
+            sim.video_ids,
+            sim.values,
+            batch_size=64,
+        )
+        for name in ("biases", "hpmf")
+    }
     for name, r in res.items():
         m = metrics(r)
         np.testing.assert_allclose(r.target, y)
@@ -164,8 +201,25 @@ def test_cli_json_keys_exact_and_plot(small_sim, tmp_path: Path) -> None:  # noq
     events = tmp_path / "sim.tsv"
     write_events(events, sim.user_ids, sim.video_ids, sim.values, sim.timestamps)
     out, png = tmp_path / "eval.json", tmp_path / "eval.png"
-    args = _parse([str(events), "--models", "biases", "hpmf", "--transform", "log1p", "--batch-size", "128",
-                   "--json", str(out), "--plot", str(png), "--limit", "1500", "--quiet"])  # fmt: skip
+    args = _parse(
+        [
+            str(events),
+            "--models",
+            "biases",
+            "hpmf",
+            "--transform",
+            "log1p",
+            "--batch-size",
+            "128",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--limit",
+            "1500",
+            "--quiet",
+        ]
+    )
     assert evaluate_cli.run(args) == 0
     rep = json.loads(out.read_text())
     assert list(rep) == ["protocol", "batch_size", "n_events", "models"]
@@ -182,24 +236,40 @@ def test_cli_holdout(small_sim, tmp_path: Path) -> None:  # noqa: ANN001
     events = tmp_path / "sim.csv"
     write_events(events, sim.user_ids, sim.video_ids, sim.values, sim.timestamps)
     out = tmp_path / "h.json"
-    args = _parse([str(events), "--protocol", "holdout", "--models", "pmf", "--transform", "log1p",
-                   "--json", str(out), "--quiet"])  # fmt: skip
+    args = _parse(
+        [
+            str(events),
+            "--protocol",
+            "holdout",
+            "--models",
+            "pmf",
+            "--transform",
+            "log1p",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert evaluate_cli.run(args) == 0
     rep = json.loads(out.read_text())
     assert rep["protocol"] == "holdout" and rep["n_events"] == len(sim)
     assert 0 < rep["models"]["pmf"]["rmse"] < np.log1p(sim.values).std()
 
 
-def test_cli_failed_model_reported_as_nulls(small_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_failed_model_reported_as_nulls(
+    small_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim = small_sim
     events = tmp_path / "sim.tsv"
-    write_events(events, sim.user_ids[:300], sim.video_ids[:300], sim.values[:300], sim.timestamps[:300])
+    write_events(
+        events, sim.user_ids[:300], sim.video_ids[:300], sim.values[:300], sim.timestamps[:300]
+    )
     real = evaluate_cli._new_model
 
     def flaky(name: str, args: argparse.Namespace) -> OnlineHPMF:
         model = real(name, args)
         if name == "pmf":
+
             def boom(*a: object, **k: object) -> None:
                 raise RuntimeError("synthetic failure")
 

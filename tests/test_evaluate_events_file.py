@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.movielens import DATA
-from streamer.events_file import EventsFileError, read_events, write_events
+from streamer.files.events_file import EventsFileError, read_events, write_events
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -18,8 +18,11 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_canonical_csv_sorted_stably_by_time(tmp_path: Path) -> None:
-    p = _write(tmp_path, "e.csv", "user_id,video_id,value,timestamp\n"
-               "u1,v1,3,20\nu2,v2,1.5,10\nu3,v3,2,20\nu4,v4,0,5\n")  # fmt: skip
+    p = _write(
+        tmp_path,
+        "e.csv",
+        "user_id,video_id,value,timestamp\nu1,v1,3,20\nu2,v2,1.5,10\nu3,v3,2,20\nu4,v4,0,5\n",
+    )
     ev = read_events(p)
     assert ev.user_ids.tolist() == ["u4", "u2", "u1", "u3"]  # ties keep file order
     assert ev.video_ids.tolist() == ["v4", "v2", "v1", "v3"]
@@ -28,8 +31,12 @@ def test_canonical_csv_sorted_stably_by_time(tmp_path: Path) -> None:
 
 
 def test_recbole_header_and_tab(tmp_path: Path) -> None:
-    p = _write(tmp_path, "ml.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-               "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n")  # fmt: skip
+    p = _write(
+        tmp_path,
+        "ml.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n",
+    )
     ev = read_events(p)
     assert ev.user_ids.tolist() == ["22", "196", "186"] and ev.video_ids.tolist()[0] == "377"
     np.testing.assert_array_equal(ev.values, [1, 3, 3])
@@ -55,21 +62,35 @@ def test_roundtrip_with_writer(tmp_path: Path) -> None:
     assert ev.user_ids.tolist() == ["a", "b"] and ev.values.tolist() == [1.25, 0.0]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("user_id,video_id,value,timestamp\nu,v,1,1\nu,v,abc,2\n", r"e.csv:3: value 'abc' is not a number"),
-    ("user_id,video_id,value,timestamp\nu,v,1,yesterday\n", r"e.csv:2: timestamp 'yesterday' is not a number"),
-    ("user_id,video_id,value,timestamp\nu,v,nan,1\n", r"e.csv:2: value 'nan' is not finite"),
-    ("user_id,video_id,value,timestamp\nu,v,1,1\nu,v,2\n", r"e.csv:3: expected at least 4 columns, got 3"),
-    ("user_id,video_id,timestamp\nu,v,1\n", r"e.csv:1: missing column\(s\) value"),
-    ("name,colour\nann,red\n", r"e.csv:1: no recognised header"),
-    ("", r"e.csv: the file is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "user_id,video_id,value,timestamp\nu,v,1,1\nu,v,abc,2\n",
+            r"e.csv:3: value 'abc' is not a number",
+        ),
+        (
+            "user_id,video_id,value,timestamp\nu,v,1,yesterday\n",
+            r"e.csv:2: timestamp 'yesterday' is not a number",
+        ),
+        ("user_id,video_id,value,timestamp\nu,v,nan,1\n", r"e.csv:2: value 'nan' is not finite"),
+        (
+            "user_id,video_id,value,timestamp\nu,v,1,1\nu,v,2\n",
+            r"e.csv:3: expected at least 4 columns, got 3",
+        ),
+        ("user_id,video_id,timestamp\nu,v,1\n", r"e.csv:1: missing column\(s\) value"),
+        ("name,colour\nann,red\n", r"e.csv:1: no recognised header"),
+        ("", r"e.csv: the file is empty"),
+    ],
+)
 def test_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(EventsFileError, match=message):
         read_events(_write(tmp_path, "e.csv", text))
 
 
-@pytest.mark.skipif(not (DATA / "ml-100k.inter").exists(), reason="MovieLens 100K not fetched (make data)")
+@pytest.mark.skipif(
+    not (DATA / "ml-100k.inter").exists(), reason="MovieLens 100K not fetched (make data)"
+)
 def test_movielens_100k_loads() -> None:
     ev = read_events(DATA / "ml-100k.inter")
     assert len(ev) == 100_000 and len(set(ev.user_ids.tolist())) == 943

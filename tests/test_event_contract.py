@@ -15,7 +15,13 @@ LIMITS = EventLimits(max_minutes=600, max_payload_bytes=512, max_future_ms=60_00
 
 
 def good(**over: object) -> dict[str, object]:
-    d: dict[str, object] = {"event_id": "e1", "user_id": "u1", "video_id": "v1", "minutes": 12.5, "ts": NOW}
+    d: dict[str, object] = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "video_id": "v1",
+        "minutes": 12.5,
+        "ts": NOW,
+    }
     d.update(over)
     return d
 

@@ -44,7 +44,13 @@ def assert_valid(e: WatchEvent, limits: EventLimits) -> None:
 
 
 def event(**over: object) -> bytes:
-    d: dict[str, object] = {"event_id": "e1", "user_id": "u1", "video_id": "v1", "minutes": 12.5, "ts": NOW}
+    d: dict[str, object] = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "video_id": "v1",
+        "minutes": 12.5,
+        "ts": NOW,
+    }
     d.update(over)
     return json.dumps(d).encode()
 
@@ -53,7 +59,9 @@ def event(**over: object) -> bytes:
 @pytest.mark.parametrize("field", ["minutes", "ts"])
 def test_a_few_hundred_digit_integer_is_rejected_not_a_crash(field: str) -> None:
     # Before: OverflowError: int too large to convert to float (the worker exited 1).
-    raw = event(**{field: 0}).replace(b'"%s": 0' % field.encode(), b'"%s": ' % field.encode() + b"9" * 400)
+    raw = event(**{field: 0}).replace(
+        b'"%s": 0' % field.encode(), b'"%s": ' % field.encode() + b"9" * 400
+    )
     assert b"9" * 400 in raw
     assert outcome(raw) == (ev.NOT_FINITE if field == "minutes" else ev.FUTURE_TIMESTAMP)
     neg = raw.replace(b"9" * 400, b"-" + b"9" * 400)
@@ -65,7 +73,9 @@ def test_huge_integer_ids_are_bad_ids() -> None:
     assert outcome(event(video_id=-(10**4000)), BIG) == ev.BAD_ID
 
 
-@pytest.mark.parametrize("vid", ["a\nb", "a\rb", "tab\there", "nul\x00", "\u2028", "zw\u200bsp", ""])
+@pytest.mark.parametrize(
+    "vid", ["a\nb", "a\rb", "tab\there", "nul\x00", "\u2028", "zw\u200bsp", ""]
+)
 def test_ids_outside_the_alphabet_are_bad_ids(vid: str) -> None:
     # Before: "a\nb" was accepted; the learner's publish then raised ValueError forever.
     assert outcome(event(video_id=vid)) == ev.BAD_ID
@@ -77,7 +87,17 @@ def test_printable_ids_of_any_script_are_accepted() -> None:
     assert isinstance(e, WatchEvent) and (e.user_id, e.video_id) == ("usér 42", "映画-7 {x}")
 
 
-@pytest.mark.parametrize("ts", [1, 0, 946_684_799_999, "0001-01-01T00:00:00", "0001-01-01T00:00:00+05:00", "1999-12-31T23:59:59Z"])
+@pytest.mark.parametrize(
+    "ts",
+    [
+        1,
+        0,
+        946_684_799_999,
+        "0001-01-01T00:00:00",
+        "0001-01-01T00:00:00+05:00",
+        "1999-12-31T23:59:59Z",
+    ],
+)
 def test_timestamps_before_the_plausible_window_are_rejected(ts: object) -> None:
     # Before: a ts of 1 ms or year 1 was applied as if valid.
     assert outcome(event(ts=ts)) == ev.BAD_TIMESTAMP
@@ -114,8 +134,14 @@ def test_arbitrary_bytes_are_an_event_or_a_reason(raw: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -127,21 +153,42 @@ def test_arbitrary_json_is_an_event_or_a_reason(value: object) -> None:
 
 
 hostile_ints = st.one_of(
-    st.integers(), st.integers(min_value=10**17, max_value=10**400), st.integers(min_value=-(10**400), max_value=-(10**17)),
+    st.integers(),
+    st.integers(min_value=10**17, max_value=10**400),
+    st.integers(min_value=-(10**400), max_value=-(10**17)),
     st.sampled_from([0, 1, -1, 2**63, 2**64, 10**308, 10**309, 2**1024, 946_684_800_000, NOW]),
 )
 hostile_text = st.one_of(
-    st.text(max_size=300), st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
-    st.sampled_from(["", "a\nb", "\x00", "\ud800", "0001-01-01", "9999-12-31T23:59:59+14:00", "2027-01-15T08:00:00"]),
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+    st.sampled_from(
+        [
+            "",
+            "a\nb",
+            "\x00",
+            "\ud800",
+            "0001-01-01",
+            "9999-12-31T23:59:59+14:00",
+            "2027-01-15T08:00:00",
+        ]
+    ),
 )
 hostile_field = st.one_of(
-    hostile_ints, hostile_text, st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
+    hostile_ints,
+    hostile_text,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
     st.lists(st.integers(), max_size=2),
 )
 
 
 @PROPS
-@given(st.fixed_dictionaries({k: hostile_field for k in ("event_id", "user_id", "video_id", "minutes", "ts")}))
+@given(
+    st.fixed_dictionaries(
+        {k: hostile_field for k in ("event_id", "user_id", "video_id", "minutes", "ts")}
+    )
+)
 def test_hostile_field_values_are_an_event_or_a_reason(d: dict[str, object]) -> None:
     # json.dumps writes inf/nan as Infinity/NaN and escapes surrogates, as a
     # careless producer might; the big-int digits limit is lifted to write 10**400.

@@ -1,4 +1,4 @@
-"""Which published global versions stay in Redis (streamer/global_retention.py),
+"""Which published global versions stay in Redis (streamer/service/store/global_retention.py),
 and the reader's fall-back when the version it was told about is gone."""
 
 from __future__ import annotations
@@ -10,21 +10,23 @@ import numpy as np
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_retention import queue_drop, superseded, versions_key
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import (
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import (
     global_current_key,
     global_key,
     global_record_from_snapshot,
     write_global_record,
 )
+from streamer.service.store.global_retention import queue_drop, superseded, versions_key
 
 
 def _publish(client, prefix: str, model: OnlineHPMF, keep: int) -> None:  # type: ignore[no-untyped-def]
     snap = model.export_globals()
     drop = superseded(client, prefix, snap.version, keep)
     pipe = client.pipeline(transaction=True)
-    write_global_record(pipe, prefix, global_record_from_snapshot(snap, int(time.time() * 1000)), 3600, None)
+    write_global_record(
+        pipe, prefix, global_record_from_snapshot(snap, int(time.time() * 1000)), 3600, None
+    )
     queue_drop(pipe, prefix, snap.version, drop)
     pipe.execute()
 
@@ -36,11 +38,20 @@ def test_only_the_newest_versions_stay(redis_client, key_prefix) -> None:  # typ
         _publish(redis_client, key_prefix, m, keep=2)
     live = sorted(int(v) for v in redis_client.zrange(versions_key(key_prefix), 0, -1))
     assert live == [5, 6]
-    assert [redis_client.exists(global_key(key_prefix, v)) for v in range(1, 7)] == [0, 0, 0, 0, 1, 1]
+    assert [redis_client.exists(global_key(key_prefix, v)) for v in range(1, 7)] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+    ]
     assert int(redis_client.get(global_current_key(key_prefix))) == 6
     # Republishing the current version drops nothing it needs.
     _publish(redis_client, key_prefix, m, keep=1)
-    assert redis_client.exists(global_key(key_prefix, 6)) and not redis_client.exists(global_key(key_prefix, 5))
+    assert redis_client.exists(global_key(key_prefix, 6)) and not redis_client.exists(
+        global_key(key_prefix, 5)
+    )
 
 
 def test_reader_follows_current_when_its_version_was_deleted(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
@@ -67,14 +78,20 @@ def test_redis_checkpoint_without_duplicate_posteriors_restores_the_same_model()
     import torch
 
     from model.checkpoint import state_dict, to_bytes
-    from streamer.global_stats_record import encode_snapshot
-    from streamer.global_store import load_redis_checkpoint, redis_checkpoint
+    from streamer.service.store.global_publish import load_redis_checkpoint, redis_checkpoint
+    from streamer.service.store.global_stats_record import encode_snapshot
 
     m = OnlineHPMF(HPMFConfig(n_factors=3, svi_min_events=8))
     rng = np.random.default_rng(0)
     for _ in range(5):
-        m.learn(Batch.of([f"u{x}" for x in rng.integers(0, 20, 30)], [f"v{x}" for x in rng.integers(0, 200, 30)],
-                         rng.uniform(1, 9, 30)), {})  # fmt: skip
+        m.learn(
+            Batch.of(
+                [f"u{x}" for x in rng.integers(0, 20, 30)],
+                [f"v{x}" for x in rng.integers(0, 200, 30)],
+                rng.uniform(1, 9, 30),
+            ),
+            {},
+        )
     small = redis_checkpoint(m)
     back = load_redis_checkpoint(small, encode_snapshot(m.export_globals()))
     a, b = state_dict(m), state_dict(back)
@@ -82,4 +99,6 @@ def test_redis_checkpoint_without_duplicate_posteriors_restores_the_same_model()
         assert torch.equal(a[k], b[k]), k
     assert back.version == m.version and back.video_ids == m.video_ids and back.n_seen == m.n_seen
     assert len(small) < 0.75 * len(to_bytes(m))
-    assert load_redis_checkpoint(to_bytes(m), None).version == m.version  # a complete one still loads
+    assert (
+        load_redis_checkpoint(to_bytes(m), None).version == m.version
+    )  # a complete one still loads

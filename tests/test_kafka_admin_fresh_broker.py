@@ -23,25 +23,41 @@ from kafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedE
 from kafka.structs import OffsetAndMetadata
 from test_stream_support import ROOT, free_port
 
-from streamer import kafka_admin
-from streamer.kafka_admin import BrokerNotReadyError, delete_group, delete_topics, ensure_topics
+from streamer.service import kafka_admin
+from streamer.service.kafka_admin import (
+    BrokerNotReadyError,
+    delete_group,
+    delete_topics,
+    ensure_topics,
+)
 
 
 def _kafka_sh(action: str, env: dict[str, str]) -> None:
-    done = subprocess.run(["bash", str(ROOT / "deploy/local/kafka.sh"), action], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy/local/kafka.sh"), action],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"kafka.sh {action} failed:\n{done.stdout}\n{done.stderr}"
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_demo_reset_and_admin_steps_on_a_brand_new_broker(redis_url, key_prefix, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
-    from streamer.demo import reset
+def test_demo_reset_and_admin_steps_on_a_brand_new_broker(
+    redis_url, key_prefix, tmp_path, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    from streamer.cli.demo import reset
 
     port, controller = free_port(), free_port()
     data = tmp_path / "kafka-data"
-    env = {"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller), "HPMF_RUN": str(tmp_path / "run"),
-           "KAFKA_DATA": str(data)}  # fmt: skip
+    env = {
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(controller),
+        "HPMF_RUN": str(tmp_path / "run"),
+        "KAFKA_DATA": str(data),
+    }
     bootstrap = f"127.0.0.1:{port}"
     assert not data.exists()
     _kafka_sh("start", env)
@@ -50,14 +66,18 @@ def test_demo_reset_and_admin_steps_on_a_brand_new_broker(redis_url, key_prefix,
         assert "__consumer_offsets" not in admin.list_topics()  # brand new: no group can exist yet
         admin.close()
         topic, group = f"fresh-{uuid.uuid4().hex[:8]}", f"fresh-group-{uuid.uuid4().hex[:8]}"
-        with caplog.at_level(logging.WARNING, logger="streamer.kafka_admin"):
-            reset(topic, f"{topic}.dlq", group, key_prefix, bootstrap, redis_url)  # step 2/7 of make demo
+        with caplog.at_level(logging.WARNING, logger="streamer.service.kafka_admin"):
+            reset(
+                topic, f"{topic}.dlq", group, key_prefix, bootstrap, redis_url
+            )  # step 2/7 of make demo
         # It waited for the coordinator (logged), and did not fail.
         waits = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
         assert waits and all(f"delete consumer group {group!r}" in w for w in waits), waits
 
         assert ensure_topics(bootstrap, {topic: 2}) == [topic]
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(5, "", -1) for p in range(2)})
         consumer.close()
         assert delete_group(bootstrap, group) is True
@@ -98,13 +118,21 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> type[_FakeAdmin]:
 
 
 def test_delete_group_waits_through_every_not_ready_answer(fake_admin, caplog) -> None:  # type: ignore[no-untyped-def]
-    fake_admin.script = [CoordinatorNotAvailableError("FindCoordinatorResponse error for GROUP/g"),
-                         "CoordinatorLoadInProgressError", "NotCoordinatorError", "OK"]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="streamer.kafka_admin"):
+    fake_admin.script = [
+        CoordinatorNotAvailableError("FindCoordinatorResponse error for GROUP/g"),
+        "CoordinatorLoadInProgressError",
+        "NotCoordinatorError",
+        "OK",
+    ]
+    with caplog.at_level(logging.WARNING, logger="streamer.service.kafka_admin"):
         assert delete_group("127.0.0.1:1", "g", wait_s=10) is True
     waits = [r.getMessage() for r in caplog.records]
     assert len(waits) == 3
-    for w, name in zip(waits, ("CoordinatorNotAvailableError", "CoordinatorLoadInProgressError", "NotCoordinatorError"), strict=True):
+    for w, name in zip(
+        waits,
+        ("CoordinatorNotAvailableError", "CoordinatorLoadInProgressError", "NotCoordinatorError"),
+        strict=True,
+    ):
         assert name in w and "retrying" in w
     assert fake_admin.made == 4  # a fresh client per attempt: no stale coordinator is reused
 
@@ -129,16 +157,24 @@ def test_a_coordinator_that_never_comes_gives_one_line_error(fake_admin) -> None
     assert time.monotonic() - t0 < 5
     message = str(err.value)
     assert "\n" not in message
-    assert "not ready to delete consumer group 'g'" in message and "CoordinatorLoadInProgressError" in message
+    assert (
+        "not ready to delete consumer group 'g'" in message
+        and "CoordinatorLoadInProgressError" in message
+    )
 
 
 @pytest.mark.timeout(60)
 def test_no_broker_gives_one_line_error_from_the_cli() -> None:
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "streamer.cli", "topics", "--kafka-bootstrap", f"127.0.0.1:{port}"],
-                          cwd=ROOT, env={**os.environ, "HPMF_ADMIN_WAIT_S": "3"}, capture_output=True, text=True,
-                          timeout=50)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "topics", "--kafka-bootstrap", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env={**os.environ, "HPMF_ADMIN_WAIT_S": "3"},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("hpmf topics: error:")]
     assert len(errors) == 1, done.stderr
@@ -149,7 +185,9 @@ def test_no_broker_gives_one_line_error_from_the_cli() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-def test_worker_waiting_for_an_absent_broker_stops_promptly_on_sigterm(redis_url, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_worker_waiting_for_an_absent_broker_stops_promptly_on_sigterm(
+    redis_url, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """The worker's own retry loop waits for Kafka at start-up (topic creation)
     and hears SIGTERM; the admin step inside it makes one attempt per call
     (a bootstrap that alone waited 30 s used to hold the stop that long)."""

@@ -1,5 +1,5 @@
 """The reader library against the real local Redis, with records written by the
-codec the streamer uses (streamer.redis_record) and globals from a real OnlineHPMF."""
+codec the streamer uses (streamer.reader.redis_record) and globals from a real OnlineHPMF."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.transform import to_original_units
-from streamer.lookup_math import ServingModel, UserMoments, predictive, thompson_scores
-from streamer.lookup_reader import (
+from streamer.reader.lookup import (
     GlobalsUnreadableError,
     Lookup,
     NoGlobalsError,
     Status,
     StoreUnavailableError,
 )
-from streamer.redis_record import (
+from streamer.reader.lookup_math import ServingModel, UserMoments, predictive, thompson_scores
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     encode_user_record,
@@ -50,7 +50,9 @@ def trained(transform: str) -> tuple[OnlineHPMF, dict[str, UserState]]:
     vals = rng.uniform(0.5, 30.0, n) if transform == "log1p" else rng.uniform(1.0, 5.0, n)
     states: dict[str, UserState] = {}
     for s in range(0, n, 30):
-        states.update(m.learn(Batch.of(users[s : s + 30], vids[s : s + 30], vals[s : s + 30]), states))
+        states.update(
+            m.learn(Batch.of(users[s : s + 30], vids[s : s + 30], vals[s : s + 30]), states)
+        )
     return m, states
 
 
@@ -64,14 +66,17 @@ def log1p_model() -> tuple[OnlineHPMF, dict[str, UserState]]:
     return trained("log1p")
 
 
-def publish(client: redis.Redis, prefix: str, m: OnlineHPMF, states: dict[str, UserState]) -> GlobalRecord:
+def publish(
+    client: redis.Redis, prefix: str, m: OnlineHPMF, states: dict[str, UserState]
+) -> GlobalRecord:
     """What the streaming service does: global record, then user records."""
     rec = global_record_from_snapshot(m.export_globals(), updated_ms=1_700_000_000_000)
     write_global_record(client, prefix, rec, ttl_s=600)
     pipe = client.pipeline(transaction=True)
     for offset, (uid, st) in enumerate(states.items()):
-        ur = user_record_from_state(st, updated_ms=1_700_000_000_500, event_ms=1_700_000_000_400,
-                                    partition=0, offset=offset)  # fmt: skip
+        ur = user_record_from_state(
+            st, updated_ms=1_700_000_000_500, event_ms=1_700_000_000_400, partition=0, offset=offset
+        )
         queue_user_record(pipe, prefix, uid, ur, ttl_s=600)
     pipe.execute()
     return rec
@@ -109,7 +114,9 @@ def test_missing_user_gets_the_pooled_prior(redis_client, key_prefix, identity_m
     np.testing.assert_array_equal(p.cov, f32(m.pooled_prior().cov))
 
 
-def test_corrupt_and_foreign_records_serve_the_prior(redis_client, key_prefix, identity_model) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_and_foreign_records_serve_the_prior(
+    redis_client, key_prefix, identity_model
+) -> None:  # type: ignore[no-untyped-def]
     m, states = identity_model
     rec = publish(redis_client, key_prefix, m, states)
     a, b, c, d = sorted(states)[:4]
@@ -121,9 +128,13 @@ def test_corrupt_and_foreign_records_serve_the_prior(redis_client, key_prefix, i
     lk = Lookup(redis_client, key_prefix)
     got = lk.user_posteriors([a, b, c, d, "nobody", sorted(states)[4]])
     assert [p.status for p in got] == [
-        Status.CORRUPT_RECORD, Status.UNSUPPORTED_VERSION, Status.CORRUPT_RECORD,
-        Status.CORRUPT_RECORD, Status.NEW_USER, Status.OK,
-    ]  # fmt: skip
+        Status.CORRUPT_RECORD,
+        Status.UNSUPPORTED_VERSION,
+        Status.CORRUPT_RECORD,
+        Status.CORRUPT_RECORD,
+        Status.NEW_USER,
+        Status.OK,
+    ]
     assert "mean" in got[0].error and "version '3'" in got[1].error and "WRONGTYPE" in got[2].error
     assert "hist" in got[3].error
     for p in got[:5]:
@@ -148,12 +159,21 @@ def test_stale_flag_and_version_lag(redis_client, key_prefix, identity_model) ->
     publish(redis_client, key_prefix, m, states)
     uid = sorted(states)[0]
     st = states[uid].copy()
-    for gv, lag, stale in [(m.version, 0, False), (m.version - 3, 3, True), (m.version + 5, -5, True)]:
+    for gv, lag, stale in [
+        (m.version, 0, False),
+        (m.version - 3, 3, True),
+        (m.version + 5, -5, True),
+    ]:
         st.model_version = gv
         rec = user_record_from_state(st, updated_ms=1, event_ms=1, partition=0, offset=1)
         redis_client.hset(user_key(key_prefix, uid), mapping=encode_user_record(rec))
         p = Lookup(redis_client, key_prefix, max_version_lag=2).user_posterior(uid)
-        assert (p.user_version, p.model_version, p.version_lag, p.stale) == (gv, m.version, lag, stale)
+        assert (p.user_version, p.model_version, p.version_lag, p.stale) == (
+            gv,
+            m.version,
+            lag,
+            stale,
+        )
         assert p.status is Status.OK  # a stale posterior is still the user's own, flagged
 
 
@@ -182,7 +202,9 @@ def test_a_bad_newer_version_keeps_the_cached_one(redis_client, key_prefix, iden
     lk = Lookup(redis_client, key_prefix, refresh_interval_ms=0)
     assert lk.user_posterior("u1").model_version == m.version
     newer = m.version + 1
-    redis_client.hset(global_key(key_prefix, newer), mapping={"v": b"1", "d": b"4"})  # half a record
+    redis_client.hset(
+        global_key(key_prefix, newer), mapping={"v": b"1", "d": b"4"}
+    )  # half a record
     redis_client.set(global_current_key(key_prefix), str(newer))
     p = lk.user_posterior("u1")
     assert p.model_version == m.version  # still served, from the cache
@@ -243,7 +265,9 @@ def test_log1p_units_are_log_normal_moments(redis_client, key_prefix, log1p_mode
     p = Lookup(redis_client, key_prefix).predict(sorted(states)[0], VIDEOS[:3])
     mu, s = p.model_mean, p.model_std
     np.testing.assert_allclose(p.mean, np.exp(mu + s**2 / 2) - 1, rtol=1e-12)
-    np.testing.assert_allclose(p.std, np.sqrt((np.exp(s**2) - 1) * np.exp(2 * mu + s**2)), rtol=1e-12)
+    np.testing.assert_allclose(
+        p.std, np.sqrt((np.exp(s**2) - 1) * np.exp(2 * mu + s**2)), rtol=1e-12
+    )
     assert (p.mean > np.expm1(mu)).all()  # the mean of minutes exceeds the median
 
 
@@ -273,7 +297,9 @@ def test_mean_and_ucb_rankings(redis_client, key_prefix, log1p_model) -> None:  
     u = lk.recommend(uid, k=4, strategy="ucb", exclude_watched=False)
     want = np.argsort(-(mu + 1.5 * np.sqrt(epi)))[:4]
     assert u.video_ids == [model.record.video_ids[i] for i in want]  # rows are record order
-    np.testing.assert_allclose([x.score for x in u.items], np.expm1(mu + 1.5 * np.sqrt(epi))[want], rtol=1e-5)
+    np.testing.assert_allclose(
+        [x.score for x in u.items], np.expm1(mu + 1.5 * np.sqrt(epi))[want], rtol=1e-5
+    )
 
 
 def test_exclude_watched(redis_client, key_prefix, identity_model) -> None:  # type: ignore[no-untyped-def]
@@ -312,7 +338,9 @@ def test_thompson_is_seeded_and_explores(redis_client, key_prefix, identity_mode
     batch = lk.recommend_many(["brand-new", uid], k=5, strategy="thompson", seed=11)
     assert batch[1].items == a.items
     # different seeds explore: the top video is not always the same
-    tops = {lk.recommend("brand-new", k=1, strategy="thompson", seed=s).video_ids[0] for s in range(60)}
+    tops = {
+        lk.recommend("brand-new", k=1, strategy="thompson", seed=s).video_ids[0] for s in range(60)
+    }
     assert len(tops) > 1
 
 
@@ -346,7 +374,7 @@ def test_recommend_many_matches_single_calls(redis_client, key_prefix, identity_
 
 def test_reader_imports_no_torch() -> None:
     code = (
-        "import sys, streamer.lookup_reader, streamer.lookup_cli\n"
+        "import sys, streamer.reader.lookup, streamer.cli.lookup\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyro', 'kafka')]\n"
         "assert not bad, bad\n"
     )

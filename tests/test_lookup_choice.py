@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from model.choice import ChoiceConfig, ChoiceModel, ChoiceState
-from streamer.lookup_math import start_probability
-from streamer.lookup_reader import Lookup, Status
-from streamer.ranking_eval import with_choice
-from streamer.redis_record import (
+from streamer.evaluation.ranking_eval import with_choice
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.lookup_math import start_probability
+from streamer.reader.redis_record import (
     decode_global_record,
     global_key,
     global_record_from_snapshot,
@@ -37,7 +37,9 @@ def test_recommend_ranks_by_expected_minutes_if_shown(redis_client, key_prefix, 
     m, states, choice, cstates = both
     rec = with_choice(global_record_from_snapshot(m.export_globals(), 1_700_000_000_000), choice)
     write_global_record(redis_client, key_prefix, rec, ttl_s=600)
-    assert decode_global_record(redis_client.hgetall(global_key(key_prefix, rec.version))).has_choice
+    assert decode_global_record(
+        redis_client.hgetall(global_key(key_prefix, rec.version))
+    ).has_choice
     uids = sorted(states)
     v1_user, v2_user = uids[0], uids[1]
     pipe = redis_client.pipeline(transaction=True)
@@ -73,5 +75,6 @@ def test_recommend_ranks_by_expected_minutes_if_shown(redis_client, key_prefix, 
         r = lk.recommend(v2_user, k=5, strategy=strategy, seed=3)
         assert r.items and all(it.score >= 0 for it in r.items)
     # lists differ between users whose choice posteriors differ
-    assert lk.recommend(v2_user, k=5).video_ids != lk.recommend("brand-new", k=5).video_ids or \
-        not np.allclose(cstates[v2_user].mean, choice.prior_state()[0])
+    assert lk.recommend(v2_user, k=5).video_ids != lk.recommend(
+        "brand-new", k=5
+    ).video_ids or not np.allclose(cstates[v2_user].mean, choice.prior_state()[0])

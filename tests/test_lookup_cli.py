@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,
     encode_user_record,
@@ -22,22 +22,40 @@ from streamer.redis_record import (
 
 def small_globals(version: int = 3) -> GlobalRecord:
     """Five videos, k=2 with biases, log1p: v0 is clearly the best for user 'fan'."""
-    vm = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.5, 0.5, 0.2], [0.0, -1.0, 0.0]])
+    vm = np.array(
+        [[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.5, 0.5, 0.2], [0.0, -1.0, 0.0]]
+    )
     vc = np.stack([np.eye(3) * s for s in (0.01, 0.01, 0.01, 0.01, 0.5)])
     return GlobalRecord(
-        version=version, dim=3, n_factors=2, biases=True, transform="log1p", b0=2.0, sigma=0.5,
-        prior_mean=np.zeros(3), prior_cov=np.diag([0.25, 0.25, 0.25]),
-        video_ids=[f"v{j}" for j in range(5)], video_mean=vm, video_cov=vc,
-        video_scale=np.sqrt(np.diagonal(vc, axis1=1, axis2=2)), updated_ms=1_700_000_000_000,
-    )  # fmt: skip
+        version=version,
+        dim=3,
+        n_factors=2,
+        biases=True,
+        transform="log1p",
+        b0=2.0,
+        sigma=0.5,
+        prior_mean=np.zeros(3),
+        prior_cov=np.diag([0.25, 0.25, 0.25]),
+        video_ids=[f"v{j}" for j in range(5)],
+        video_mean=vm,
+        video_cov=vc,
+        video_scale=np.sqrt(np.diagonal(vc, axis1=1, axis2=2)),
+        updated_ms=1_700_000_000_000,
+    )
 
 
 def fan(gv: int = 3) -> UserRecord:
     return UserRecord(
-        mean=np.array([1.0, 0.0, 0.25]), cov=np.eye(3) * 0.01, n_events=4,
-        updated_ms=1_700_000_100_000, event_ms=1_700_000_090_000, global_version=gv,
-        partition=1, offset=17, history=[("v3", 12.0, 4)],
-    )  # fmt: skip
+        mean=np.array([1.0, 0.0, 0.25]),
+        cov=np.eye(3) * 0.01,
+        n_events=4,
+        updated_ms=1_700_000_100_000,
+        event_ms=1_700_000_090_000,
+        global_version=gv,
+        partition=1,
+        offset=17,
+        history=[("v3", 12.0, 4)],
+    )
 
 
 @pytest.fixture
@@ -45,9 +63,17 @@ def published(redis_store) -> list[str]:  # type: ignore[no-untyped-def]
     """Records written as the service writes them, on one Redis and on the
     cluster (where the global keys carry the hash tag {prefix})."""
     client, prefix = redis_store.client, redis_store.prefix
-    write_global_record(client, global_prefix(prefix, redis_store.cluster), small_globals(), ttl_s=60)
+    write_global_record(
+        client, global_prefix(prefix, redis_store.cluster), small_globals(), ttl_s=60
+    )
     client.hset(user_key(prefix, "fan"), mapping=encode_user_record(fan()))
-    return ["--prefix", prefix, "--redis-url", redis_store.url, *(["--redis-cluster"] if redis_store.cluster else [])]
+    return [
+        "--prefix",
+        prefix,
+        "--redis-url",
+        redis_store.url,
+        *(["--redis-cluster"] if redis_store.cluster else []),
+    ]
 
 
 def test_json_output(published, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -59,13 +85,18 @@ def test_json_output(published, capsys) -> None:  # type: ignore[no-untyped-def]
     recs = out["recommendations"]
     assert [r["video_id"] for r in recs][0] == "v0" and "v3" not in [r["video_id"] for r in recs]
     assert len(recs) == 3 and all(r["std"] > 0 for r in recs)
-    assert out["predictions"][0]["known"] and out["predictions"][0]["mean"] == pytest.approx(recs[0]["mean"])
+    assert out["predictions"][0]["known"] and out["predictions"][0]["mean"] == pytest.approx(
+        recs[0]["mean"]
+    )
     assert out["predictions"][1] == {"video_id": "zzz", "known": False, "mean": None, "std": None}
     np.testing.assert_allclose(out["std"], [0.1, 0.1, 0.1], rtol=1e-6)
 
 
 def test_human_output(published, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["lookup", "fan", "--k", "2", "--strategy", "thompson", "--seed", "5", *published]) == 0
+    assert (
+        main(["lookup", "fan", "--k", "2", "--strategy", "thompson", "--seed", "5", *published])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "user fan" in text and "from 4 events" in text and "v3" in text
     assert "top 2 of 5 videos by thompson, seed 5, predicted minutes:" in text

@@ -12,14 +12,15 @@ from model.batch_fit import batch_config, fit
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.simulate import SimConfig, simulate
-from streamer import fit_cli
-from streamer.events_file import write_events
+from streamer.cli import fit as fit_cli
+from streamer.files.events_file import write_events
 
 
 @pytest.fixture(scope="module")
 def sim():  # noqa: ANN201
-    return simulate(SimConfig(days=1, users_per_day=500, n_videos=40, n_factors=3,
-                              light_mean_views=5, seed=21))  # fmt: skip
+    return simulate(
+        SimConfig(days=1, users_per_day=500, n_videos=40, n_factors=3, light_mean_views=5, seed=21)
+    )
 
 
 def test_epochs_reduce_training_error(sim) -> None:  # noqa: ANN001
@@ -48,8 +49,20 @@ def test_fit_cli_writes_a_loadable_checkpoint(sim, tmp_path: Path) -> None:  # n
     ckpt = tmp_path / "m.ckpt"
     parser = argparse.ArgumentParser()
     fit_cli.add_arguments(parser)
-    args = parser.parse_args([str(events), "--out", str(ckpt), "--epochs", "2", "--factors", "3",
-                              "--transform", "log1p", "--quiet"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            str(events),
+            "--out",
+            str(ckpt),
+            "--epochs",
+            "2",
+            "--factors",
+            "3",
+            "--transform",
+            "log1p",
+            "--quiet",
+        ]
+    )
     assert fit_cli.run(args) == 0
     model = load_checkpoint(ckpt)
     assert model.config.n_factors == 3 and model.config.transform == "log1p"

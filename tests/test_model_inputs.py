@@ -13,7 +13,9 @@ from model.transform import forward, to_original_units
 
 
 def test_unknown_transform() -> None:
-    with pytest.raises(ValueError, match=r"unknown transform 'sqrt'; choose one of: identity, log1p"):
+    with pytest.raises(
+        ValueError, match=r"unknown transform 'sqrt'; choose one of: identity, log1p"
+    ):
         HPMFConfig(transform="sqrt")
     with pytest.raises(ValueError, match="unknown transform 'log'"):
         forward("log", np.ones(2))
@@ -61,8 +63,14 @@ def test_wrong_lengths_and_shapes() -> None:
 
 
 def test_bad_config_values() -> None:
-    for kw in ({"n_factors": -1}, {"user_forgetting": 0.0}, {"effective_data_size": 0.0},
-               {"history_size": 0}, {"prior_scale": 0.0}, {"svi_lr": 0.0}):  # fmt: skip
+    for kw in (
+        {"n_factors": -1},
+        {"user_forgetting": 0.0},
+        {"effective_data_size": 0.0},
+        {"history_size": 0},
+        {"prior_scale": 0.0},
+        {"svi_lr": 0.0},
+    ):
         with pytest.raises(ValueError):
             HPMFConfig(**kw)
 

@@ -25,7 +25,9 @@ from pyro.distributions import constraints
 from model.local_step import HistoryEntries, user_local_step
 
 
-def _problem(seed: int, d: int, n_videos: int, video_cov_scale: float = 0.3) -> dict[str, np.ndarray]:
+def _problem(
+    seed: int, d: int, n_videos: int, video_cov_scale: float = 0.3
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.normal(0.0, video_cov_scale, (n_videos, d, d))
     return {
@@ -37,10 +39,19 @@ def _problem(seed: int, d: int, n_videos: int, video_cov_scale: float = 0.3) -> 
 
 
 def numpy_posterior(
-    users: np.ndarray, videos: np.ndarray, r: np.ndarray, a: np.ndarray, n_users: int,
-    vm: np.ndarray, vc: np.ndarray, b0: float, noise_var: float,
-    mu: np.ndarray, s: np.ndarray, biases: bool,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    users: np.ndarray,
+    videos: np.ndarray,
+    r: np.ndarray,
+    a: np.ndarray,
+    n_users: int,
+    vm: np.ndarray,
+    vc: np.ndarray,
+    b0: float,
+    noise_var: float,
+    mu: np.ndarray,
+    s: np.ndarray,
+    biases: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """q(x_i) = N(P^-1 h, P^-1) with P = diag(s)^-2 + sum_j a_j E[yy^T] / noise_var and
     h = diag(s)^-2 mu + sum_j a_j ((r_j - b0) E[y] - E[y c]) / noise_var."""
     d = len(mu)
@@ -77,23 +88,37 @@ def test_local_step_equals_numpy_closed_form(biases: bool) -> None:
     r = rng.normal(3.0, 1.0, len(users))
     a = 0.9 ** rng.integers(0, 5, len(users))  # forgetting weights
     b0, noise_var = 2.7, 0.6
-    want_m, want_c = numpy_posterior(users, videos, r, a, n_users, p["vm"], p["vc"], b0, noise_var,
-                                     p["mu"], p["s"], biases)  # fmt: skip
+    want_m, want_c = numpy_posterior(
+        users, videos, r, a, n_users, p["vm"], p["vc"], b0, noise_var, p["mu"], p["s"], biases
+    )
     t = torch.from_numpy
     entries = HistoryEntries(t(users), t(videos), t(r), t(a))
     got_m, got_c, got_l = user_local_step(
-        entries, n_users, t(p["vm"]), t(p["vc"]), torch.tensor(b0, dtype=torch.float64),
-        torch.tensor(noise_var, dtype=torch.float64), t(p["mu"]), t(p["s"]), biases,
-    )  # fmt: skip
+        entries,
+        n_users,
+        t(p["vm"]),
+        t(p["vc"]),
+        torch.tensor(b0, dtype=torch.float64),
+        torch.tensor(noise_var, dtype=torch.float64),
+        t(p["mu"]),
+        t(p["s"]),
+        biases,
+    )
     np.testing.assert_allclose(got_m.numpy(), want_m, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got_c.numpy(), want_c, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose((got_l @ got_l.transpose(-1, -2)).numpy(), want_c, atol=1e-10)
     # a user with no entries gets exactly the prior
     m0, c0, _ = user_local_step(
-        HistoryEntries(t(users), t(videos), t(r), t(a)), n_users + 1, t(p["vm"]), t(p["vc"]),
-        torch.tensor(b0, dtype=torch.float64), torch.tensor(noise_var, dtype=torch.float64),
-        t(p["mu"]), t(p["s"]), biases,
-    )  # fmt: skip
+        HistoryEntries(t(users), t(videos), t(r), t(a)),
+        n_users + 1,
+        t(p["vm"]),
+        t(p["vc"]),
+        torch.tensor(b0, dtype=torch.float64),
+        torch.tensor(noise_var, dtype=torch.float64),
+        t(p["mu"]),
+        t(p["s"]),
+        biases,
+    )
     np.testing.assert_allclose(m0[-1].numpy(), p["mu"], atol=1e-12)
     np.testing.assert_allclose(c0[-1].numpy(), np.diag(p["s"] ** 2), atol=1e-12)
 
@@ -142,7 +167,9 @@ def test_local_step_equals_pyro_svi_optimum() -> None:
                 covs.append(tril @ tril.T)
     svi_mean, svi_cov = torch.stack(locs).mean(0), torch.stack(covs).mean(0)
 
-    entries = HistoryEntries(torch.zeros(n_videos, dtype=torch.long), torch.arange(n_videos), obs, weight)
+    entries = HistoryEntries(
+        torch.zeros(n_videos, dtype=torch.long), torch.arange(n_videos), obs, weight
+    )
     args = (torch.tensor(b0, dtype=f64), torch.tensor(sigma**2, dtype=f64), mu, s, True)
     exact_m, exact_c, _ = user_local_step(entries, 1, vm, vc, *args)
     np.testing.assert_allclose(svi_mean.numpy(), exact_m[0].numpy(), atol=0.02)

@@ -41,10 +41,20 @@ def video_factor_means(model: OnlineHPMF, video_ids: list[str], k: int) -> np.nd
 
 def test_pooled_prior_recovers_population_mean() -> None:
     k = 3
-    sim = simulate(SimConfig(
-        days=2, users_per_day=1000, n_videos=100, n_factors=k, biases=False, mu_u_scale=0.8,
-        light_mean_views=8, heavy_fraction=0.0, zipf_exponent=0.5, seed=1,
-    ))  # fmt: skip
+    sim = simulate(
+        SimConfig(
+            days=2,
+            users_per_day=1000,
+            n_videos=100,
+            n_factors=k,
+            biases=False,
+            mu_u_scale=0.8,
+            light_mean_views=8,
+            heavy_fraction=0.0,
+            zipf_exponent=0.5,
+            seed=1,
+        )
+    )
     truth = sim.truth
     assert np.abs(truth.mu_u).max() > 0.5  # a population mean worth recovering
     model = OnlineHPMF(ladder_config("hpmf", transform="log1p", n_factors=k, biases=False))
@@ -89,12 +99,20 @@ def test_user_factor_credible_intervals_cover_the_truth() -> None:
     d = w.shape[1]
     f = torch.from_numpy
     y = np.log1p(sim.values)  # = r_ij except the ~0.7% of draws clipped at 0 minutes
-    entries = HistoryEntries(f(sim.user_rows), f(sim.video_rows), f(y), torch.ones(len(y), dtype=torch.float64))
+    entries = HistoryEntries(
+        f(sim.user_rows), f(sim.video_rows), f(y), torch.ones(len(y), dtype=torch.float64)
+    )
     mean, cov, _ = user_local_step(
-        entries, len(truth.user_ids), f(w), torch.zeros(len(w), d, d, dtype=torch.float64),
-        torch.tensor(truth.b0, dtype=torch.float64), torch.tensor(truth.sigma**2, dtype=torch.float64),
-        f(truth.mu_u), f(truth.s_u), True,
-    )  # fmt: skip
+        entries,
+        len(truth.user_ids),
+        f(w),
+        torch.zeros(len(w), d, d, dtype=torch.float64),
+        torch.tensor(truth.b0, dtype=torch.float64),
+        torch.tensor(truth.sigma**2, dtype=torch.float64),
+        f(truth.mu_u),
+        f(truth.s_u),
+        True,
+    )
     sd = np.sqrt(np.diagonal(cov.numpy(), axis1=1, axis2=2))
     inside = np.abs(truth.user_factors() - mean.numpy()) <= Z90 * sd
     assert 0.85 <= inside.mean() <= 0.95

@@ -27,7 +27,10 @@ def test_a_loaded_state_predicts_and_learns_as_the_original() -> None:
     twin = OnlineHPMF(m.config)
     twin.load_state_dict(m.state_dict())
     users, videos = ["u1", "u2", "new"], ["v1", "v3", "v-unknown"]
-    got, want = twin.predict([states.get(u) for u in users], videos), m.predict([states.get(u) for u in users], videos)
+    got, want = (
+        twin.predict([states.get(u) for u in users], videos),
+        m.predict([states.get(u) for u in users], videos),
+    )
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     batch = Batch.of(["u1", "u5"], ["v2", "v7"], [4.0, 2.0])

@@ -20,21 +20,45 @@ from model.transform import forward
 def taste_stream() -> tuple[list[str], list[str], np.ndarray]:
     # Strong tastes, little noise, users who watch ~15 videos: taste is most of
     # the signal, so a model that learns none of it is far from one that does.
-    sim = simulate(SimConfig(days=2, users_per_day=150, n_videos=60, n_factors=3, sigma=0.3,
-                             heavy_fraction=1.0, heavy_mean_views=15.0, heavy_gap_s=3600.0,
-                             user_scale=0.7, video_scale=0.7, seed=5))  # fmt: skip
+    sim = simulate(
+        SimConfig(
+            days=2,
+            users_per_day=150,
+            n_videos=60,
+            n_factors=3,
+            sigma=0.3,
+            heavy_fraction=1.0,
+            heavy_mean_views=15.0,
+            heavy_gap_s=3600.0,
+            user_scale=0.7,
+            video_scale=0.7,
+            seed=5,
+        )
+    )
     return sim.user_ids.tolist(), sim.video_ids.tolist(), sim.values
 
 
-def _rmse(name: str, stream: tuple[list[str], list[str], np.ndarray], **kw: object) -> tuple[float, OnlineHPMF]:
+def _rmse(
+    name: str, stream: tuple[list[str], list[str], np.ndarray], **kw: object
+) -> tuple[float, OnlineHPMF]:
     users, videos, values = stream
-    model = OnlineHPMF(ladder_config(name, transform="log1p", n_factors=3 if name != "biases" else 0,
-                                     replay_warmup_events=500, replay_interval_min=250, **kw))  # fmt: skip
+    model = OnlineHPMF(
+        ladder_config(
+            name,
+            transform="log1p",
+            n_factors=3 if name != "biases" else 0,
+            replay_warmup_events=500,
+            replay_interval_min=250,
+            **kw,
+        )
+    )
     res = run_stream(model, users, videos, values, batch_size=8)
     return metrics(res)["rmse"], model
 
 
-def test_replay_learns_taste_that_biases_cannot(taste_stream: tuple[list[str], list[str], np.ndarray]) -> None:
+def test_replay_learns_taste_that_biases_cannot(
+    taste_stream: tuple[list[str], list[str], np.ndarray],
+) -> None:
     users, videos, values = taste_stream
     assert len(values) > 2500
     biases, _ = _rmse("biases", taste_stream)
@@ -44,7 +68,9 @@ def test_replay_learns_taste_that_biases_cannot(taste_stream: tuple[list[str], l
     # (measured: 0.63 against 0.39 of the across-video prediction variance).
     snap, flat_snap = model.export_globals(), flat.export_globals()
     share = taste_share(snap.video_mean, snap.user_prior_mean, snap.user_prior_cov)
-    flat_share = taste_share(flat_snap.video_mean, flat_snap.user_prior_mean, flat_snap.user_prior_cov)
+    flat_share = taste_share(
+        flat_snap.video_mean, flat_snap.user_prior_mean, flat_snap.user_prior_cov
+    )
     assert share > flat_share + 0.1, (share, flat_share)
     assert replay < biases - 0.03, (replay, biases)
     assert one_pass > replay + 0.02, (one_pass, replay)
@@ -87,14 +113,26 @@ def test_background_sweeps_learn_as_much_taste_as_sweeps_folded_at_once(
 def test_a_sweep_in_flight_when_the_catalogue_cap_renumbers_videos_is_dropped() -> None:
     # Its result refers to rows that no longer mean the same videos.
     rng = np.random.default_rng(0)
-    model = OnlineHPMF(ladder_config("hpmf", n_factors=2, replay_warmup_events=50, replay_interval_min=50,
-                                     replay_background=True, max_videos=40))  # fmt: skip
+    model = OnlineHPMF(
+        ladder_config(
+            "hpmf",
+            n_factors=2,
+            replay_warmup_events=50,
+            replay_interval_min=50,
+            replay_background=True,
+            max_videos=40,
+        )
+    )
     states: dict = {}
     for k in range(40):
         users = [f"u{j}" for j in rng.integers(0, 30, 8)]
         videos = [f"v{k}-{j}" for j in range(8)]  # new videos all the time: the cap renumbers often
-        states.update(model.learn(Batch.of(users, videos, rng.exponential(size=8).tolist()),
-                                  {u: states.get(u) for u in users}))  # fmt: skip
+        states.update(
+            model.learn(
+                Batch.of(users, videos, rng.exponential(size=8).tolist()),
+                {u: states.get(u) for u in users},
+            )
+        )
     model.finish_replay()
     assert model._remaps > 0 and model.n_videos <= 40
     # A sweep still running when its batch's global step renumbers the rows is

@@ -21,10 +21,10 @@ from model.ranking import (
     rank_of,
     ranking_metrics,
 )
-from streamer import evaluate_cli
-from streamer.events_file import write_events
-from streamer.lookup_math import top_k
-from streamer.ranking_eval import RANK_RUNGS, make_rankers, ranking_report, run_ranking
+from streamer.cli import evaluate as evaluate_cli
+from streamer.evaluation.ranking_eval import RANK_RUNGS, make_rankers, ranking_report, run_ranking
+from streamer.files.events_file import write_events
+from streamer.reader.lookup_math import top_k
 
 
 # ---------------------------------------------------------------- metric math
@@ -32,7 +32,9 @@ def test_metrics_by_hand() -> None:
     # ranks 1, 2, 4, 10, 11: hits 4 of 5; NDCG terms 1, 1/log2(3), 1/log2(5), 1/log2(11), 0
     m = ranking_metrics(np.array([1, 2, 4, 10, 11]))
     assert m["hit10"] == pytest.approx(0.8)
-    assert m["ndcg10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(11)) / 5)
+    assert m["ndcg10"] == pytest.approx(
+        (1 + 1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(11)) / 5
+    )
     assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 10 + 1 / 11) / 5)
     assert ranking_metrics(np.array([11, 50]))["hit10"] == 0.0
     assert math.isnan(ranking_metrics(np.array([], dtype=int))["hit10"])
@@ -121,7 +123,9 @@ def test_replay_skips_unseen_videos_and_rewatches() -> None:
 
 def test_replay_minibatch_uses_states_from_before_the_batch() -> None:
     spy = Spy()
-    run_ranking(["a", "b", "c", "d"], ["x", "x", "x", "x"], np.ones(4), {"s": spy}, {}, batch_size=2)
+    run_ranking(
+        ["a", "b", "c", "d"], ["x", "x", "x", "x"], np.ones(4), {"s": spy}, {}, batch_size=2
+    )
     assert [c[3] for c in spy.calls] == [2, 2]  # events 2 and 3 both scored after learning 0-1
 
 
@@ -196,7 +200,9 @@ def test_cli_writes_the_ranking_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "hit10" in capsys.readouterr().out
 
 
-def test_cli_rejects_unknown_rungs_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_unknown_rungs_and_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = tmp_path / "e.tsv"
     write_events(events, ["a"], ["x"], np.ones(1), np.zeros(1))
     assert evaluate_cli.run(_args(events, tmp_path / "o.json", models=["svd"])) == 2

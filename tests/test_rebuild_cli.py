@@ -26,41 +26,71 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.lookup_reader import Lookup, Status
-from streamer.rebuild import marker_key
-from streamer.redis_record import global_current_key
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.redis_record import global_current_key
+from streamer.service.rebuild import marker_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
 
-def test_keys_lost_while_idle_are_rebuilt_and_hpmf_rebuild_waits(kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_keys_lost_while_idle_are_rebuilt_and_hpmf_rebuild_waits(
+    kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(1500, 120, seed=5)
     users = sorted(counts)
     client = redis.Redis.from_url(redis_url)
     log = tmp_path / "w.log"
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--checkpoint-every-s", "1")
+    cmd = worker_cmd(
+        kafka_bootstrap, redis_url, topic_name, key_prefix, "--checkpoint-every-s", "1"
+    )
     with running(cmd, log) as proc:
         produce(kafka_bootstrap, topic_name, events, rate=1000.0)
         wait_for(lambda: user_counts(client, key_prefix, users) == dict(counts), 90, "all applied")
-        wait_for(lambda: len(client.hkeys(marker_key(key_prefix))) == 5, 30, "epoch + 4 partitions marked")
+        wait_for(
+            lambda: len(client.hkeys(marker_key(key_prefix))) == 5,
+            30,
+            "epoch + 4 partitions marked",
+        )
         import time
 
         time.sleep(2.5)  # a Kafka checkpoint after the last publish
         keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
         client.delete(*keys)  # Redis lost everything; no more traffic
         # The idle worker notices; the learner republishes from the checkpoint.
-        wait_for(lambda: client.get(global_current_key(key_prefix)) is not None, 40, "globals republished")
+        wait_for(
+            lambda: client.get(global_current_key(key_prefix)) is not None,
+            40,
+            "globals republished",
+        )
         post = Lookup(client, key_prefix).user_posterior(users[0])
         assert post.model_version > 0
-        wait_for(lambda: user_counts(client, key_prefix, users) == dict(counts), 60, "users rebuilt")
+        wait_for(
+            lambda: user_counts(client, key_prefix, users) == dict(counts), 60, "users rebuilt"
+        )
         assert post.status in (Status.OK, Status.NEW_USER)
         # The operator's command on an intact Redis: a rebuild that changes nothing.
         out = subprocess.run(
-            [sys.executable, "-m", "streamer.cli", "rebuild", "--kafka-bootstrap", kafka_bootstrap, "--topic", topic_name,
-             "--redis-url", redis_url, "--redis-prefix", key_prefix, "--wait", "60"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "streamer.cli",
+                "rebuild",
+                "--kafka-bootstrap",
+                kafka_bootstrap,
+                "--topic",
+                topic_name,
+                "--redis-url",
+                redis_url,
+                "--redis-prefix",
+                key_prefix,
+                "--wait",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "rebuilt: all 4 partitions" in out.stdout, out.stdout
         assert "checkpoint" in out.stdout and "version" in out.stdout

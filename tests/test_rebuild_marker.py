@@ -1,4 +1,4 @@
-"""The epoch marker's decisions (streamer/rebuild.py) against the real Redis,
+"""The epoch marker's decisions (streamer/service/rebuild.py) against the real Redis,
 with a stand-in for the Kafka consumer (which partitions were committed,
 where the replay starts and ends, where the consumer stands)."""
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 from kafka.structs import OffsetAndTimestamp
 
-from streamer.rebuild import Rebuild, marker_key
+from streamer.service.rebuild import Rebuild, marker_key
 
 T = "events"
 P0, P1 = TopicPartition(T, 0), TopicPartition(T, 1)
@@ -28,7 +28,9 @@ class FakeConsumer:
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.ends[tp] for tp in tps}
 
-    def offsets_for_times(self, ts: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndTimestamp]:
+    def offsets_for_times(
+        self, ts: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp]:
         return {tp: OffsetAndTimestamp(self.starts[tp], 0, -1) for tp in ts}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -45,7 +47,9 @@ def test_never_consumed_partitions_are_marked_without_replay(redis_client, key_p
     assert set(redis_client.hkeys(marker_key(key_prefix))) == {b"epoch", b"events:0", b"events:1"}
 
 
-def test_a_loss_while_running_replays_every_partition_then_marks_them(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_a_loss_while_running_replays_every_partition_then_marks_them(
+    redis_client, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     c = FakeConsumer(committed_at={P0: 90, P1: 40})
     rb = Rebuild(redis_client, key_prefix, c, 3_600_000)
     rb.check({P0, P1})  # fresh Redis, no learner: these were consumed before -> rebuilt
@@ -70,14 +74,18 @@ def test_a_vanished_partition_field_rebuilds_that_partition_only(redis_client, k
     assert rb.check({P0, P1}) == {P1} and set(rb.targets) == {P1}
 
 
-def test_a_redis_written_before_the_marker_existed_is_not_replayed(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_a_redis_written_before_the_marker_existed_is_not_replayed(
+    redis_client, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     redis_client.hset(f"{key_prefix}:learner", mapping={"ckpt": b"x", "last_id": "0-0"})
     c = FakeConsumer(committed_at={P0: 90, P1: 40})
     rb = Rebuild(redis_client, key_prefix, c, 3_600_000)
     assert rb.check({P0, P1}) == set() and c.positions == {}
 
 
-def test_a_reset_by_hpmf_rebuild_is_replayed_by_a_worker_started_later(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_a_reset_by_hpmf_rebuild_is_replayed_by_a_worker_started_later(
+    redis_client, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     """`hpmf rebuild` leaves a new token and no partition marked; a learner
     checkpoint is there, yet the partitions are replayed (not an upgrade)."""
     redis_client.hset(f"{key_prefix}:learner", mapping={"ckpt": b"x", "last_id": "0-0"})

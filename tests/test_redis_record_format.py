@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     SCHEMA_VERSION,
     CorruptRecordError,
     GlobalRecord,
@@ -51,14 +51,21 @@ def sample_user() -> UserRecord:
 
 def sample_global() -> GlobalRecord:
     return GlobalRecord(
-        version=7, dim=3, n_factors=2, biases=True, transform="log1p", b0=1.5, sigma=0.75,
-        prior_mean=np.zeros(3), prior_cov=np.diag([0.09, 0.09, 0.36]),
+        version=7,
+        dim=3,
+        n_factors=2,
+        biases=True,
+        transform="log1p",
+        b0=1.5,
+        sigma=0.75,
+        prior_mean=np.zeros(3),
+        prior_cov=np.diag([0.09, 0.09, 0.36]),
         video_ids=["v1", "v2"],
         video_mean=np.array([[0.5, -0.25, 1.0], [0.0, 2.0, -1.0]]),
         video_cov=np.stack([np.eye(3) * 0.25, np.eye(3)]),
         video_scale=np.array([[0.5] * 3, [1.0] * 3]),
         updated_ms=1700000000999,
-    )  # fmt: skip
+    )
 
 
 # float32 little-endian, checked by hand: 1.0 = 0x3f800000 -> 00 00 80 3f,
@@ -69,9 +76,7 @@ USER_BYTES = {
     "d": b"3",
     "mean": bytes.fromhex("0000803f 000000c0 0000003f"),
     "cov": bytes.fromhex(
-        "0000803e 00000000 00000000"
-        "00000000 0000803f 00000000"
-        "00000000 00000000 00008040"
+        "0000803e 00000000 0000000000000000 0000803f 0000000000000000 00000000 00008040"
     ),
     "n": b"3",
     "ts": b"1700000000123",
@@ -93,18 +98,16 @@ GLOBAL_BYTES = {
     "sigma": b"0.75",
     "prior_mean": bytes.fromhex("00000000 00000000 00000000"),
     "prior_cov": bytes.fromhex(
-        "ec51b83d 00000000 00000000"
-        "00000000 ec51b83d 00000000"
-        "00000000 00000000 ec51b83e"
+        "ec51b83d 00000000 0000000000000000 ec51b83d 0000000000000000 00000000 ec51b83e"
     ),
     "n_videos": b"2",
     "video_ids": b"v1\nv2",
-    "video_mean": bytes.fromhex("0000003f 000080be 0000803f" "00000000 00000040 000080bf"),
+    "video_mean": bytes.fromhex("0000003f 000080be 0000803f00000000 00000040 000080bf"),
     "video_cov": bytes.fromhex(
         "0000803e 00000000 00000000 00000000 0000803e 00000000 00000000 00000000 0000803e"
         "0000803f 00000000 00000000 00000000 0000803f 00000000 00000000 00000000 0000803f"
     ),
-    "video_scale": bytes.fromhex("0000003f 0000003f 0000003f" "0000803f 0000803f 0000803f"),
+    "video_scale": bytes.fromhex("0000003f 0000003f 0000003f0000803f 0000803f 0000803f"),
     "ts": b"1700000000999",
 }
 
@@ -173,10 +176,21 @@ def test_float32_precision_round_trip() -> None:
 
 def test_global_with_no_videos_and_no_biases() -> None:
     rec = GlobalRecord(
-        version=0, dim=2, n_factors=2, biases=False, transform="identity", b0=0.0, sigma=1.0,
-        prior_mean=np.zeros(2), prior_cov=np.eye(2), video_ids=[], video_mean=np.zeros((0, 2)),
-        video_cov=np.zeros((0, 2, 2)), video_scale=np.zeros((0, 2)), updated_ms=1,
-    )  # fmt: skip
+        version=0,
+        dim=2,
+        n_factors=2,
+        biases=False,
+        transform="identity",
+        b0=0.0,
+        sigma=1.0,
+        prior_mean=np.zeros(2),
+        prior_cov=np.eye(2),
+        video_ids=[],
+        video_mean=np.zeros((0, 2)),
+        video_cov=np.zeros((0, 2, 2)),
+        video_scale=np.zeros((0, 2)),
+        updated_ms=1,
+    )
     enc = encode_global_record(rec)
     assert enc["video_ids"] == b"" and enc["n_videos"] == b"0" and enc["biases"] == b"0"
     back = decode_global_record(as_redis(enc))
@@ -187,16 +201,23 @@ def test_single_empty_video_id_is_not_lost() -> None:
     rec = sample_global()
     rec.video_ids = [""]
     rec.video_mean, rec.video_cov, rec.video_scale = (
-        rec.video_mean[:1], rec.video_cov[:1], rec.video_scale[:1],
-    )  # fmt: skip
+        rec.video_mean[:1],
+        rec.video_cov[:1],
+        rec.video_scale[:1],
+    )
     assert decode_global_record(as_redis(encode_global_record(rec))).video_ids == [""]
 
 
 def test_user_state_round_trip() -> None:
     from model.posterior import UserState
 
-    s = UserState(history={"a": (5.0, 1), "b": (2.0, 3)}, n_events=3,
-                  mean=np.array([0.1, 0.2]), cov=np.eye(2), model_version=4)  # fmt: skip
+    s = UserState(
+        history={"a": (5.0, 1), "b": (2.0, 3)},
+        n_events=3,
+        mean=np.array([0.1, 0.2]),
+        cov=np.eye(2),
+        model_version=4,
+    )
     rec = user_record_from_state(s, updated_ms=10, event_ms=9, partition=1, offset=8)
     assert rec.history == [("a", 5.0, 1), ("b", 2.0, 3)] and rec.global_version == 4
     back = user_state_from_record(decode_user_record(encode_user_record(rec)))
@@ -210,14 +231,27 @@ def test_global_record_from_snapshot() -> None:
 
     cov = np.stack([np.diag([0.04, 0.09, 0.16]), np.diag([1.0, 4.0, 9.0])])
     snap = GlobalsSnapshot(
-        version=5, config={"n_factors": 2, "biases": True, "transform": "log1p"},
-        b0=1.25, sigma=0.5, user_prior_mean=np.array([0.1, 0.0, 0.0]),
-        user_prior_scale=np.array([0.3, 0.3, 0.6]), user_prior_cov=np.diag([0.1, 0.1, 0.4]),
-        video_prior_mean=np.zeros(3), video_prior_scale=np.ones(3), video_ids=["a", "b"],
-        video_mean=np.ones((2, 3)), video_cov=cov,
-    )  # fmt: skip
+        version=5,
+        config={"n_factors": 2, "biases": True, "transform": "log1p"},
+        b0=1.25,
+        sigma=0.5,
+        user_prior_mean=np.array([0.1, 0.0, 0.0]),
+        user_prior_scale=np.array([0.3, 0.3, 0.6]),
+        user_prior_cov=np.diag([0.1, 0.1, 0.4]),
+        video_prior_mean=np.zeros(3),
+        video_prior_scale=np.ones(3),
+        video_ids=["a", "b"],
+        video_mean=np.ones((2, 3)),
+        video_cov=cov,
+    )
     rec = global_record_from_snapshot(snap, updated_ms=99)
-    assert (rec.version, rec.dim, rec.n_factors, rec.biases, rec.transform) == (5, 3, 2, True, "log1p")
+    assert (rec.version, rec.dim, rec.n_factors, rec.biases, rec.transform) == (
+        5,
+        3,
+        2,
+        True,
+        "log1p",
+    )
     np.testing.assert_allclose(rec.video_scale, [[0.2, 0.3, 0.4], [1.0, 2.0, 3.0]])
     np.testing.assert_array_equal(rec.prior_cov, snap.user_prior_cov)  # the pooled prior
     assert decode_global_record(as_redis(encode_global_record(rec))).video_ids == ["a", "b"]
@@ -272,7 +306,7 @@ def test_missing_global_field() -> None:
 
 @pytest.mark.parametrize(
     "hist",
-    [b"not json", b'{"v1": 1}', b'[["v1", 1.0]]', b'[[1, 1.0, 1]]', b'[["v1", "x", 1]]', b"\xff"],
+    [b"not json", b'{"v1": 1}', b'[["v1", 1.0]]', b"[[1, 1.0, 1]]", b'[["v1", "x", 1]]', b"\xff"],
 )
 def test_bad_history_json(hist: bytes) -> None:
     with pytest.raises(CorruptRecordError, match="hist"):
@@ -328,7 +362,7 @@ def test_encode_refuses_what_cannot_be_decoded() -> None:
 
 def test_codec_imports_no_torch() -> None:
     code = (
-        "import sys, streamer.redis_record\n"
+        "import sys, streamer.reader.redis_record\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pyro', 'kafka')]\n"
         "assert not bad, bad\n"
     )

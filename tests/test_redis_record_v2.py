@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.redis_record import (
+from streamer.reader.redis_record import (
     CorruptRecordError,
     decode_global_record,
     decode_user_record,
@@ -39,9 +39,9 @@ GLOBAL_V2_BYTES = {
     "cd": b"2",
     "choice_prior_mean": bytes.fromhex("00000000 00000000"),
     "choice_prior_cov": bytes.fromhex("0000803e 00000000 00000000 00000000"),
-    "choice_video_mean": bytes.fromhex("0000803f 0000003f" "000080bf 00000040"),
+    "choice_video_mean": bytes.fromhex("0000803f 0000003f000080bf 00000040"),
     "choice_video_cov": bytes.fromhex(
-        "0000803e 00000000 00000000 0000803e" "0000803f 00000000 00000000 0000803f"
+        "0000803e 00000000 00000000 0000803e0000803f 00000000 00000000 0000803f"
     ),
 }
 
@@ -67,10 +67,14 @@ def test_user_v2_bytes_are_pinned() -> None:
     assert list(enc) == list(USER_V2_BYTES)  # the v1 fields in their order, then cd cmean ccov
     assert enc == USER_V2_BYTES
     assert encode_user_records([sample_user_v2(), sample_user()]) == [
-        tuple(USER_V2_BYTES.values()), tuple(USER_BYTES.values())
+        tuple(USER_V2_BYTES.values()),
+        tuple(USER_BYTES.values()),
     ]
     # the batched path the worker takes when every record of a batch is version 2
-    assert encode_user_records([sample_user_v2(), sample_user_v2()]) == [tuple(USER_V2_BYTES.values())] * 2
+    assert (
+        encode_user_records([sample_user_v2(), sample_user_v2()])
+        == [tuple(USER_V2_BYTES.values())] * 2
+    )
 
 
 def test_global_v2_bytes_are_pinned() -> None:

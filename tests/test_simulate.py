@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from model.simulate import DAY, EPOCH, SimConfig, simulate
-from streamer import simulate_cli
-from streamer.events_file import read_events
+from streamer.cli import simulate as simulate_cli
+from streamer.files.events_file import read_events
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,14 @@ def test_shapes_and_layout(sim) -> None:  # noqa: ANN001
     assert t.user_factors().shape == (n_users, k + 1) and t.video_factors().shape == (565, k + 1)
     assert t.mu_u.shape == t.s_u.shape == (k + 1,)
     n = len(sim)
-    for col in (sim.user_ids, sim.video_ids, sim.values, sim.timestamps, sim.user_rows, sim.log_value):
+    for col in (
+        sim.user_ids,
+        sim.video_ids,
+        sim.values,
+        sim.timestamps,
+        sim.user_rows,
+        sim.log_value,
+    ):
         assert col.shape == (n,)
     assert (t.user_ids[sim.user_rows] == sim.user_ids).all()
     assert (t.video_ids[sim.video_rows] == sim.video_ids).all()
@@ -78,8 +85,16 @@ def test_no_biases_option() -> None:
     assert s.truth.user_factors().shape[1] == 2 and (s.truth.video_bias == 0).all()
 
 
-@pytest.mark.parametrize("bad", [{"days": 0}, {"n_factors": -1}, {"heavy_fraction": 1.5},
-                                 {"light_mean_views": 0.5}, {"sigma": 0.0}])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"days": 0},
+        {"n_factors": -1},
+        {"heavy_fraction": 1.5},
+        {"light_mean_views": 0.5},
+        {"sigma": 0.0},
+    ],
+)
 def test_bad_config_raises(bad: dict) -> None:
     with pytest.raises(ValueError):
         SimConfig(**bad)
@@ -98,23 +113,37 @@ def test_cli_writes_events_and_truth(tmp_path: Path) -> None:
     np.testing.assert_allclose(ev.values, want.values, atol=1e-4)
     truth = np.load(simulate_cli.truth_path(out))
     np.testing.assert_array_equal(truth["U"], want.truth.U)
-    assert {"user_ids", "video_ids", "U", "V", "user_bias", "video_bias", "b0", "sigma",
-            "mu_u", "s_u", "mu_v", "s_v"} <= set(truth.files)  # fmt: skip
+    assert {
+        "user_ids",
+        "video_ids",
+        "U",
+        "V",
+        "user_bias",
+        "video_bias",
+        "b0",
+        "sigma",
+        "mu_u",
+        "s_u",
+        "mu_v",
+        "s_v",
+    } <= set(truth.files)
 
 
 def test_taste_driven_choices_follow_affinity_and_the_truth_is_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from model.simulate import SimConfig, simulate
-    from streamer.simulate_cli import truth_path
+    from streamer.cli.simulate import truth_path
 
     base = dict(days=1, users_per_day=600, n_videos=80, heavy_fraction=0.3, seed=5)
     flat = simulate(SimConfig(**base))
     taste = simulate(SimConfig(**base, choice_strength=2.0))
     t = taste.truth
     assert t.choice_strength == 2.0 and flat.truth.choice_strength == 0.0
+
     # the affinity u_i . v_j of what was started, in units of its sd over all pairs
     def started_affinity(sim):  # type: ignore[no-untyped-def]
         tr = sim.truth
         return float(np.mean((tr.U[sim.user_rows] * tr.V[sim.video_rows]).sum(-1)) / tr.affinity_sd)
+
     assert started_affinity(taste) > started_affinity(flat) + 0.8
     p = t.choice_probabilities(np.array([0, 1]))
     assert p.shape == (2, 80) and np.allclose(p.sum(1), 1.0)
@@ -123,8 +152,23 @@ def test_taste_driven_choices_follow_affinity_and_the_truth_is_saved(tmp_path) -
     from streamer import cli
 
     out = tmp_path / "s.tsv"
-    assert cli.main(["simulate", str(out), "--days", "1", "--users-per-day", "50", "--videos", "30",
-                     "--choice-strength", "1.5"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "simulate",
+                str(out),
+                "--days",
+                "1",
+                "--users-per-day",
+                "50",
+                "--videos",
+                "30",
+                "--choice-strength",
+                "1.5",
+            ]
+        )
+        == 0
+    )
     saved = np.load(truth_path(out))
     assert float(saved["choice_strength"]) == 1.5 and float(saved["affinity_sd"]) > 0
     assert cli.main(["simulate", str(out), "--choice-strength", "-1"]) == 2

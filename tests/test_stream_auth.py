@@ -29,8 +29,8 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.errors import ConfigurationError, fatal_setting, retry
-from streamer.settings import StreamSettings, mask_url
+from streamer.service.errors import ConfigurationError, fatal_setting, retry
+from streamer.service.settings import StreamSettings, mask_url
 
 PASSWORD = "s3cr3t-Pw_9f1c"
 LIMITED_PASSWORD = "lim1ted-Pw_77ab"
@@ -69,8 +69,10 @@ def test_settings_as_logged_hide_the_secret() -> None:
     assert PASSWORD not in repr(s.describe()) and "password=***" in s.describe()["redis_url"]
 
 
-def test_invalid_redis_url_is_refused_without_repeating_it(capsys: pytest.CaptureFixture[str]) -> None:
-    from streamer.stream_cli import main
+def test_invalid_redis_url_is_refused_without_repeating_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streamer.cli.stream import main
 
     assert main(["--redis-url", f"http://:{PASSWORD}@h/0"]) == 2
     err = capsys.readouterr().err
@@ -89,9 +91,17 @@ def _raiser(exc: BaseException, calls: list[int]) -> object:
 @pytest.mark.parametrize(
     ("exc", "setting"),
     [
-        (redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair"), "redis_url"),
+        (
+            redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair"),
+            "redis_url",
+        ),
         (redis.exceptions.AuthenticationError("NOAUTH Authentication required."), "redis_url"),
-        (redis.exceptions.NoPermissionError("NOPERM this user has no permissions to run the 'evalsha' command"), "redis_url"),
+        (
+            redis.exceptions.NoPermissionError(
+                "NOPERM this user has no permissions to run the 'evalsha' command"
+            ),
+            "redis_url",
+        ),
     ],
 )
 def test_refusals_are_not_retried(exc: BaseException, setting: str) -> None:
@@ -100,7 +110,11 @@ def test_refusals_are_not_retried(exc: BaseException, setting: str) -> None:
     calls: list[int] = []
     with pytest.raises(ConfigurationError) as got:
         retry(_raiser(exc, calls), "x", logging.getLogger("t"), lambda: False)  # type: ignore[arg-type]
-    assert calls == [1] and got.value.setting == setting and f"HPMF_{setting.upper()}" in str(got.value)
+    assert (
+        calls == [1]
+        and got.value.setting == setting
+        and f"HPMF_{setting.upper()}" in str(got.value)
+    )
 
 
 def test_kafka_authorization_errors_name_their_setting() -> None:
@@ -110,7 +124,10 @@ def test_kafka_authorization_errors_name_their_setting() -> None:
     assert fatal_setting(ke.GroupAuthorizationFailedError()).setting == "group_id"  # type: ignore[union-attr]
     assert fatal_setting(ke.ClusterAuthorizationFailedError()).setting == "kafka_bootstrap"  # type: ignore[union-attr]
     assert fatal_setting(ke.SaslAuthenticationFailedError()).setting == "kafka_bootstrap"  # type: ignore[union-attr]
-    assert fatal_setting(ke.KafkaConnectionError()) is None and fatal_setting(ke.KafkaTimeoutError()) is None
+    assert (
+        fatal_setting(ke.KafkaConnectionError()) is None
+        and fatal_setting(ke.KafkaTimeoutError()) is None
+    )
 
 
 def test_transient_errors_are_still_retried() -> None:
@@ -124,7 +141,10 @@ def test_transient_errors_are_still_retried() -> None:
             raise redis.exceptions.ConnectionError("Connection refused")
         return "ok"
 
-    assert retry(flaky, "x", logging.getLogger("t"), lambda: False, max_backoff_s=0.05) == "ok" and len(calls) == 3
+    assert (
+        retry(flaky, "x", logging.getLogger("t"), lambda: False, max_backoff_s=0.05) == "ok"
+        and len(calls) == 3
+    )
 
 
 # ------------------------------------------------------------ integration
@@ -136,10 +156,24 @@ def secured_redis(tmp_path):  # type: ignore[no-untyped-def]
         pytest.skip("needs redis-server on PATH")
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--requirepass", PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--requirepass",
+            PASSWORD,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = redis.Redis(port=port, password=PASSWORD)
 
@@ -150,7 +184,17 @@ def secured_redis(tmp_path):  # type: ignore[no-untyped-def]
                 return False
 
         wait_for(up, 10, "private redis up")
-        client.execute_command("ACL", "SETUSER", "limited", "on", f">{LIMITED_PASSWORD}", "~*", "&*", "+@all", "-@scripting")
+        client.execute_command(
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            f">{LIMITED_PASSWORD}",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        )
         client.close()
         yield port
     finally:
@@ -162,14 +206,24 @@ def _run_worker(args: list[str], timeout: float) -> tuple[int | str, str, float]
     t0 = time.monotonic()
     try:
         out = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=timeout)
-        return out.returncode, (out.stdout + out.stderr).decode(errors="replace"), time.monotonic() - t0
+        return (
+            out.returncode,
+            (out.stdout + out.stderr).decode(errors="replace"),
+            time.monotonic() - t0,
+        )
     except subprocess.TimeoutExpired as exc:
-        return "timeout", ((exc.stdout or b"") + (exc.stderr or b"")).decode(errors="replace"), time.monotonic() - t0
+        return (
+            "timeout",
+            ((exc.stdout or b"") + (exc.stderr or b"")).decode(errors="replace"),
+            time.monotonic() - t0,
+        )
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_wrong_redis_password_fails_fast_naming_the_setting(secured_redis, kafka_bootstrap, topic_name, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_redis_password_fails_fast_naming_the_setting(
+    secured_redis, kafka_bootstrap, topic_name, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     port = secured_redis
     for url in (
         f"redis://:{WRONG}@127.0.0.1:{port}/0",  # userinfo
@@ -183,29 +237,43 @@ def test_wrong_redis_password_fails_fast_naming_the_setting(secured_redis, kafka
         assert took < 45
         for secret in SECRETS:
             assert secret not in out, f"{mask_url(url)} leaked a secret"
-        lines = [line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")]
-        assert len(lines) == 1 and "HPMF_REDIS_URL" in lines[0] and "--redis-url" in lines[0], out[-2000:]
+        lines = [
+            line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")
+        ]
+        assert len(lines) == 1 and "HPMF_REDIS_URL" in lines[0] and "--redis-url" in lines[0], out[
+            -2000:
+        ]
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_missing_acl_permission_fails_fast(secured_redis, kafka_bootstrap, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_acl_permission_fails_fast(
+    secured_redis, kafka_bootstrap, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port = secured_redis
     create_topic(kafka_bootstrap, topic_name)
     events, _ = make_events(50, 5, seed=1)
     produce(kafka_bootstrap, topic_name, events)
     url = f"redis://limited:{LIMITED_PASSWORD}@127.0.0.1:{port}/0"
-    code, out, took = _run_worker(worker_cmd(kafka_bootstrap, url, topic_name, key_prefix), timeout=90)
+    code, out, took = _run_worker(
+        worker_cmd(kafka_bootstrap, url, topic_name, key_prefix), timeout=90
+    )
     assert code == 3, f"exit {code} after {took:.0f} s\n{out[-2000:]}"
-    lines = [line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")]
-    assert len(lines) == 1 and "lacks a permission" in lines[0] and "HPMF_REDIS_URL" in lines[0], out[-2000:]
+    lines = [
+        line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")
+    ]
+    assert len(lines) == 1 and "lacks a permission" in lines[0] and "HPMF_REDIS_URL" in lines[0], (
+        out[-2000:]
+    )
     assert took < 60
     assert all(secret not in out for secret in SECRETS)
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_a_working_password_url_is_never_logged_or_exported(secured_redis, kafka_bootstrap, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_working_password_url_is_never_logged_or_exported(
+    secured_redis, kafka_bootstrap, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port = secured_redis
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(300, 20, seed=4)
@@ -220,7 +288,9 @@ def test_a_working_password_url_is_never_logged_or_exported(secured_redis, kafka
     scraped: list[str] = []
     with running(cmd, log) as proc:
         users = sorted(counts)
-        wait_for(lambda: user_counts(client, key_prefix, users) == dict(counts), 90, "events applied")
+        wait_for(
+            lambda: user_counts(client, key_prefix, users) == dict(counts), 90, "events applied"
+        )
         for path in ("/metrics", "/healthz", "/readyz"):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{mport}{path}", timeout=5) as resp:
@@ -247,12 +317,19 @@ def test_kafka_authorization_errors_fail_fast(redis_url, tmp_path) -> None:  # t
     from kafka.admin import ACL, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
 
     port, controller = free_port(), free_port()
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller), "HPMF_RUN": str(tmp_path / "run"),
-           "KAFKA_DATA": str(tmp_path / "kafka-data"),
-           "KAFKA_EXTRA_PROPERTIES": "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
-                                     "allow.everyone.if.no.acl.found=true"}  # fmt: skip
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(controller),
+        "HPMF_RUN": str(tmp_path / "run"),
+        "KAFKA_DATA": str(tmp_path / "kafka-data"),
+        "KAFKA_EXTRA_PROPERTIES": "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+        "allow.everyone.if.no.acl.found=true",
+    }
     kafka_sh = ["bash", str(ROOT / "deploy/local/kafka.sh")]
-    started = subprocess.run([*kafka_sh, "start"], env=env, capture_output=True, text=True, timeout=150)
+    started = subprocess.run(
+        [*kafka_sh, "start"], env=env, capture_output=True, text=True, timeout=150
+    )
     assert started.returncode == 0, started.stderr
     bootstrap = f"127.0.0.1:{port}"
     try:
@@ -260,16 +337,38 @@ def test_kafka_authorization_errors_fail_fast(redis_url, tmp_path) -> None:  # t
         for t in (denied_topic, open_topic):
             create_topic(bootstrap, t)
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_acls([
-            ACL("User:ANONYMOUS", "*", ACLOperation.READ, ACLPermissionType.DENY, ResourcePattern(ResourceType.TOPIC, denied_topic)),
-            ACL("User:ANONYMOUS", "*", ACLOperation.READ, ACLPermissionType.DENY, ResourcePattern(ResourceType.GROUP, f"g-{open_topic}")),
-        ])  # fmt: skip
+        admin.create_acls(
+            [
+                ACL(
+                    "User:ANONYMOUS",
+                    "*",
+                    ACLOperation.READ,
+                    ACLPermissionType.DENY,
+                    ResourcePattern(ResourceType.TOPIC, denied_topic),
+                ),
+                ACL(
+                    "User:ANONYMOUS",
+                    "*",
+                    ACLOperation.READ,
+                    ACLPermissionType.DENY,
+                    ResourcePattern(ResourceType.GROUP, f"g-{open_topic}"),
+                ),
+            ]
+        )
         admin.close()
         for topic, setting in ((denied_topic, "HPMF_TOPIC"), (open_topic, "HPMF_GROUP_ID")):
-            cmd = worker_cmd(bootstrap, redis_url, topic, f"acl-{topic}", "--create-topics", "false")
+            cmd = worker_cmd(
+                bootstrap, redis_url, topic, f"acl-{topic}", "--create-topics", "false"
+            )
             code, out, took = _run_worker(cmd, timeout=90)
-            lines = [line for line in out.splitlines() if line.startswith("hpmf stream: configuration error")]
-            assert code == 3 and len(lines) == 1 and setting in lines[0], f"{topic}: exit {code} after {took:.0f} s\n{out[-2000:]}"
+            lines = [
+                line
+                for line in out.splitlines()
+                if line.startswith("hpmf stream: configuration error")
+            ]
+            assert code == 3 and len(lines) == 1 and setting in lines[0], (
+                f"{topic}: exit {code} after {took:.0f} s\n{out[-2000:]}"
+            )
             assert took < 60
     finally:
         subprocess.run([*kafka_sh, "stop"], env=env, capture_output=True, timeout=60)

@@ -17,8 +17,8 @@ import redis
 from test_stream_support import create_topic, produce, running, wait_exit, worker_cmd
 
 from streamer.event import encode_event
-from streamer.global_retention import versions_key
-from streamer.redis_record import decode_global_record, global_current_key, global_key
+from streamer.reader.redis_record import decode_global_record, global_current_key, global_key
+from streamer.service.store.global_retention import versions_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -45,12 +45,24 @@ def _version_keys(client: redis.Redis, prefix: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("cap", [0, 500])
-def test_new_video_flood(kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path, cap: int) -> None:  # type: ignore[no-untyped-def]
+def test_new_video_flood(
+    kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path, cap: int
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name)
     client = redis.Redis.from_url(redis_url)
     produce(kafka_bootstrap, topic_name, _flood_events(3000))
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "3",
-                     "--max-videos", str(cap), "--publish-every-ms", "200")  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_url,
+        topic_name,
+        key_prefix,
+        "--stop-when-idle-s",
+        "3",
+        "--max-videos",
+        str(cap),
+        "--publish-every-ms",
+        "200",
+    )
     log = tmp_path / "w.log"
     with running(cmd, log) as proc:
         assert wait_exit(proc, 150, log) == 0
@@ -66,15 +78,27 @@ def test_new_video_flood(kafka_bootstrap, redis_url, key_prefix, topic_name, tmp
         assert size < cap * per_video * 1.2
 
 
-def test_old_global_versions_do_not_pile_up(kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_old_global_versions_do_not_pile_up(
+    kafka_bootstrap, redis_url, key_prefix, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """~20 publishes; before, all of them stayed (each with an hour's expiry)."""
     create_topic(kafka_bootstrap, topic_name)
     client = redis.Redis.from_url(redis_url)
     from test_stream_support import make_events
 
     events, _ = make_events(2500, 300, seed=3)
-    cmd = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "3",
-                     "--publish-every-batches", "1", "--global-keep-versions", "2")  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_url,
+        topic_name,
+        key_prefix,
+        "--stop-when-idle-s",
+        "3",
+        "--publish-every-batches",
+        "1",
+        "--global-keep-versions",
+        "2",
+    )
     log = tmp_path / "w.log"
     with running(cmd, log) as proc:
         produce(kafka_bootstrap, topic_name, events, rate=1500.0)

@@ -25,7 +25,9 @@ from test_stream_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 
-def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_between_redis_write_and_commit(
+    kafka_bootstrap, redis_store, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """The worst moment: the batch is in Redis, its offsets are not committed.
     The fault hook SIGKILLs the worker right there (after its 3rd write)."""
     create_topic(kafka_bootstrap, topic_name)
@@ -34,7 +36,15 @@ def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_store, top
     users = sorted(counts)
     log = tmp_path / "worker.log"
     redis_client, key_prefix = redis_store.client, redis_store.prefix
-    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "4", *redis_store.worker_args())
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_store.url,
+        topic_name,
+        key_prefix,
+        "--stop-when-idle-s",
+        "4",
+        *redis_store.worker_args(),
+    )
     with running(cmd, log, env={"HPMF_FAULT_KILL_AFTER_WRITE": "3"}) as proc:
         assert wait_exit(proc, 60, log) == -signal.SIGKILL
     partial = user_counts(redis_client, key_prefix, users)
@@ -49,18 +59,32 @@ def test_killed_between_redis_write_and_commit(kafka_bootstrap, redis_store, top
     assert summary["applied"] + sum(partial.values()) == 2000
 
 
-def test_kill_9_at_a_random_moment_while_events_flow(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_at_a_random_moment_while_events_flow(
+    kafka_bootstrap, redis_store, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(4000, 200, seed=5)
     users = sorted(counts)
     producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 800.0))
     log = tmp_path / "worker.log"
     redis_client, key_prefix = redis_store.client, redis_store.prefix
-    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "4", *redis_store.worker_args())
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_store.url,
+        topic_name,
+        key_prefix,
+        "--stop-when-idle-s",
+        "4",
+        *redis_store.worker_args(),
+    )
     try:
         with running(cmd, log) as proc:
             producer.start()
-            wait_for(lambda: sum(user_counts(redis_client, key_prefix, users).values()) > 800, 60, "some progress")
+            wait_for(
+                lambda: sum(user_counts(redis_client, key_prefix, users).values()) > 800,
+                60,
+                "some progress",
+            )
             time.sleep(0.37)  # land somewhere inside a batch, not at a poll boundary
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)

@@ -49,7 +49,9 @@ def malformed(now_ms: int) -> list[tuple[str, bytes]]:
     ]
 
 
-def test_malformed_burst_goes_to_dead_letter_topic(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_burst_goes_to_dead_letter_topic(
+    kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name)
     before, c1 = make_events(1000, 60, seed=2, id_prefix="a")
     after, c2 = make_events(1000, 60, seed=3, id_prefix="b")
@@ -60,15 +62,25 @@ def test_malformed_burst_goes_to_dead_letter_topic(kafka_bootstrap, redis_url, r
     produce(kafka_bootstrap, topic_name, before + burst + after)
     counts = c1 + c2
     log = tmp_path / "worker.log"
-    with running(worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "4"), log) as proc:
+    with running(
+        worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--stop-when-idle-s", "4"),
+        log,
+    ) as proc:
         users = sorted(counts)
-        wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 60, "valid events in Redis")
+        wait_for(
+            lambda: user_counts(redis_client, key_prefix, users) == dict(counts),
+            60,
+            "valid events in Redis",
+        )
         assert wait_exit(proc, 30, log) == 0
 
     consumer = KafkaConsumer(
-        f"{topic_name}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=5000,
-    )  # fmt: skip
+        f"{topic_name}.dlq",
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
     dead = list(consumer)
     consumer.close()
     assert len(dead) == len(burst)

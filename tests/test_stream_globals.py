@@ -1,4 +1,4 @@
-"""The globals across workers (streamer.global_store) against the real Redis:
+"""The globals across workers (streamer.service.store.global_store) against the real Redis:
 one learner by lease, statistics applied in stream order exactly once across
 a learner hand-over, publishes fenced by the lease, non-learners importing the
 snapshot (with the learner's event clock)."""
@@ -13,25 +13,36 @@ import pytest
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_stats_record import encode_stats
-from streamer.global_store import GlobalStore
-from streamer.metrics import StreamMetrics
-from streamer.redis_record import decode_global_record, global_key, global_prefix
+from streamer.reader.redis_record import decode_global_record, global_key, global_prefix
+from streamer.service.metrics import StreamMetrics
+from streamer.service.store.global_stats_record import encode_stats
+from streamer.service.store.global_store import GlobalStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 CFG = HPMFConfig(n_factors=2, transform="log1p")
 
 
 def store(client, prefix: str, wid: str) -> GlobalStore:  # type: ignore[no-untyped-def]
-    return GlobalStore(client, prefix, wid, CFG, StreamMetrics(), lease_ms=600,
-                       publish_every_batches=2, publish_every_ms=60_000)  # fmt: skip
+    return GlobalStore(
+        client,
+        prefix,
+        wid,
+        CFG,
+        StreamMetrics(),
+        lease_ms=600,
+        publish_every_batches=2,
+        publish_every_ms=60_000,
+    )
 
 
 def batches(n: int) -> list[Batch]:
     rng = np.random.default_rng(0)
     return [
-        Batch.of([f"u{x}" for x in rng.integers(0, 30, 40)], [f"v{x}" for x in rng.integers(0, 12, 40)],
-                 rng.exponential(10, 40))  # fmt: skip
+        Batch.of(
+            [f"u{x}" for x in rng.integers(0, 30, 40)],
+            [f"v{x}" for x in rng.integers(0, 12, 40)],
+            rng.exponential(10, 40),
+        )
         for _ in range(n)
     ]
 
@@ -105,7 +116,9 @@ def test_an_ineligible_worker_never_takes_the_lease(redis_client, key_prefix) ->
     """HPMF_LEARNER_ELIGIBLE=false (the workers of deploy/k8s/worker.yaml):
     with the lease free it still does not become the learner; an eligible
     process then does."""
-    w = GlobalStore(redis_client, key_prefix, "W", CFG, StreamMetrics(), lease_ms=600, eligible=False)
+    w = GlobalStore(
+        redis_client, key_prefix, "W", CFG, StreamMetrics(), lease_ms=600, eligible=False
+    )
     for _ in range(3):
         w.maintain()
         time.sleep(0.35)

@@ -42,9 +42,16 @@ class _NotUtf8(str):
         return b"\xff\xfe"
 
 
-def ev(user: object, video: object = "v1", minutes: object = 3.0, ts: object = None, eid: str = "h") -> dict[str, object]:
-    return {"event_id": eid, "user_id": user, "video_id": video, "minutes": minutes,
-            "ts": int(time.time() * 1000) if ts is None else ts}  # fmt: skip
+def ev(
+    user: object, video: object = "v1", minutes: object = 3.0, ts: object = None, eid: str = "h"
+) -> dict[str, object]:
+    return {
+        "event_id": eid,
+        "user_id": user,
+        "video_id": video,
+        "minutes": minutes,
+        "ts": int(time.time() * 1000) if ts is None else ts,
+    }
 
 
 def raw_json(d: dict[str, object], **raw_fields: bytes) -> bytes:
@@ -62,7 +69,12 @@ def hostile(now_ms: int) -> list[tuple[bytes | None, bytes | None, list[tuple[st
         (b"h1", raw_json(ev("h1"), minutes=big), [], "not_finite"),
         (b"h2", raw_json(ev("h2"), ts=big), [], "future_timestamp"),
         (b"h3", raw_json(ev("h3"), minutes=b"-" + big), [], "not_finite"),
-        (b"h4", b'{"event_id":"x","user_id":"h4","video_id":"v","minutes":1,"ts":' + b"1" * 4000 + b"}", [], "future_timestamp"),
+        (
+            b"h4",
+            b'{"event_id":"x","user_id":"h4","video_id":"v","minutes":1,"ts":' + b"1" * 4000 + b"}",
+            [],
+            "future_timestamp",
+        ),
         (b"h5", b"x" * NEAR_MAX, [], "payload_too_large"),
         (b"h6", json.dumps(ev("h6", video="a\nb")).encode(), [], "bad_id"),
         (b"h7", json.dumps(ev("h7\n", video="v")).encode(), [], "bad_id"),
@@ -72,21 +84,38 @@ def hostile(now_ms: int) -> list[tuple[bytes | None, bytes | None, list[tuple[st
         (b"k" * 100_000, json.dumps(ev("h11")).encode(), [], "key_mismatch"),
         (b"h12", json.dumps(ev("h12", ts=1)).encode(), [], "bad_timestamp"),
         (b"h13", json.dumps(ev("h13", ts="0001-01-01T00:00:00")).encode(), [], "bad_timestamp"),
-        (b"h14", json.dumps(ev("h14", ts=now_ms + 400 * 86_400_000)).encode(), [], "future_timestamp"),
-        (b"h15", b'{"event_id":"x","user_id":"h15","video_id":"\xff\xfe","minutes":1,"ts":1}', [], "invalid_utf8"),
+        (
+            b"h14",
+            json.dumps(ev("h14", ts=now_ms + 400 * 86_400_000)).encode(),
+            [],
+            "future_timestamp",
+        ),
+        (
+            b"h15",
+            b'{"event_id":"x","user_id":"h15","video_id":"\xff\xfe","minutes":1,"ts":1}',
+            [],
+            "invalid_utf8",
+        ),
         (b"h16", None, [], "invalid_json"),
-        (b"h17", b"\x00" * 64, [("\x00", b"\xff" * 300), ("", b""), ("é" * 50, bytes(range(256)))], "invalid_json"),
+        (
+            b"h17",
+            b"\x00" * 64,
+            [("\x00", b"\xff" * 300), ("", b""), ("é" * 50, bytes(range(256)))],
+            "invalid_json",
+        ),
         (b"h18", json.dumps(ev("h18", video=10**300)).encode(), [], "bad_id"),
     ]
 
 
-def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_corpus_does_not_stop_the_stream(
+    kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from model.batch import Batch
     from model.config import HPMFConfig
     from model.online import OnlineHPMF
-    from streamer.global_stats_record import encode_stats
-    from streamer.redis_record import global_key
-    from streamer.settings import StreamSettings
+    from streamer.reader.redis_record import global_key
+    from streamer.service.settings import StreamSettings
+    from streamer.service.store.global_stats_record import encode_stats
 
     create_topic(kafka_bootstrap, topic_name)
     before, c1 = make_events(800, 40, seed=5, id_prefix="a")
@@ -99,7 +128,9 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
     garbage = [("\x00\x01", b"\xff\xfe\x00" * 100)] + [(f"h{i}", bytes([i])) for i in range(200)]
     extra, c3 = make_events(30, 40, seed=7, id_prefix="c")
     counts += c3
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4 * 1024 * 1024, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, max_request_size=4 * 1024 * 1024, acks="all"
+    )
     for key, value, headers, _ in corpus:
         producer.send(topic_name, key=key, value=value, headers=headers or None, partition=0)
     for key, value in extra:
@@ -126,7 +157,9 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
         users = sorted(counts)
 
         def done() -> bool:
-            assert proc.poll() is None or proc.returncode == 0, f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert proc.poll() is None or proc.returncode == 0, (
+                f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
             return user_counts(redis_client, key_prefix, users) == dict(counts)
 
         wait_for(done, 90, "every normal event in Redis")
@@ -142,9 +175,13 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
     assert ids is not None and b"bad" not in ids
 
     consumer = KafkaConsumer(
-        f"{topic_name}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=5000, max_partition_fetch_bytes=4 * 1024 * 1024,
-    )  # fmt: skip
+        f"{topic_name}.dlq",
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     dead = list(consumer)
     consumer.close()
     by_offset = {}
@@ -163,8 +200,12 @@ def test_hostile_corpus_does_not_stop_the_stream(kafka_bootstrap, redis_url, red
         if value is not None and len(value) >= NEAR_MAX:
             # Too large to copy whole: a reduced dead letter, a prefix and the original's sizes.
             assert h.get("truncated") == b"1"
-            assert int(h["original_value_bytes"]) == len(value or b"") and int(h["original_key_bytes"]) == len(key or b"")
-            assert (rec.value or b"") == (value or b"")[:1024] and (rec.key or b"") == (key or b"")[:1024]
+            assert int(h["original_value_bytes"]) == len(value or b"") and int(
+                h["original_key_bytes"]
+            ) == len(key or b"")
+            assert (rec.value or b"") == (value or b"")[:1024] and (rec.key or b"") == (key or b"")[
+                :1024
+            ]
         else:
             assert "truncated" not in h and rec.value == value and rec.key == key
     assert [q["error"] for q in quarantined] == [b"unpublishable_video_id"]

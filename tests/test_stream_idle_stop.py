@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from kafka import TopicPartition
 
-from streamer.worker import Worker
+from streamer.service.worker import Worker
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -35,8 +35,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def _kafka_sh(action: str, env: dict[str, str]) -> None:
-    done = subprocess.run(["bash", str(ROOT / "deploy/local/kafka.sh"), action], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy/local/kafka.sh"), action],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"kafka.sh {action} failed:\n{done.stdout}\n{done.stderr}"
 
 
@@ -44,11 +49,17 @@ def _broker_pid(run_dir: Path) -> int:
     return int((run_dir / "kafka.pid").read_text())
 
 
-def test_kafka_outage_is_survived_and_nothing_is_lost(redis_client, redis_url, key_prefix, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_kafka_outage_is_survived_and_nothing_is_lost(
+    redis_client, redis_url, key_prefix, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port, controller = free_port(), free_port()
     run_dir = tmp_path / "run"
-    env = {"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller), "HPMF_RUN": str(run_dir),
-           "KAFKA_DATA": str(tmp_path / "kafka-data")}  # fmt: skip
+    env = {
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(controller),
+        "HPMF_RUN": str(run_dir),
+        "KAFKA_DATA": str(tmp_path / "kafka-data"),
+    }
     bootstrap = f"127.0.0.1:{port}"
     _kafka_sh("start", env)
     try:
@@ -58,8 +69,17 @@ def test_kafka_outage_is_survived_and_nothing_is_lost(redis_client, redis_url, k
         users = sorted(counts)
         log = tmp_path / "worker.log"
         produce(bootstrap, topic_name, first)
-        with running(worker_cmd(bootstrap, redis_url, topic_name, key_prefix, "--retry-max-backoff-s", "0.5"), log) as proc:
-            wait_for(lambda: sum(user_counts(redis_client, key_prefix, users).values()) == 1500, 60, "the first half in Redis")
+        with running(
+            worker_cmd(
+                bootstrap, redis_url, topic_name, key_prefix, "--retry-max-backoff-s", "0.5"
+            ),
+            log,
+        ) as proc:
+            wait_for(
+                lambda: sum(user_counts(redis_client, key_prefix, users).values()) == 1500,
+                60,
+                "the first half in Redis",
+            )
 
             os.kill(_broker_pid(run_dir), signal.SIGKILL)  # the broker is gone
             time.sleep(3.0)
@@ -67,18 +87,26 @@ def test_kafka_outage_is_survived_and_nothing_is_lost(redis_client, redis_url, k
             _kafka_sh("start", env)  # back, with the same data
 
             produce(bootstrap, topic_name, second)
-            wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 120,
-                     "every event in Redis after the broker came back")  # fmt: skip
+            wait_for(
+                lambda: user_counts(redis_client, key_prefix, users) == dict(counts),
+                120,
+                "every event in Redis after the broker came back",
+            )
             proc.send_signal(signal.SIGTERM)
             assert wait_exit(proc, 60, log) == 0
         assert user_counts(redis_client, key_prefix, users) == dict(counts)
         summary = stopped_summaries(log)[-1]
         # Every event applied once; events re-read after a lost commit show as replay skips.
         assert summary["applied"] == 3000
-        assert summary["events"] == summary["applied"] + summary["skipped_replay"] + summary["skipped_duplicate"]
+        assert (
+            summary["events"]
+            == summary["applied"] + summary["skipped_replay"] + summary["skipped_duplicate"]
+        )
         # The graceful stop committed everything it wrote: a restarted worker
         # would start at the end of every partition.
-        assert _committed(bootstrap, f"g-{topic_name}", topic_name) == _end_offsets(bootstrap, topic_name)
+        assert _committed(bootstrap, f"g-{topic_name}", topic_name) == _end_offsets(
+            bootstrap, topic_name
+        )
     finally:
         _kafka_sh("stop", env)
 
@@ -99,7 +127,9 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
         return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()

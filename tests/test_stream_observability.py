@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from test_stream_support import create_topic, free_port, running, wait_for, worker_cmd
 
-from streamer.metrics import Gauge, StreamMetrics, serve
+from streamer.service.metrics import Gauge, StreamMetrics, serve
 
 
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
@@ -28,26 +28,39 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
 
 
 def test_labelled_gauge_renders_every_label_and_replace_drops_old_ones() -> None:
-    g = Gauge("x_lag", "help", ("topic", "partition"))
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry()
+
+    def samples() -> list[str]:
+        return [ln for ln in generate_latest(reg).decode().splitlines() if not ln.startswith("#")]
+
+    g = Gauge("x_lag", "help", ("topic", "partition"), registry=reg)
     g.replace({("t", "0"): 5, ("t", "1"): 0})
-    assert g.render()[2:] == ['x_lag{topic="t",partition="0"} 5', 'x_lag{topic="t",partition="1"} 0']
+    assert samples() == [
+        'x_lag{partition="0",topic="t"} 5.0',
+        'x_lag{partition="1",topic="t"} 0.0',
+    ]
     g.replace({("t", "1"): 3})  # partition 0 was revoked
-    assert g.render()[2:] == ['x_lag{topic="t",partition="1"} 3']
-    odd = Gauge("y", "help", "v")
+    assert samples() == ['x_lag{partition="1",topic="t"} 3.0']
+    reg2 = CollectorRegistry()
+    odd = Gauge("y", "help", "v", registry=reg2)
     odd.set(1, 'a"b\\c\nd')
-    assert odd.render()[2] == 'y{v="a\\"b\\\\c\\nd"} 1'
+    assert 'y{v="a\\"b\\\\c\\nd"} 1.0' in generate_latest(reg2).decode().splitlines()
 
 
-def test_durations_are_in_seconds_and_build_info_is_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_durations_are_in_seconds_and_build_info_is_exported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HPMF_BUILD_REVISION", "abc1234")
     m = StreamMetrics()
     m.freshness.observe(0.012)
     text = m.render()
-    assert "hpmf_stream_freshness_seconds_bucket{le=\"0.015\"} 1" in text
+    assert 'hpmf_stream_freshness_seconds_bucket{le="0.015"} 1' in text
     assert "hpmf_stream_batch_duration_seconds_count 0" in text
     assert "_ms" not in text  # no millisecond names are left
     (info,) = [ln for ln in text.splitlines() if ln.startswith("hpmf_stream_build_info{")]
-    assert 'version="0.1.0"' in info and 'revision="abc1234"' in info and info.endswith(" 1")
+    assert 'version="0.1.0"' in info and 'revision="abc1234"' in info and info.endswith(" 1.0")
 
 
 def test_readiness_needs_set_up_and_redis_but_no_partitions() -> None:
@@ -88,21 +101,42 @@ def test_metrics_bind_to_the_configured_address() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_a_spare_replica_without_partitions_is_ready(kafka_bootstrap, redis_url, topic_name, key_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_spare_replica_without_partitions_is_ready(
+    kafka_bootstrap, redis_url, topic_name, key_prefix, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     create_topic(kafka_bootstrap, topic_name, partitions=1)
     pa, pb = free_port(), free_port()
     base = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix)
     with running([*base, "--metrics-port", str(pa), "--worker-id", "a"], tmp_path / "a.log"):
-        wait_for(lambda: "hpmf_stream_assigned_partitions 1" in get(pa, "/metrics")[1], 60, "worker a owns the partition")
+        wait_for(
+            lambda: "hpmf_stream_assigned_partitions 1" in get(pa, "/metrics")[1],
+            60,
+            "worker a owns the partition",
+        )
         with running([*base, "--metrics-port", str(pb), "--worker-id", "b"], tmp_path / "b.log"):
 
             def assigned() -> list[str]:
-                return sorted(ln for p in (pa, pb) for ln in get(p, "/metrics")[1].splitlines()
-                              if ln.startswith("hpmf_stream_assigned_partitions "))  # fmt: skip
+                return sorted(
+                    ln
+                    for p in (pa, pb)
+                    for ln in get(p, "/metrics")[1].splitlines()
+                    if ln.startswith("hpmf_stream_assigned_partitions ")
+                )
 
             # After b's join the group settles with the one partition on one of them.
-            wait_for(lambda: assigned() == ["hpmf_stream_assigned_partitions 0", "hpmf_stream_assigned_partitions 1"],
-                     60, "one owner, one spare")  # fmt: skip
+            wait_for(
+                lambda: (
+                    assigned()
+                    == [
+                        "hpmf_stream_assigned_partitions 0.0",
+                        "hpmf_stream_assigned_partitions 1.0",
+                    ]
+                ),
+                60,
+                "one owner, one spare",
+            )
             # Both are ready, the spare included.
-            wait_for(lambda: get(pa, "/readyz")[0] == get(pb, "/readyz")[0] == 200, 30, "both ready")
+            wait_for(
+                lambda: get(pa, "/readyz")[0] == get(pb, "/readyz")[0] == 200, 30, "both ready"
+            )
             assert get(pa, "/healthz")[0] == get(pb, "/healthz")[0] == 200

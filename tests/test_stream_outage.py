@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from test_stream_support import (
     make_events,
     produce,
     running,
+    start_private_redis,
     stopped_summaries,
     user_counts,
     wait_exit,
@@ -32,17 +32,6 @@ from test_stream_support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
-
-
-def start_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir, "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port)
-    wait_for(lambda: _pings(client), 10, "private redis up")
-    return proc
 
 
 def probe(port: int, path: str) -> int:
@@ -64,13 +53,6 @@ def probe_for(port: int, seconds: float) -> list[tuple[int, int]]:
     return out
 
 
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
 def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
@@ -84,19 +66,35 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
     log = tmp_path / "worker.log"
     mport = free_port()
     # Liveness within 2 s, and an outage twice as long: /healthz must hold.
-    cmd = worker_cmd(kafka_bootstrap, url, topic_name, "outage", "--stop-when-idle-s", "4", "--retry-max-backoff-s", "0.5",
-                     "--metrics-port", str(mport), "--live-after-s", "2")  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        url,
+        topic_name,
+        "outage",
+        "--stop-when-idle-s",
+        "4",
+        "--retry-max-backoff-s",
+        "0.5",
+        "--metrics-port",
+        str(mport),
+        "--live-after-s",
+        "2",
+    )
     producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events, 500.0))
-    srv = start_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=True)
     try:
         with running(cmd, log) as proc:
             producer.start()
-            wait_for(lambda: sum(user_counts(client, "outage", users).values()) > 500, 60, "progress")
+            wait_for(
+                lambda: sum(user_counts(client, "outage", users).values()) > 500, 60, "progress"
+            )
             srv.send_signal(signal.SIGKILL)  # Redis gone mid-stream
             srv.wait(timeout=10)
             probes = probe_for(mport, 4.0)
             assert proc.poll() is None  # the worker waits, it does not die
-            srv = start_redis(port, str(data))  # back, with its append-only file
+            srv = start_private_redis(
+                port, str(data), durable=True
+            )  # back, with its append-only file
             wait_for(lambda: probe(mport, "/readyz") == 200, 20, "ready again once Redis is back")
             producer.join(timeout=60)
             assert wait_exit(proc, 90, log) == 0
@@ -107,7 +105,11 @@ def test_redis_outage_is_retried_and_nothing_is_lost(kafka_bootstrap, topic_name
         text = log.read_text()
         # Whichever Redis call the outage hit (user read/write, global step,
         # lease) was retried with backoff and logged.
-        retried = [r for r in log_records(log) if "failed, retrying" in str(r.get("msg")) and "ConnectionError" in str(r.get("error"))]
+        retried = [
+            r
+            for r in log_records(log)
+            if "failed, retrying" in str(r.get("msg")) and "ConnectionError" in str(r.get("error"))
+        ]
         assert retried, text[-2000:]
         summary = stopped_summaries(log)[-1]
         # Every event applied once; a write whose reply was lost would show as a replay skip.
@@ -128,15 +130,25 @@ def test_a_full_redis_is_waited_for_not_crashed_on(kafka_bootstrap, topic_name, 
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
-    srv = start_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=True)
     client = redis.Redis(port=port)
     mport = free_port()
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(3000, 1500, seed=8)
     users = sorted(counts)
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, f"redis://127.0.0.1:{port}/0", topic_name, "full", "--stop-when-idle-s", "3",
-                     "--retry-max-backoff-s", "0.3", "--metrics-port", str(mport))  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        f"redis://127.0.0.1:{port}/0",
+        topic_name,
+        "full",
+        "--stop-when-idle-s",
+        "3",
+        "--retry-max-backoff-s",
+        "0.3",
+        "--metrics-port",
+        str(mport),
+    )
     try:
         with running(cmd, log) as proc:
             wait_for(lambda: probe(mport, "/readyz") == 200, 60, "worker ready")

@@ -10,31 +10,46 @@ import pytest
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
-from streamer.global_stats_record import encode_stats
-from streamer.global_store import GlobalStore
-from streamer.metrics import StreamMetrics
-from streamer.redis_record import decode_global_record, global_key
+from streamer.reader.redis_record import decode_global_record, global_key
+from streamer.service.metrics import StreamMetrics
+from streamer.service.store.global_stats_record import encode_stats
+from streamer.service.store.global_store import GlobalStore
 
 pytestmark = [pytest.mark.integration]
 CFG = HPMFConfig(n_factors=2)
 
 
 def _stats(videos: list[str]):  # type: ignore[no-untyped-def]
-    return OnlineHPMF(CFG).local_update(Batch.of(["u"] * len(videos), videos, [3.0] * len(videos)), {}).stats
+    return (
+        OnlineHPMF(CFG)
+        .local_update(Batch.of(["u"] * len(videos), videos, [3.0] * len(videos)), {})
+        .stats
+    )
 
 
 def _store(redis_client, prefix: str, dead: list) -> GlobalStore:  # type: ignore[no-untyped-def]
-    g = GlobalStore(redis_client, prefix, "w1", CFG, StreamMetrics(), publish_every_batches=1,
-                    quarantine=lambda sid, payload, reason, detail: dead.append((sid, reason, payload)))  # fmt: skip
+    g = GlobalStore(
+        redis_client,
+        prefix,
+        "w1",
+        CFG,
+        StreamMetrics(),
+        publish_every_batches=1,
+        quarantine=lambda sid, payload, reason, detail: dead.append((sid, reason, payload)),
+    )
     g.maintain()
     assert g.is_learner
     return g
 
 
-def test_entry_with_a_newline_video_is_quarantined_and_the_learner_goes_on(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_entry_with_a_newline_video_is_quarantined_and_the_learner_goes_on(
+    redis_client, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     dead: list = []
     stream = f"{key_prefix}:gstats"
-    bad = redis_client.xadd(stream, {"w": b"old", "b": encode_stats(_stats(["ok-1", "bad\nvideo"]))}).decode()
+    bad = redis_client.xadd(
+        stream, {"w": b"old", "b": encode_stats(_stats(["ok-1", "bad\nvideo"]))}
+    ).decode()
     redis_client.xadd(stream, {"w": b"old", "b": b"not a stats payload"})
     redis_client.xadd(stream, {"w": b"old", "b": encode_stats(_stats(["ok-2"]))})
     g = _store(redis_client, key_prefix, dead)
@@ -48,7 +63,9 @@ def test_entry_with_a_newline_video_is_quarantined_and_the_learner_goes_on(redis
     assert redis_client.xlen(stream) == 0  # trimmed past them: no restart meets them again
 
 
-def test_a_model_that_already_holds_a_bad_video_publishes_without_it(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
+def test_a_model_that_already_holds_a_bad_video_publishes_without_it(
+    redis_client, key_prefix
+) -> None:  # type: ignore[no-untyped-def]
     dead: list = []
     g = _store(redis_client, key_prefix, dead)
     g.model.apply_global(_stats(["fine", "tab\there"]))  # as restored from an old checkpoint

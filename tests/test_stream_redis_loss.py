@@ -5,10 +5,10 @@ Before: 12,877 of 24,995 users were missing at the end, 466 more had counts
 too low, the learner restarted from a fresh model (global version 0) and,
 with no traffic after the loss, every lookup failed with NoGlobalsError while
 /readyz said 200. Now the worker sees the epoch marker gone
-(streamer/rebuild.py), deletes what its batch wrote into the empty Redis,
+(streamer/service/rebuild.py), deletes what its batch wrote into the empty Redis,
 stops committing, replays its partitions from Kafka (users exact, by the
 stored offsets), and the learner restarts from its durable checkpoint in the
-compacted checkpoints topic (streamer/checkpoint_topic.py) and republishes
+compacted checkpoints topic (streamer/service/checkpoint_topic.py) and republishes
 the global record at once.
 
 Uses a private redis-server (its own port, no persistence) started and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -33,35 +32,18 @@ from test_stream_support import (
     make_events,
     produce,
     running,
+    start_private_redis,
     user_counts,
     wait_exit,
     wait_for,
     worker_cmd,
 )
 
-from streamer.checkpoint_topic import CheckpointTopic
-from streamer.lookup_reader import Lookup
-from streamer.redis_record import global_current_key
+from streamer.reader.lookup import Lookup
+from streamer.reader.redis_record import global_current_key
+from streamer.service.checkpoint_topic import CheckpointTopic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def start_empty_redis(port: int, data_dir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir, "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port)
-
-    def pings() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    wait_for(pings, 10, "private redis up")
-    return proc
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -82,7 +64,9 @@ def _rebuilding(metrics: str) -> float:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
-def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(
+    kafka_bootstrap, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port, mport = free_port(), free_port()
     data = tmp_path / "redis"
     data.mkdir()
@@ -93,10 +77,24 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
     users = sorted(counts)
     client = redis.Redis(port=port)
     log = tmp_path / "worker.log"
-    cmd = worker_cmd(kafka_bootstrap, url, topic_name, prefix, "--stop-when-idle-s", "5", "--retry-max-backoff-s", "0.5",
-                     "--checkpoint-every-s", "1", "--metrics-port", str(mport))  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        url,
+        topic_name,
+        prefix,
+        "--stop-when-idle-s",
+        "5",
+        "--retry-max-backoff-s",
+        "0.5",
+        "--checkpoint-every-s",
+        "1",
+        "--metrics-port",
+        str(mport),
+    )
     # Half before, half while Redis is killed and restarted: truly mid-stream.
-    producer = threading.Thread(target=produce, args=(kafka_bootstrap, topic_name, events[2000:], 300.0))
+    producer = threading.Thread(
+        target=produce, args=(kafka_bootstrap, topic_name, events[2000:], 300.0)
+    )
     samples: list[tuple[float, int]] = []  # (hpmf_stream_rebuilding, /readyz status) after the loss
     watching = threading.Event()
     done = threading.Event()
@@ -111,27 +109,43 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
             time.sleep(0.03)
 
     watcher = threading.Thread(target=watch, daemon=True)
-    srv = start_empty_redis(port, str(data))
+    srv = start_private_redis(port, str(data), durable=False)
     ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", prefix)
     choice_ckpt = CheckpointTopic(kafka_bootstrap, f"{topic_name}.checkpoints", f"{prefix}:choice")
     try:
         with running(cmd, log) as proc:
             watcher.start()
             produce(kafka_bootstrap, topic_name, events[:2000])
-            wait_for(lambda: sum(user_counts(client, prefix, users).values()) == 2000, 90, "first half applied")
+            wait_for(
+                lambda: sum(user_counts(client, prefix, users).values()) == 2000,
+                90,
+                "first half applied",
+            )
             wait_for(lambda: ckpt.read_latest() is not None, 30, "a checkpoint in Kafka")
-            wait_for(lambda: choice_ckpt.read_latest() is not None, 30, "the choice component's checkpoint in Kafka")
+            wait_for(
+                lambda: choice_ckpt.read_latest() is not None,
+                30,
+                "the choice component's checkpoint in Kafka",
+            )
             producer.start()
-            wait_for(lambda: sum(user_counts(client, prefix, users).values()) > 2300, 60, "second half under way")
+            wait_for(
+                lambda: sum(user_counts(client, prefix, users).values()) > 2300,
+                60,
+                "second half under way",
+            )
             gv_before = int(client.get(global_current_key(prefix)))
             srv.send_signal(signal.SIGKILL)  # Redis gone, with all its data
             srv.wait(timeout=10)
             time.sleep(1.0)
-            srv = start_empty_redis(port, str(data))  # back, empty
+            srv = start_private_redis(port, str(data), durable=False)  # back, empty
             watching.set()
             # Lookups work again before the rebuild is over: the learner
             # republished the checkpoint's global record.
-            wait_for(lambda: client.get(global_current_key(prefix)) is not None, 30, "globals republished")
+            wait_for(
+                lambda: client.get(global_current_key(prefix)) is not None,
+                30,
+                "globals republished",
+            )
             post = Lookup(client, prefix).user_posterior("user-never-seen")
             assert post.model_version > 0 and post.mean.shape[0] == 4
             producer.join(timeout=60)
@@ -147,7 +161,10 @@ def test_redis_lost_and_restarted_empty_mid_stream_loses_nothing(kafka_bootstrap
         assert any(str(s).startswith("kafka checkpoint") for s in sources), sources
         # ... and so did the choice component (its own key in the same topic).
         restored = [r for r in recs if r.get("msg") == "choice component restored"]
-        assert any(str(r.get("from", "")).startswith("kafka checkpoint") and r.get("clock", 0) > 0 for r in restored), restored
+        assert any(
+            str(r.get("from", "")).startswith("kafka checkpoint") and r.get("clock", 0) > 0
+            for r in restored
+        ), restored
         assert gv_after > 0 and gv_after >= min(gv_before, 1)
         assert any("rebuilding partition" in str(r.get("msg")) for r in recs)
         assert any(r.get("msg") == "partitions rebuilt" for r in recs)

@@ -40,10 +40,15 @@ from test_stream_support import (
     worker_cmd,
 )
 
-import streamer.redis_record as redis_record
-from streamer.global_stats_record import decode_choice_checkpoint
-from streamer.lookup_reader import GlobalsUnreadableError, Lookup, Status
-from streamer.redis_record import decode_global_record, global_current_key, global_key, user_key
+from streamer.reader.lookup import GlobalsUnreadableError, Lookup, Status
+from streamer.reader.redis_record import (
+    decode_global_record,
+    global_current_key,
+    global_key,
+    user_key,
+)
+from streamer.reader.redis_record import format as record_format
+from streamer.service.store.global_stats_record import decode_choice_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -71,22 +76,31 @@ def _read_all(redis_url: str, prefix: str, users: list[str]) -> list:  # type: i
     return Lookup.from_url(redis_url, prefix, refresh_interval_ms=0).user_posteriors(users)
 
 
-def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_client, topic_name, key_prefix,  # type: ignore[no-untyped-def]
-                                            tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_rolling_upgrade_from_format_1_to_2(
+    kafka_bootstrap,
+    redis_url,
+    redis_client,
+    topic_name,
+    key_prefix,  # type: ignore[no-untyped-def]
+    tmp_path,
+    monkeypatch,
+) -> None:
     create_topic(kafka_bootstrap, topic_name)
     base = worker_cmd(kafka_bootstrap, redis_url, topic_name, key_prefix, "--lag-refresh-s", "0.5")
     counts: collections.Counter[str] = collections.Counter()
 
     def old_reader() -> list:  # type: ignore[type-arg]
         with monkeypatch.context() as m:
-            m.setattr(redis_record, "SCHEMA_VERSIONS", (1,))
+            m.setattr(record_format, "SCHEMA_VERSIONS", (1,))
             return _read_all(redis_url, key_prefix, sorted(counts))
 
     # 0. The previous release: the minutes model alone, version 1 records.
     events, c0 = make_events(1500, 120, seed=1, id_prefix="a")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c0)
-    _run_until([*base, "--choice", "false"], tmp_path / "w0.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--choice", "false"], tmp_path / "w0.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     assert _versions(redis_client, key_prefix, users) == {b"1": len(users)}
     assert _global_version_field(redis_client, key_prefix) == b"1"
@@ -101,7 +115,9 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     events, c1 = make_events(1500, 120, seed=2, id_prefix="b")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c1)
-    _run_until([*base, "--record-format", "1"], tmp_path / "w1.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--record-format", "1"], tmp_path / "w1.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     assert _versions(redis_client, key_prefix, users) == {b"1": len(users)}
     assert _global_version_field(redis_client, key_prefix) == b"1"
@@ -116,7 +132,9 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     events, c2 = make_events(800, 60, seed=3, id_prefix="c")
     produce(kafka_bootstrap, topic_name, events)
     counts.update(c2)
-    _run_until([*base, "--record-format", "2"], tmp_path / "w2.log", redis_client, key_prefix, dict(counts))
+    _run_until(
+        [*base, "--record-format", "2"], tmp_path / "w2.log", redis_client, key_prefix, dict(counts)
+    )
     users = sorted(counts)
     versions = _versions(redis_client, key_prefix, users)
     assert versions[b"2"] == len(c2) and versions[b"1"] == len(users) - len(c2)
@@ -149,6 +167,6 @@ def test_rolling_upgrade_from_format_1_to_2(kafka_bootstrap, redis_url, redis_cl
     # version 2 user is served the prior (unsupported_version), and a
     # version 2 global record cannot be loaded: the reason to flip last.
     with monkeypatch.context() as m:
-        m.setattr(redis_record, "SCHEMA_VERSIONS", (1,))
+        m.setattr(record_format, "SCHEMA_VERSIONS", (1,))
         with pytest.raises(GlobalsUnreadableError):
             Lookup.from_url(redis_url, key_prefix, refresh_interval_ms=0).user_posteriors(users)

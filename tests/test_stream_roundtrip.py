@@ -24,8 +24,8 @@ from test_stream_support import (
     worker_cmd,
 )
 
-from streamer.lookup_reader import Lookup, Status
-from streamer.redis_record import decode_global_record, decode_user_record, user_key
+from streamer.reader.lookup import Lookup, Status
+from streamer.reader.redis_record import decode_global_record, decode_user_record, user_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,19 +39,45 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, 
     produce(kafka_bootstrap, topic_name, events + dupes)
     log = tmp_path / "worker.log"
     port = free_port()
-    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--metrics-port", str(port), "--user-ttl-s", "600",
-                     "--lag-refresh-s", "0.2", *redis_store.worker_args())  # fmt: skip
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_store.url,
+        topic_name,
+        key_prefix,
+        "--metrics-port",
+        str(port),
+        "--user-ttl-s",
+        "600",
+        "--lag-refresh-s",
+        "0.2",
+        *redis_store.worker_args(),
+    )
     t_start = time.time() * 1000
     with running(cmd, log) as proc:
         users = sorted(counts)
-        wait_for(lambda: user_counts(redis_client, key_prefix, users) == dict(counts), 60, "all counts in Redis")
+        wait_for(
+            lambda: user_counts(redis_client, key_prefix, users) == dict(counts),
+            60,
+            "all counts in Redis",
+        )
 
         def scrape() -> str:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
 
         # The lag is refreshed on a timer, idle or not, per partition.
-        zero_lags = [f'hpmf_stream_consumer_lag{{topic="{topic_name}",partition="{p}"}} 0' for p in range(4)]
-        wait_for(lambda: all(z in scrape().splitlines() for z in zero_lags), 20, "every partition's lag at 0")
+        zero_lags = [
+            f'hpmf_stream_consumer_lag{{partition="{p}",topic="{topic_name}"}} 0.0'
+            for p in range(4)
+        ]
+        wait_for(
+            lambda: all(z in scrape().splitlines() for z in zero_lags),
+            20,
+            "every partition's lag at 0",
+        )
         # The duplicates come last and change no count: the counts can be
         # complete while their batch (already counted as consumed at poll)
         # is still being processed. Wait for that batch, then read.
@@ -67,10 +93,12 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, 
     assert 'hpmf_stream_skipped_events_total{why="duplicate"} 200' in metrics
     assert "hpmf_stream_freshness_seconds_count 3000" in metrics
     assert "hpmf_stream_batch_duration_seconds_count " in metrics
-    assert "hpmf_stream_redis_up 1" in metrics.splitlines()
-    assert "hpmf_stream_learner 1" in metrics.splitlines()  # the only worker is the learner
-    assert "hpmf_stream_learner_backlog_entries 0" in metrics.splitlines()  # ... and has caught up
-    assert 'hpmf_stream_build_info{version="0.1.0",revision="' in metrics
+    assert "hpmf_stream_redis_up 1.0" in metrics.splitlines()
+    assert "hpmf_stream_learner 1.0" in metrics.splitlines()  # the only worker is the learner
+    assert (
+        "hpmf_stream_learner_backlog_entries 0.0" in metrics.splitlines()
+    )  # ... and has caught up
+    assert 'revision="' in metrics and 'version="0.1.0"' in metrics  # hpmf_stream_build_info
     summary = stopped_summaries(log)[-1]
     assert summary["applied"] == 3000 and summary["skipped_duplicate"] == 200
 
@@ -92,12 +120,21 @@ def test_events_round_trip_into_redis(kafka_bootstrap, redis_store, topic_name, 
     # Its stream of statistics was trimmed at the last publish (SIGTERM publishes).
     assert redis_client.xlen(gk("gstats")) == 0
     assert redis_client.hget(gk("learner"), "gv") == str(cur).encode()
-    assert redis_client.exists(gk("epoch")) and redis_client.zscore(gk("g:versions"), str(cur)) == cur
+    assert (
+        redis_client.exists(gk("epoch")) and redis_client.zscore(gk("g:versions"), str(cur)) == cur
+    )
     # The reader library finds the records in either mode.
     post = Lookup(redis_client, key_prefix).user_posterior(users[0])
-    assert post.status is Status.OK and post.n_events == counts[users[0]] and post.model_version == cur
+    assert (
+        post.status is Status.OK and post.n_events == counts[users[0]] and post.model_version == cur
+    )
     if redis_store.cluster:
         # Every global key in one slot: what keeps the learner's publish one transaction.
-        slots = {redis_client.keyslot(gk(n)) for n in ("g:current", f"g:{{{cur}}}", "gstats", "learner", "epoch")}
+        slots = {
+            redis_client.keyslot(gk(n))
+            for n in ("g:current", f"g:{{{cur}}}", "gstats", "learner", "epoch")
+        }
         assert len(slots) == 1
-        assert len({redis_client.keyslot(user_key(key_prefix, u)) for u in users}) > 1  # users spread
+        assert (
+            len({redis_client.keyslot(user_key(key_prefix, u)) for u in users}) > 1
+        )  # users spread

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PYTHON = (
+    str(ROOT / ".venv" / "bin" / "python")
+    if (ROOT / ".venv" / "bin" / "python").exists()
+    else sys.executable
+)
 
 
 def make_events(
@@ -37,34 +41,71 @@ def make_events(
     for i in range(start, start + n):
         u = f"user-{rng.randrange(n_users)}"
         counts[u] += 1
-        out.append((u.encode(), encode_event(f"{id_prefix}{i}", u, f"vid-{rng.randrange(80)}", round(rng.expovariate(1 / 20), 2), now)))
+        out.append(
+            (
+                u.encode(),
+                encode_event(
+                    f"{id_prefix}{i}",
+                    u,
+                    f"vid-{rng.randrange(80)}",
+                    round(rng.expovariate(1 / 20), 2),
+                    now,
+                ),
+            )
+        )
     return out, counts
 
 
-def produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float = 0.0) -> None:
-    from streamer.replay import produce as _produce
+def produce(
+    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float = 0.0
+) -> None:
+    from streamer.cli.replay import produce as _produce
 
     _produce(bootstrap, topic, events, rate=rate, progress=False)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
-    from streamer.kafka_admin import ensure_topics
+    from streamer.service.kafka_admin import ensure_topics
 
     ensure_topics(bootstrap, {topic: partitions, f"{topic}.dlq": partitions})
 
 
 def worker_cmd(bootstrap: str, redis_url: str, topic: str, prefix: str, *extra: str) -> list[str]:
     return [
-        PYTHON, "-m", "streamer.cli", "stream",
-        "--kafka-bootstrap", bootstrap, "--redis-url", redis_url, "--topic", topic,
-        "--group-id", f"g-{topic}", "--redis-prefix", prefix, "--metrics-port", "0",
-        "--batch-max-events", "128", "--batch-max-age-ms", "30", "--n-factors", "3",
-        "--session-timeout-ms", "6000", "--learner-lease-ms", "2000", *extra,
-    ]  # fmt: skip
+        PYTHON,
+        "-m",
+        "streamer.cli",
+        "stream",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--redis-url",
+        redis_url,
+        "--topic",
+        topic,
+        "--group-id",
+        f"g-{topic}",
+        "--redis-prefix",
+        prefix,
+        "--metrics-port",
+        "0",
+        "--batch-max-events",
+        "128",
+        "--batch-max-age-ms",
+        "30",
+        "--n-factors",
+        "3",
+        "--session-timeout-ms",
+        "6000",
+        "--learner-lease-ms",
+        "2000",
+        *extra,
+    ]
 
 
 @contextmanager
-def running(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a worker; kill it by PID on the way out whatever happened."""
     full_env = {**os.environ, **(env or {})}
     with log_path.open("ab") as log:
@@ -81,7 +122,9 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float, log_path: Path) -> 
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"worker did not exit in {timeout} s; log tail:\n{log_path.read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"worker did not exit in {timeout} s; log tail:\n{log_path.read_text()[-3000:]}"
+        ) from None
 
 
 def user_counts(client: Any, prefix: str, users: list[str]) -> dict[str, int]:
@@ -119,3 +162,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_private_redis(port: int, data_dir: str, durable: bool) -> subprocess.Popen[bytes]:
+    """A Redis server of the test's own (to stop, restart or empty it):
+    ``durable`` keeps an append-only file fsynced on every write (it comes
+    back with its data after a restart), otherwise nothing is persisted (it
+    comes back empty)."""
+    import redis
+
+    persist = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    )
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", data_dir]
+        + ["--save", "", *persist, "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    wait_for(pings, 10, "private redis up")
+    return proc

@@ -25,13 +25,23 @@ from test_stream_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, redis_store, topic_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_with_rebalances_count_every_event_once(
+    kafka_bootstrap, redis_store, topic_name, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     redis_client, key_prefix = redis_store.client, redis_store.prefix
     create_topic(kafka_bootstrap, topic_name)
     events, counts = make_events(6000, 300, seed=6)
     users = sorted(counts)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    cmd = worker_cmd(kafka_bootstrap, redis_store.url, topic_name, key_prefix, "--stop-when-idle-s", "5", *redis_store.worker_args())
+    cmd = worker_cmd(
+        kafka_bootstrap,
+        redis_store.url,
+        topic_name,
+        key_prefix,
+        "--stop-when-idle-s",
+        "5",
+        *redis_store.worker_args(),
+    )
     # The producer holds its last third until B has joined: on a loaded machine B's
     # start-up (seconds of imports) could outlast the whole stream, and B would
     # join an idle topic instead of a running one.
@@ -70,7 +80,12 @@ def test_two_workers_with_rebalances_count_every_event_once(kafka_bootstrap, red
     assert user_counts(redis_client, key_prefix, users) == dict(counts)
     applied = [stopped_summaries(p)[-1]["applied"] for p in (log_a, log_b)]
     assert all(n > 0 for n in applied) and sum(applied) == 6000  # both worked, none twice
-    learners = [r.get("worker") for p in (log_a, log_b) for r in _records(p) if r.get("msg") == "took the learner role"]
+    learners = [
+        r.get("worker")
+        for p in (log_a, log_b)
+        for r in _records(p)
+        if r.get("msg") == "took the learner role"
+    ]
     assert learners[0] == "A" and "B" in learners  # A learned first, B took over
     assert int(redis_client.get(redis_store.global_key("g:current"))) >= 1
     assert redis_client.get(redis_store.global_key("learner:lease")) is None  # released at shutdown
@@ -83,4 +98,6 @@ def _records(path):  # type: ignore[no-untyped-def]
 
 
 def _assigned(path) -> bool:  # type: ignore[no-untyped-def]
-    return any(r.get("msg") == "partitions assigned" and r.get("partitions") for r in _records(path))
+    return any(
+        r.get("msg") == "partitions assigned" and r.get("partitions") for r in _records(path)
+    )

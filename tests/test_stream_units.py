@@ -13,22 +13,24 @@ from model.batch import Batch
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from model.posterior import UserState
-from streamer.commit import next_offsets
 from streamer.event import WatchEvent
-from streamer.global_stats_record import (
+from streamer.service.metrics import Histogram, histogram_quantile, parse_histogram
+from streamer.service.model_update import SourcedEvent, select_new_events, update_users
+from streamer.service.offsets import next_offsets
+from streamer.service.settings import StreamSettings
+from streamer.service.store.global_stats_record import (
     BlobError,
     decode_snapshot,
     decode_stats,
     encode_snapshot,
     encode_stats,
 )
-from streamer.metrics import Histogram, histogram_quantile, parse_histogram
-from streamer.model_update import SourcedEvent, select_new_events, update_users
-from streamer.settings import StreamSettings
-from streamer.user_store import StoredUser
+from streamer.service.store.user_store import StoredUser
 
 
-def se(eid: str, uid: str, part: int, off: int, vid: str = "v", minutes: float = 1.0) -> SourcedEvent:
+def se(
+    eid: str, uid: str, part: int, off: int, vid: str = "v", minutes: float = 1.0
+) -> SourcedEvent:
     return SourcedEvent(WatchEvent(eid, uid, vid, minutes, 1000 + off), part, off, 5000 + off)
 
 
@@ -60,16 +62,23 @@ def test_update_users_writes_counts_offsets_and_id_window() -> None:
     assert ru.history[1][1] == pytest.approx(3.0)
     assert upd.applied == 6 and upd.stats is not None and upd.stats.n_events == 6
     # Replaying the same batch against what was written changes nothing.
-    from streamer.redis_record import user_state_from_record
+    from streamer.reader.redis_record import user_state_from_record
 
-    stored = {u: StoredUser(user_state_from_record(r), r.partition, r.offset, r.event_ms, upd.event_ids[u])
-              for u, r in upd.records.items()}  # fmt: skip
+    stored = {
+        u: StoredUser(
+            user_state_from_record(r), r.partition, r.offset, r.event_ms, upd.event_ids[u]
+        )
+        for u, r in upd.records.items()
+    }
     again = update_users(model, events, stored, dedupe_window=3, now_ms=100)
     assert again.records == {} and again.stats is None and again.skipped_replay == 6
 
 
 def test_next_offsets_is_one_past_the_highest_per_partition() -> None:
-    recs = [SimpleNamespace(topic="t", partition=p, offset=o) for p, o in [(0, 5), (0, 3), (1, 9), (0, 7)]]
+    recs = [
+        SimpleNamespace(topic="t", partition=p, offset=o)
+        for p, o in [(0, 5), (0, 3), (1, 9), (0, 7)]
+    ]
     assert next_offsets(recs) == {TopicPartition("t", 0): 8, TopicPartition("t", 1): 10}
 
 
@@ -77,7 +86,15 @@ def test_global_stats_round_trip_exactly() -> None:
     m = OnlineHPMF(HPMFConfig(n_factors=2))
     upd = m.local_update(Batch.of(["a", "b", "a"], ["x", "y", "y"], [3.0, 1.0, 2.0]), {})
     back = decode_stats(encode_stats(upd.stats))
-    for name in ("video_prec", "video_shift", "user_mean", "user_cov", "event_user", "event_video", "target"):
+    for name in (
+        "video_prec",
+        "video_shift",
+        "user_mean",
+        "user_cov",
+        "event_user",
+        "event_video",
+        "target",
+    ):
         a, b = getattr(upd.stats, name), getattr(back, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name  # bit-exact: N workers == 1 worker
     assert back.video_ids == upd.stats.video_ids and back.n_events == 3
@@ -96,9 +113,12 @@ def test_snapshot_round_trip_and_import() -> None:
 
 
 def test_histogram_quantiles_from_scrapes() -> None:
-    h = Histogram("f_ms", "x", [10, 20, 50, 100])
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry()
+    h = Histogram("f_ms", "x", [10, 20, 50, 100], registry=reg)
     h.observe_many([5.0] * 50 + [15.0] * 40 + [70.0] * 10)
-    bounds, cum = parse_histogram("\n".join(h.render()), "f_ms")
+    bounds, cum = parse_histogram(generate_latest(reg).decode(), "f_ms")
     assert bounds == [10, 20, 50, 100] and cum == [50, 90, 90, 100, 100]
     assert histogram_quantile(0.5, bounds, cum) == pytest.approx(10.0)
     assert 50 < histogram_quantile(0.99, bounds, cum) <= 100
@@ -115,7 +135,7 @@ def test_settings_from_env_and_masking(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     from pydantic import ValidationError
 
-    from streamer.stream_cli import main
+    from streamer.cli.stream import main
 
     with pytest.raises(ValidationError, match="global_mean_prior must be finite"):
         StreamSettings(global_mean_prior=float("nan"))
@@ -125,17 +145,22 @@ def test_bad_model_settings_are_refused_at_start(capsys: pytest.CaptureFixture[s
 
 
 def test_read_framing_is_binary_safe_and_posterior_is_restored() -> None:
-    from streamer.user_store import _posterior_into, _split
+    from streamer.reader.redis_record import CorruptRecordError, decode_user_read
+    from streamer.service.store.user_scripts import READ_FIELDS, split_fields
 
     mean = np.array([0.5, -1.0], dtype="<f4").tobytes()
     cov = np.eye(2, dtype="<f4").tobytes()
-    fields = [b"3", b"1", b"42", b"", b'[["v",2.0,3]]', b"[]", mean, cov, b"12.5"]
+    # the read script's order: the codec's fields, then eids and sa
+    assert READ_FIELDS == ("n", "p", "o", "et", "hist", "mean", "cov", "eids", "sa")
+    fields = [b"3", b"1", b"42", b"", b'[["v",2.0,3]]', mean, cov, b"[]", b"12.5"]
     raw = b"".join(b"%d:%b" % (len(f), f) for f in fields)
-    assert _split(raw) == fields  # NUL bytes, colons or empties inside fields do not matter
-    s = UserState()
-    _posterior_into(s, mean, cov, b"12.5")
-    assert s.mean is not None and s.cov is not None
-    assert s.mean.tolist() == [0.5, -1.0] and s.cov.shape == (2, 2)
-    t = UserState()
-    _posterior_into(t, b"", b"", b"")  # a record without a posterior stays without
-    assert t.mean is None and t.cov is None
+    assert split_fields(raw) == fields  # NUL bytes, colons or empties inside fields do not matter
+    back = decode_user_read(fields[:7])
+    assert back.mean is not None and back.cov is not None
+    assert back.mean.tolist() == [0.5, -1.0] and back.cov.shape == (2, 2)
+    assert (back.n_events, back.partition, back.offset, back.event_ms) == (3, 1, 42, 0)
+    assert back.history == {"v": (2.0, 3)}
+    empty = decode_user_read([b"3", b"1", b"42", b"5", b"[]", b"", b""])
+    assert empty.mean is None and empty.cov is None  # a record without a posterior stays without
+    with pytest.raises(CorruptRecordError):  # the history is checked as the reader checks it
+        decode_user_read([b"3", b"1", b"42", b"5", b'[["v", true, 3]]', mean, cov])

@@ -9,26 +9,41 @@ import pytest
 from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from streamer.event import WatchEvent
-from streamer.model_update import SourcedEvent, update_users
-from streamer.user_store import WriteConflict, load_users, write_batch
+from streamer.service.model_update import SourcedEvent, update_users
+from streamer.service.store.user_store import WriteConflict, load_users, write_batch
 
 pytestmark = pytest.mark.integration
 
 
 def _events(uid: str, offsets: range) -> list[SourcedEvent]:
     return [
-        SourcedEvent(WatchEvent(f"{uid}-{o}", uid, f"v{o % 3}", 2.0, 1000 + o),
-                     0, o, 1000 + o)  # fmt: skip
+        SourcedEvent(WatchEvent(f"{uid}-{o}", uid, f"v{o % 3}", 2.0, 1000 + o), 0, o, 1000 + o)
         for o in offsets
     ]
 
 
 def _write(redis_client, prefix: str, model: OnlineHPMF, events, expected=None):  # type: ignore[no-untyped-def]
     versions: dict[str, bytes] = {}
-    stored, _ = load_users(redis_client, prefix, sorted({e.event.user_id for e in events}), f"{prefix}:g:current", versions)
+    stored, _ = load_users(
+        redis_client,
+        prefix,
+        sorted({e.event.user_id for e in events}),
+        f"{prefix}:g:current",
+        versions,
+    )
     upd = update_users(model, events, stored, dedupe_window=64, now_ms=5000)
-    write_batch(redis_client, prefix, upd.records, upd.event_ids, 60, f"{prefix}:gstats", "w", None,
-                upd.seen_at, expected=versions if expected is None else expected)  # fmt: skip
+    write_batch(
+        redis_client,
+        prefix,
+        upd.records,
+        upd.event_ids,
+        60,
+        f"{prefix}:gstats",
+        "w",
+        None,
+        upd.seen_at,
+        expected=versions if expected is None else expected,
+    )
     return versions
 
 
@@ -44,8 +59,18 @@ def test_stale_writer_is_fenced_and_writes_nothing(redis_client, key_prefix) -> 
     assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"8"
     # A's write, computed from the stale read, must not land.
     with pytest.raises(WriteConflict):
-        write_batch(redis_client, key_prefix, upd_a.records, upd_a.event_ids, 60, f"{key_prefix}:gstats", "A",
-                    b"stats", upd_a.seen_at, expected=versions_a)  # fmt: skip
+        write_batch(
+            redis_client,
+            key_prefix,
+            upd_a.records,
+            upd_a.event_ids,
+            60,
+            f"{key_prefix}:gstats",
+            "A",
+            b"stats",
+            upd_a.seen_at,
+            expected=versions_a,
+        )
     assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"8"
     assert redis_client.xlen(f"{key_prefix}:gstats") == 0  # nor its statistics
     # Re-read and recompute: A's events are at or below u's stored offset, so
@@ -65,7 +90,7 @@ def test_fresh_writer_passes_the_fence(redis_client, key_prefix) -> None:  # typ
 def test_a_forget_between_read_and_write_fences_the_write(redis_client, key_prefix) -> None:  # type: ignore[no-untyped-def]
     """A worker read a user (absent, or present), then `hpmf forget` set the
     marker and deleted the record: the stale write must not bring them back."""
-    from streamer.forget import forget_key, format_marker
+    from streamer.service.forget import forget_key, format_marker
 
     model = OnlineHPMF(HPMFConfig(n_factors=2))
     for present in (False, True):
@@ -73,20 +98,38 @@ def test_a_forget_between_read_and_write_fences_the_write(redis_client, key_pref
             _write(redis_client, key_prefix, model, _events("u", range(0, 2)))
         versions: dict[str, bytes] = {}
         stored, _ = load_users(redis_client, key_prefix, ["u"], f"{key_prefix}:g:current", versions)
-        upd = update_users(model, _events("u", range(10, 13)), stored, dedupe_window=64, now_ms=5000)
+        upd = update_users(
+            model, _events("u", range(10, 13)), stored, dedupe_window=64, now_ms=5000
+        )
         redis_client.set(forget_key(key_prefix, "u"), format_marker({0: 100}))
         redis_client.delete(f"{key_prefix}:u:{{u}}")
         with pytest.raises(WriteConflict):
-            write_batch(redis_client, key_prefix, upd.records, upd.event_ids, 60, f"{key_prefix}:gstats", "A",
-                        b"stats", upd.seen_at, expected=versions)  # fmt: skip
+            write_batch(
+                redis_client,
+                key_prefix,
+                upd.records,
+                upd.event_ids,
+                60,
+                f"{key_prefix}:gstats",
+                "A",
+                b"stats",
+                upd.seen_at,
+                expected=versions,
+            )
         assert not redis_client.exists(f"{key_prefix}:u:{{u}}")
         redis_client.delete(forget_key(key_prefix, "u"))
     # Re-read: the marker is seen, the events (offsets below the cutoff) are skipped.
     redis_client.set(forget_key(key_prefix, "u"), format_marker({0: 100}))
     forgotten: dict[str, dict[int, int]] = {}
-    stored, _ = load_users(redis_client, key_prefix, ["u"], f"{key_prefix}:g:current", None, forgotten)
+    stored, _ = load_users(
+        redis_client, key_prefix, ["u"], f"{key_prefix}:g:current", None, forgotten
+    )
     assert forgotten == {"u": {0: 100}}
     again = update_users(model, _events("u", range(10, 13)), stored, 64, 6000, forgotten)
     assert again.records == {} and again.skipped_forgotten == 3
     later = update_users(model, _events("u", range(100, 102)), stored, 64, 6000, forgotten)
-    assert set(later.records) == {"u"} and later.skipped_forgotten == 0 and later.records["u"].n_events == 2
+    assert (
+        set(later.records) == {"u"}
+        and later.skipped_forgotten == 0
+        and later.records["u"].n_events == 2
+    )

@@ -2,7 +2,7 @@
 simulated stream against the real local Kafka and Redis.
 
 Each event is scored against the posterior the public reader served just
-before it (streamer/through_service.py), then compared with the harness
+before it (streamer/evaluation/through_service.py), then compared with the harness
 behind ``hpmf evaluate --transform log1p --batch-size 1`` on the same events.
 
 Two runs:
@@ -30,14 +30,14 @@ import pytest
 
 from benchmarks.service_bench import TRANSFORM, through_service
 from model.simulate import PRESETS, SimConfig, simulate
-from streamer.events_file import write_events
-from streamer.settings import StreamSettings
-from streamer.through_service import (
+from streamer.evaluation.through_service import (
     ASYNC_FIELDS,
     LOCKSTEP_SETTINGS,
     SERVICE_SETTINGS,
     config_mismatch,
 )
+from streamer.files.events_file import write_events
+from streamer.service.settings import StreamSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,17 +62,31 @@ def test_worker_model_is_the_harness_model() -> None:
     # As deployed, only when the replay sweeps land differs.
     assert config_mismatch(StreamSettings(**SERVICE_SETTINGS), TRANSFORM) == list(ASYNC_FIELDS)
     # The service's defaults alone differ in two operating limits too (why SERVICE_SETTINGS sets them).
-    assert config_mismatch(StreamSettings(), TRANSFORM) == ["max_value", "max_videos", *ASYNC_FIELDS]
+    assert config_mismatch(StreamSettings(), TRANSFORM) == [
+        "max_value",
+        "max_videos",
+        *ASYNC_FIELDS,
+    ]
 
 
 @pytest.mark.timeout(120)
-def test_lockstep_service_equals_harness_per_event(small_stream: Path, kafka_bootstrap: str, redis_url: str,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_lockstep_service_equals_harness_per_event(
+    small_stream: Path, kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
     # 700 events: the learner's first SVI step (at 512 events) is inside;
     # its replay sweeps (from 10,000) only in the benchmark's lockstep run.
-    r = through_service(small_stream, 700, tmp_path, bootstrap=kafka_bootstrap, redis_url=redis_url,
-                        progress=False, lockstep=True)  # fmt: skip
-    assert r["n_events"] == 700 and r["n_no_globals"] == 1  # only the first event comes before any globals
+    r = through_service(
+        small_stream,
+        700,
+        tmp_path,
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        progress=False,
+        lockstep=True,
+    )
+    assert (
+        r["n_events"] == 700 and r["n_no_globals"] == 1
+    )  # only the first event comes before any globals
     # Not served: a video's first event (the global record holds no video prior); the rest are.
     assert r["n_unknown_video"] <= SMALL["n_videos"] and r["n_scored"] == 699 - r["n_unknown_video"]
     assert r["history_mismatches"] == 0  # each posterior held exactly the user's earlier events
@@ -82,10 +96,12 @@ def test_lockstep_service_equals_harness_per_event(small_stream: Path, kafka_boo
 
 
 @pytest.mark.timeout(180)
-def test_service_rmse_equals_harness_within_tolerance(small_stream: Path, kafka_bootstrap: str, redis_url: str,
-                                                      tmp_path: Path) -> None:  # fmt: skip
-    r = through_service(small_stream, 2000, tmp_path, bootstrap=kafka_bootstrap, redis_url=redis_url,
-                        progress=False)  # fmt: skip
+def test_service_rmse_equals_harness_within_tolerance(
+    small_stream: Path, kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    r = through_service(
+        small_stream, 2000, tmp_path, bootstrap=kafka_bootstrap, redis_url=redis_url, progress=False
+    )
     assert r["n_events"] == 2000 and r["n_scored"] > 1800, r
     assert r["history_mismatches"] == 0
     # The publish lag is there (else this run tests nothing the lockstep one does not) and bounded.

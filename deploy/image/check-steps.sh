@@ -24,7 +24,7 @@ export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECOD
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --require-hashes --no-deps -r requirements.lock
 "$VENV/bin/pip" install --no-deps --no-build-isolation .
-"$VENV/bin/python" -c "import streamer.worker, model.online"
+"$VENV/bin/python" -c "import streamer.service.worker, model.online"
 cd /
 "$VENV/bin/hpmf" --help > /dev/null
 echo "[image-steps] installed into $VENV; the entry command runs from / (no source tree)"

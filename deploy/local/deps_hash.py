@@ -1,5 +1,5 @@
-"""Print the sha256 of pyproject.toml's dependency list (the dependencies and
-the dev extras, sorted, one a line; the first 16 hex digits).
+"""Print the sha256 of pyproject.toml's dependency list (the dependencies, the
+service extras and the dev extras, sorted, one a line; the first 16 hex digits).
 
 ``make lock`` writes it into requirements.lock; deploy/local/venv.sh compares
 it with pyproject.toml's, so a dependency changed in pyproject.toml without a
@@ -14,7 +14,8 @@ from pathlib import Path
 
 def deps_hash(pyproject: Path) -> str:
     project = tomllib.loads(pyproject.read_text())["project"]
-    deps = sorted(project["dependencies"]) + sorted(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    deps = sorted(project["dependencies"]) + sorted(extras["service"]) + sorted(extras["dev"])
     return hashlib.sha256("\n".join(deps).encode()).hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make lock`: regenerate requirements.lock from pyproject.toml: every package
-# the dependencies and the dev extras need, at exact versions, with the hashes
+# the dependencies, the service extras and the dev extras need, at exact versions, with the hashes
 # of their files, for the Python that runs it (this machine kind: Linux x86_64,
 # CPython 3.11).
 #
@@ -34,7 +34,7 @@ case "${UPGRADE:-}" in
 esac
 
 # uv keeps the versions already in $LOCK unless told to upgrade them.
-"$TOOLS/bin/uv" pip compile pyproject.toml --extra dev --generate-hashes --python "$PY" \
+"$TOOLS/bin/uv" pip compile pyproject.toml --extra service --extra dev --generate-hashes --python "$PY" \
     --custom-compile-command "make lock" --quiet "${args[@]}" -o "$LOCK"
 # Record which pyproject.toml dependency list the lock was made from (venv.sh checks it).
 sed -i "2a # pyproject.toml dependencies: $("$PY" deploy/local/deps_hash.py)" "$LOCK"
