@@ -1,4 +1,4 @@
-"""The source layout's rules (docs/layout.md): no module of streamer/ over
+"""The source layout's rules (docs/layout.md): no module of model/ or streamer/ over
 400 lines, and the reader (streamer/reader/) imports nothing beyond the
 standard library, numpy, redis and model.transform (numpy-only), so that
 another service can install it alone (tests/test_reader_alone.py)."""
