@@ -17,7 +17,7 @@ import redis
 import torch
 
 from model.checkpoint import CheckpointError, load_state_dict, state_dict, to_bytes
-from model.choice import export_checkpoint, export_snapshot
+from model.choice_snapshot import export_checkpoint, export_snapshot
 from model.online import OnlineHPMF
 from streamer.event import valid_id
 from streamer.reader.redis_record import (
