@@ -55,7 +55,7 @@ predictive with biases, b0 = 0 and a user "bias" fixed at 0. That is how
 user's choice posterior is stored padded to K+1 dims, [a_i, 0].
 The served user vector adds a session term, E[a_i] + gamma x mean z_k over the
 user's latest L started videos (:meth:`ChoiceModel.served_means`), and P(start)
-is read as exp(lambda (s - max s)) (:func:`streamer.reader.lookup_math.start_probability`).
+is a softmax of lambda s (:func:`streamer.reader.lookup_math.start_probability`).
 
 >>> m = ChoiceModel(ChoiceConfig(n_factors=2, sweep_every=4))
 >>> st = {}

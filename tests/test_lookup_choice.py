@@ -61,13 +61,15 @@ def test_recommend_ranks_by_expected_minutes_if_shown(redis_client, key_prefix, 
         watched = {v for v, _, _ in r.posterior.history}
         assert len(r.items) == min(5, model.n_videos - len(watched & set(model.index)))
         assert r.items and not watched & set(r.video_ids)
-        # the score is P(start) x E[minutes], P(start) from the user's choice posterior
+        # the score is P(start) x E[minutes], P(start) from the user's choice posterior,
+        # a softmax over the videos the user has not watched
         # (the choice prior for a v1 record or a new user), computed here by hand
         cm = cstates[uid].mean if uid == v2_user else choice.prior_state()[0]
         rows = [model.index[v] for v in r.video_ids]
         ey = cm.copy()
         ey[-1] = 1.0
-        p = start_probability(rec.choice_video_mean @ ey)[rows]
+        seen = [model.index[v] for v in watched if v in model.index]
+        p = start_probability(rec.choice_video_mean @ ey, exclude=seen)[rows]
         want = p * np.array([it.mean for it in r.items])
         np.testing.assert_allclose([it.score for it in r.items], want, rtol=2e-4)
         assert all(a.score >= b.score for a, b in zip(r.items, r.items[1:], strict=False))

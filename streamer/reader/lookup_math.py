@@ -25,6 +25,7 @@ of matrix-vector products.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,10 +260,17 @@ popularity; on the rank suite's 7-day simulator lambda 10 gave 0.317, 1.49x
 popularity (docs/ranking.md)."""
 
 
-def start_probability(s: np.ndarray) -> np.ndarray:
+def start_probability(s: np.ndarray, exclude: Sequence[int] | None = None) -> np.ndarray:
     """P(start) read off a user's choice scores over the catalogue, as a softmax
-    choice model reads them, up to the user's normaliser:
-    exp(lambda (s - max s)), 1 for the user's best-scored video.
+    choice model reads them: exp(lambda s_j) / sum_k exp(lambda s_k) over the
+    candidate videos (finite scores, rows in ``exclude`` left out: the videos
+    the user already watched), i.e. the probability that the user's next start
+    is video j if they start one of the candidates. Excluded rows get 0.
+
+    Normalising over the candidates changes no ranking (one constant per user)
+    but keeps the served expected minutes on a readable scale: against the
+    whole catalogue, a heavy watcher's already started videos take almost all
+    of the mass and every candidate's value reads as 0.
 
     A linear read (clip(s, 1e-4, 1), before) compresses what the implicit-ALS
     score knows: a video twice as likely to be started scores far less than
@@ -270,12 +278,18 @@ def start_probability(s: np.ndarray) -> np.ndarray:
     popularity on the taste simulator (0.23 against 0.27).
 
     >>> start_probability(np.array([0.5, 0.45, -np.inf])).round(4).tolist()
-    [1.0, 0.3679, 0.0]
+    [0.7311, 0.2689, 0.0]
+    >>> start_probability(np.array([0.5, 0.45, 0.4]), exclude=[0]).round(4).tolist()
+    [0.0, 0.7311, 0.2689]
     """
-    s = np.asarray(s, dtype=np.float64)
+    s = np.array(s, dtype=np.float64)
+    if exclude is not None and len(exclude):
+        s[np.asarray(exclude, dtype=np.int64)] = -np.inf
     finite = np.isfinite(s)
-    top = float(s[finite].max()) if finite.any() else 0.0
-    return np.exp(CHOICE_SHARPNESS * (np.where(finite, s, -np.inf) - top))
+    if not finite.any():
+        return np.zeros(s.shape[0])
+    e = np.exp(CHOICE_SHARPNESS * (np.where(finite, s, -np.inf) - float(s[finite].max())))
+    return e / e.sum()
 
 
 def _minutes_scores(
@@ -302,6 +316,7 @@ def rank_scores(
     rng: np.random.Generator,
     ucb_beta: float = 2.0,
     choice: tuple[ServingModel, UserMoments] | None = None,
+    exclude: Sequence[int] | None = None,
 ) -> np.ndarray:
     """What ``recommend`` ranks, one score per video row (higher is better).
 
@@ -314,8 +329,9 @@ def rank_scores(
 
     With one (``choice``: its serving model, rows aligned with ``model``'s, and
     the user's choice moments), expected minutes if shown,
-    P(start) x E[minutes | start], with P(start) = exp(lambda (s - max s)) of the
-    choice score s and minutes >= 0 in original units:
+    P(start) x E[minutes | start], with P(start) the softmax of lambda s over the
+    candidates (:func:`start_probability`; ``exclude``: rows that are not, the
+    watched videos) and minutes >= 0 in original units:
 
     * ``mean``: P(E[s]) x E[minutes];
     * ``ucb``: P(E[s] + beta sd[s]) x (the minutes' UCB mapped to original units);
@@ -347,7 +363,7 @@ def rank_scores(
         s, epi = predictive_all(c_model, c_user)
         if strategy == "ucb":
             s = s + ucb_beta * np.sqrt(epi)
-    return start_probability(s) * np.maximum(minutes, 0.0)
+    return start_probability(s, exclude) * np.maximum(minutes, 0.0)
 
 
 def served_scores(
@@ -359,11 +375,13 @@ def served_scores(
     strategy: str,
     rng: np.random.Generator,
     ucb_beta: float = 2.0,
+    exclude: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, UserMoments]:
     """:func:`rank_scores` for a user's minutes posterior N(mean, cov) and, when
     the model has a choice component, their choice posterior (the choice prior
     if they have none, e.g. a version 1 record, or its size differs). Returns
-    the scores and the user's minutes moments."""
+    the scores and the user's minutes moments. ``exclude``: rows that are not
+    candidates (see :func:`start_probability`)."""
     user = UserMoments.of(mean, cov, model.record.biases)
     choice = None
     if model.choice is not None:
@@ -371,4 +389,4 @@ def served_scores(
         if choice_mean is None or choice_cov is None or np.shape(choice_mean) != (crec.dim,):
             choice_mean, choice_cov = crec.prior_mean, crec.prior_cov
         choice = (model.choice, UserMoments.of(choice_mean, choice_cov, True))
-    return rank_scores(model, user, strategy, rng, ucb_beta, choice), user
+    return rank_scores(model, user, strategy, rng, ucb_beta, choice, exclude), user

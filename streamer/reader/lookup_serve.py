@@ -42,6 +42,9 @@ def recommendations(
 ) -> Recommendations:
     """The top ``k`` videos for ``post`` under ``strategy`` (see ``Lookup.recommend``)."""
     rec = model.record
+    rows: list[int] = []
+    if exclude_watched and post.history:
+        rows = [model.index[v] for v, _, _ in post.history if v in model.index]
     scores, user = served_scores(
         model,
         post.mean,
@@ -51,9 +54,9 @@ def recommendations(
         strategy,
         rng,
         ucb_beta,
+        exclude=rows,
     )
-    if exclude_watched and post.history:
-        rows = [model.index[v] for v, _, _ in post.history if v in model.index]
+    if rows:
         scores[rows] = -np.inf
     best = top_k(scores, k)
     m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
