@@ -27,6 +27,7 @@ from streamer.reader.redis_record import (
     global_key,
     global_record_from_snapshot,
     queue_user_record,
+    read_applied_offset,
     read_user_record,
     user_key,
     user_record_from_state,
@@ -379,6 +380,12 @@ def test_user_record_through_redis(redis_client, key_prefix: str) -> None:  # ty
     assert 590 <= redis_client.ttl(key) <= 600
     assert read_user_record(redis_client, key_prefix, 42) == sample_user()
     assert read_user_record(redis_client, key_prefix, 43) is None
+    rec = sample_user()
+    assert read_applied_offset(redis_client, key) == (rec.partition, rec.offset)
+    assert read_applied_offset(redis_client, user_key(key_prefix, 43)) is None
+    redis_client.hset(key, "o", b"x1")
+    with pytest.raises(CorruptRecordError, match="partition or offset"):
+        read_applied_offset(redis_client, key)
 
 
 def test_write_global_record_moves_current_and_expires_old(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]

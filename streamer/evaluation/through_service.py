@@ -45,7 +45,7 @@ from model.evaluate import StreamResult, earlier_events, ladder_config
 from streamer.event import encode_event
 from streamer.files.events_file import Events
 from streamer.reader.lookup import Lookup, NoGlobalsError
-from streamer.reader.redis_record import global_current_key, user_key
+from streamer.reader.redis_record import global_current_key, read_applied_offset, user_key
 from streamer.service.settings import StreamSettings
 
 Z90 = 1.6449  # as model.evaluate: mean +- Z90 * std is a central 90% interval
@@ -142,13 +142,13 @@ def wait_applied(
     end = time.monotonic() + timeout_s
     pause = 0.0005
     while True:
-        p, o = client.hmget(key, "p", "o")
-        if p is not None and o is not None and int(p) == partition and int(o) >= offset:
+        applied = read_applied_offset(client, key)
+        if applied is not None and applied[0] == partition and applied[1] >= offset:
             return
         if time.monotonic() > end:
             raise TimeoutError(
                 f"{key}: offset {partition}:{offset} not applied in {timeout_s} s "
-                f"(record has {p!r}:{o!r})"
+                f"(record has {applied!r})"
             )
         if alive is not None and not alive():
             raise RuntimeError(f"the worker stopped before {key} got offset {partition}:{offset}")

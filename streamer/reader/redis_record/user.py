@@ -296,6 +296,19 @@ def read_user_record(client: Any, prefix: str, user_id: object) -> UserRecord | 
     return decode_user_record(fields, key) if fields else None
 
 
+def read_applied_offset(client: Any, key: str) -> tuple[int, int] | None:
+    """(partition, offset) of the last event applied to the user record at
+    ``key`` (its ``p`` and ``o`` fields), or None while there is no such record.
+    Raises CorruptRecordError when the fields are not integers."""
+    p, o = client.hmget(key, "p", "o")
+    if p is None or o is None:
+        return None
+    try:
+        return int(p), int(o)
+    except ValueError:
+        raise CorruptRecordError(key, "unreadable partition or offset") from None
+
+
 USER_READ_FIELDS = ("n", "p", "o", "et", "hist", "mean", "cov")
 """The fields of a user record the streaming service reads back for its next
 batch (its read script asks for these, then its own internal fields)."""
