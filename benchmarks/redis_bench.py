@@ -58,6 +58,7 @@ import redis
 
 from benchmarks.env import BOOTSTRAP, PY, ROOT
 from streamer.cli.replay import produce
+from streamer.cli.stream import stream_argv
 from streamer.event import encode_event
 from streamer.reader.redis_record import global_current_key, global_key
 from streamer.service.kafka_admin import delete_topics, ensure_topics
@@ -133,27 +134,16 @@ class PrivateRedis:
 def start_worker(
     topic: str, redis_url: str, port: int, log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
-    cmd = [
-        PY,
-        "-m",
-        "streamer.cli",
-        "stream",
-        "--kafka-bootstrap",
-        BOOTSTRAP,
-        "--redis-url",
-        redis_url,
-        "--topic",
-        topic,
-        "--group-id",
-        f"w-{topic}",
-        "--redis-prefix",
-        "hpmf",
-        "--metrics-port",
-        str(port),
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
+    settings = {
+        "kafka_bootstrap": BOOTSTRAP,
+        "redis_url": redis_url,
+        "topic": topic,
+        "group_id": f"w-{topic}",
+        "redis_prefix": "hpmf",
+        "metrics_port": port,
+        "log_level": "WARNING",
+    }
+    cmd = [*stream_argv(PY, settings), *extra]
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 

@@ -31,6 +31,7 @@ import redis
 
 from benchmarks.env import BOOTSTRAP, REDIS_URL, ROOT
 from streamer.cli.replay import produce
+from streamer.cli.stream import stream_argv
 from streamer.event import encode_event
 from streamer.reader.redis_record import global_current_key, global_key, user_key
 from streamer.service.connections import redis_client
@@ -78,30 +79,18 @@ def measure(n_videos: int, n_factors: int, tag: str) -> dict[str, float]:
     ensure_topics(BOOTSTRAP, {topic: 4, f"{topic}.dlq": 4})
     evs = events(n_videos, seed=n_videos)
     produce(BOOTSTRAP, topic, evs, progress=False)
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamer.cli",
-        "stream",
-        "--kafka-bootstrap",
-        BOOTSTRAP,
-        "--redis-url",
-        REDIS_URL,
-        "--topic",
-        topic,
-        "--group-id",
-        group,
-        "--redis-prefix",
-        prefix,
-        "--metrics-port",
-        "0",
-        "--n-factors",
-        str(n_factors),
-        "--stop-when-idle-s",
-        "3",
-        "--publish-every-ms",
-        "200",
-    ]
+    settings = {
+        "kafka_bootstrap": BOOTSTRAP,
+        "redis_url": REDIS_URL,
+        "topic": topic,
+        "group_id": group,
+        "redis_prefix": prefix,
+        "metrics_port": 0,
+        "n_factors": n_factors,
+        "stop_when_idle_s": 3,
+        "publish_every_ms": 200,
+    }
+    cmd = stream_argv(sys.executable, settings)
     try:
         subprocess.run(
             cmd,

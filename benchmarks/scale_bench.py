@@ -38,6 +38,7 @@ from pathlib import Path
 
 from benchmarks.env import BOOTSTRAP, REDIS_URL, ROOT
 from streamer.cli.replay import produce
+from streamer.cli.stream import stream_argv
 from streamer.event import encode_event
 from streamer.service.connections import redis_client
 from streamer.service.kafka_admin import delete_group, delete_topics, ensure_topics
@@ -100,30 +101,18 @@ def make_events(
 class Worker:
     def __init__(self, name: str, topic: str, prefix: str, logdir: Path) -> None:
         self.name, self.port = name, free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "streamer.cli",
-            "stream",
-            "--kafka-bootstrap",
-            BOOTSTRAP,
-            "--redis-url",
-            REDIS_URL,
-            "--topic",
-            topic,
-            "--group-id",
-            f"g-{topic}",
-            "--redis-prefix",
-            prefix,
-            "--metrics-port",
-            str(self.port),
-            "--worker-id",
-            name,
-            "--lag-refresh-s",
-            "1",
-            "--session-timeout-ms",
-            "10000",
-        ]
+        settings = {
+            "kafka_bootstrap": BOOTSTRAP,
+            "redis_url": REDIS_URL,
+            "topic": topic,
+            "group_id": f"g-{topic}",
+            "redis_prefix": prefix,
+            "metrics_port": self.port,
+            "worker_id": name,
+            "lag_refresh_s": 1,
+            "session_timeout_ms": 10000,
+        }
+        cmd = stream_argv(sys.executable, settings)
         self.log = (logdir / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=self.log)
 

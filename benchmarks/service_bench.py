@@ -58,6 +58,7 @@ from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from model.evaluate import ladder_config, run_stream, warm_up
 from model.online import OnlineHPMF
 from model.simulate import PRESETS, SimConfig, simulate
+from streamer.cli.stream import stream_argv
 from streamer.evaluation.through_service import (
     ASYNC_FIELDS,
     LOCKSTEP_SETTINGS,
@@ -81,39 +82,22 @@ def worker_settings(lockstep: bool = False) -> dict[str, object]:
     return {**SERVICE_SETTINGS, **(LOCKSTEP_SETTINGS if lockstep else {})}
 
 
-def worker_flags(lockstep: bool = False) -> list[str]:
-    """:func:`worker_settings` as ``hpmf stream`` flags."""
-    return [
-        a
-        for k, v in worker_settings(lockstep).items()
-        for a in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))
-    ]
-
-
 def start_worker(
     topic: str, prefix: str, log: Path, bootstrap: str, redis_url: str, lockstep: bool = False
 ) -> subprocess.Popen[bytes]:
-    cmd = [
+    cmd = stream_argv(
         PY,
-        "-m",
-        "streamer.cli",
-        "stream",
-        "--kafka-bootstrap",
-        bootstrap,
-        "--redis-url",
-        redis_url,
-        "--topic",
-        topic,
-        "--group-id",
-        f"g-{topic}",
-        "--redis-prefix",
-        prefix,
-        "--metrics-port",
-        "0",
-        "--log-level",
-        "WARNING",
-        *worker_flags(lockstep),
-    ]
+        {
+            "kafka_bootstrap": bootstrap,
+            "redis_url": redis_url,
+            "topic": topic,
+            "group_id": f"g-{topic}",
+            "redis_prefix": prefix,
+            "metrics_port": 0,
+            "log_level": "WARNING",
+            **worker_settings(lockstep),
+        },
+    )
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from benchmarks.env import BOOTSTRAP, PY, REDIS_URL, ROOT
 from benchmarks.stream_floor import floor
 from streamer.cli.replay import produce
+from streamer.cli.stream import stream_argv
 from streamer.event import encode_event
 from streamer.service.connections import kafka_security, redis_client
 from streamer.service.kafka_admin import delete_topics, ensure_topics
@@ -116,27 +117,16 @@ def bare_consumer_rate(topic: str, n: int) -> float:
 def start_worker(
     topic: str, prefix: str, port: int, log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
-    cmd = [
-        PY,
-        "-m",
-        "streamer.cli",
-        "stream",
-        "--kafka-bootstrap",
-        BOOTSTRAP,
-        "--redis-url",
-        REDIS_URL,
-        "--topic",
-        topic,
-        "--group-id",
-        f"w-{topic}",
-        "--redis-prefix",
-        prefix,
-        "--metrics-port",
-        str(port),
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
+    settings = {
+        "kafka_bootstrap": BOOTSTRAP,
+        "redis_url": REDIS_URL,
+        "topic": topic,
+        "group_id": f"w-{topic}",
+        "redis_prefix": prefix,
+        "metrics_port": port,
+        "log_level": "WARNING",
+    }
+    cmd = [*stream_argv(PY, settings), *extra]
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=fh)
 

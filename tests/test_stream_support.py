@@ -71,35 +71,23 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
 
 
 def worker_cmd(bootstrap: str, redis_url: str, topic: str, prefix: str, *extra: str) -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "streamer.cli",
-        "stream",
-        "--kafka-bootstrap",
-        bootstrap,
-        "--redis-url",
-        redis_url,
-        "--topic",
-        topic,
-        "--group-id",
-        f"g-{topic}",
-        "--redis-prefix",
-        prefix,
-        "--metrics-port",
-        "0",
-        "--batch-max-events",
-        "128",
-        "--batch-max-age-ms",
-        "30",
-        "--n-factors",
-        "3",
-        "--session-timeout-ms",
-        "6000",
-        "--learner-lease-ms",
-        "2000",
-        *extra,
-    ]
+    """``hpmf stream`` for a test: small batches, 3 factors, short Kafka timeouts."""
+    from streamer.cli.stream import stream_argv
+
+    settings = {
+        "kafka_bootstrap": bootstrap,
+        "redis_url": redis_url,
+        "topic": topic,
+        "group_id": f"g-{topic}",
+        "redis_prefix": prefix,
+        "metrics_port": 0,
+        "batch_max_events": 128,
+        "batch_max_age_ms": 30,
+        "n_factors": 3,
+        "session_timeout_ms": 6000,
+        "learner_lease_ms": 2000,
+    }
+    return [*stream_argv(PYTHON, settings), *extra]
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
@@ -41,6 +42,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if doc
             else f"env HPMF_{name.upper()}; default {f.default!r}",
         )
+
+
+def stream_argv(python: str, settings: Mapping[str, object]) -> list[str]:
+    """The command line that starts ``hpmf stream`` under ``python`` with these
+    settings, one ``--flag value`` per :class:`StreamSettings` field (booleans as
+    true/false). Tests, benchmarks and the demo start workers with it, so a
+    renamed setting fails here by name instead of as an argparse error in a
+    child process.
+
+    >>> stream_argv("py", {"topic": "t", "metrics_port": 0, "replay_background": False})
+    ['py', '-m', 'streamer.cli', 'stream', '--topic', 't', '--metrics-port', '0', '--replay-background', 'false']
+    >>> stream_argv("py", {"topik": "t"})
+    Traceback (most recent call last):
+    ...
+    ValueError: not a setting of hpmf stream: topik
+    """
+    unknown = sorted(set(settings) - set(StreamSettings.model_fields))
+    if unknown:
+        raise ValueError(f"not a setting of hpmf stream: {', '.join(unknown)}")
+    argv = [python, "-m", "streamer.cli", "stream"]
+    for name, value in settings.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        argv += [f"--{name.replace('_', '-')}", text]
+    return argv
 
 
 def settings_from_args(args: argparse.Namespace) -> StreamSettings:
