@@ -117,39 +117,8 @@ class Histogram:
 #: histograms had, so figures before and after the change compare).
 SECONDS_BUCKETS = tuple(
     ms / 1000
-    for ms in (
-        1,
-        2,
-        5,
-        10,
-        15,
-        20,
-        25,
-        30,
-        40,
-        50,
-        60,
-        70,
-        80,
-        90,
-        100,
-        120,
-        150,
-        200,
-        250,
-        300,
-        400,
-        500,
-        750,
-        1000,
-        1500,
-        2000,
-        3000,
-        5000,
-        10000,
-        30000,
-        60000,
-    )
+    for ms in (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100, 120, 150, 200)
+    + (250, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
 )
 
 
@@ -166,117 +135,100 @@ def build_labels() -> tuple[str, str, str]:
     return ver, os.environ.get("HPMF_BUILD_REVISION", "") or "unknown", platform.python_version()
 
 
+PREFIX = "hpmf_stream_"
+"""Every series this service exports is named ``hpmf_stream_*``."""
+
+
 class StreamMetrics:
     """Everything the service exports; names are ``hpmf_stream_*``."""
 
     def __init__(self) -> None:
-        p = "hpmf_stream_"
-        self.registry = reg = CollectorRegistry(auto_describe=True)
-        self.events = Counter(
-            p + "events_consumed_total", "Kafka records consumed (valid or not).", registry=reg
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events = self._counter(
+            "events_consumed_total", "Kafka records consumed (valid or not)."
         )
-        self.invalid = Counter(
-            p + "invalid_events_total",
-            "Events sent to the dead-letter topic.",
-            "reason",
-            registry=reg,
+        self.invalid = self._counter(
+            "invalid_events_total", "Events sent to the dead-letter topic.", "reason"
         )
-        self.dead_letters_reduced = Counter(
-            p + "dead_letters_reduced_total",
+        self.dead_letters_reduced = self._counter(
+            "dead_letters_reduced_total",
             "Dead letters too large to produce whole, sent reduced (a prefix).",
-            registry=reg,
         )
-        self.quarantined = Counter(
-            p + "quarantined_stats_total",
+        self.quarantined = self._counter(
+            "quarantined_stats_total",
             "Global statistics entries the learner could not apply or publish, dead-lettered.",
             "reason",
-            registry=reg,
         )
-        self.skipped = Counter(
-            p + "skipped_events_total",
+        self.skipped = self._counter(
+            "skipped_events_total",
             "Valid events not applied (replay: already applied; duplicate: event id seen; forgotten: produced before the user was forgotten).",
             "why",
-            registry=reg,
         )
-        self.applied = Counter(
-            p + "applied_events_total", "Events folded into user posteriors.", registry=reg
+        self.applied = self._counter("applied_events_total", "Events folded into user posteriors.")
+        self.batches = self._counter("batches_total", "Minibatches processed (non-empty).")
+        self.users_written = self._counter("users_written_total", "User records written to Redis.")
+        self.commit_failures = self._counter(
+            "commit_failures_total", "Kafka offset commits that failed."
         )
-        self.batches = Counter(
-            p + "batches_total", "Minibatches processed (non-empty).", registry=reg
+        self.retries = self._counter(
+            "dependency_retries_total", "Retried Redis/Kafka calls.", "what"
         )
-        self.users_written = Counter(
-            p + "users_written_total", "User records written to Redis.", registry=reg
+        self.batch_latency = self._histogram(
+            "batch_duration_seconds", "Poll-close to offsets-committed time of a batch."
         )
-        self.commit_failures = Counter(
-            p + "commit_failures_total", "Kafka offset commits that failed.", registry=reg
-        )
-        self.retries = Counter(
-            p + "dependency_retries_total", "Retried Redis/Kafka calls.", "what", registry=reg
-        )
-        self.batch_latency = Histogram(
-            p + "batch_duration_seconds",
-            "Poll-close to offsets-committed time of a batch.",
-            SECONDS_BUCKETS,
-            registry=reg,
-        )
-        self.freshness = Histogram(
-            p + "freshness_seconds",
+        self.freshness = self._histogram(
+            "freshness_seconds",
             "Kafka record timestamp (produce time) to Redis write acknowledged, per applied event.",
-            SECONDS_BUCKETS,
-            registry=reg,
         )
-        self.lag = Gauge(
-            p + "consumer_lag",
+        self.lag = self._gauge(
+            "consumer_lag",
             "Per assigned partition, high watermark minus position (records), refreshed every lag_refresh_s.",
             ("topic", "partition"),
-            registry=reg,
         )
-        self.lag_refreshed = Gauge(
-            p + "consumer_lag_refreshed_timestamp_seconds",
+        self.lag_refreshed = self._gauge(
+            "consumer_lag_refreshed_timestamp_seconds",
             "Unix time of the last refresh of consumer_lag.",
-            registry=reg,
         )
-        self.learner_backlog = Gauge(
-            p + "learner_backlog_entries",
+        self.learner_backlog = self._gauge(
+            "learner_backlog_entries",
             "Batches' global statistics written but not yet applied by the learner (reported by the learner; 0 elsewhere).",
-            registry=reg,
         )
-        self.learner_backlog_age = Gauge(
-            p + "learner_backlog_age_seconds",
+        self.learner_backlog_age = self._gauge(
+            "learner_backlog_age_seconds",
             "Age of the oldest statistics entry the learner has not applied (0: none waiting; reported by the learner).",
-            registry=reg,
         )
-        self.global_version = Gauge(
-            p + "global_model_version",
-            "Version of the globals this worker computes against.",
-            registry=reg,
+        self.global_version = self._gauge(
+            "global_model_version", "Version of the globals this worker computes against."
         )
-        self.learner = Gauge(
-            p + "learner", "1 while this worker holds the learner lease.", registry=reg
+        self.learner = self._gauge("learner", "1 while this worker holds the learner lease.")
+        self.assigned = self._gauge("assigned_partitions", "Partitions assigned to this worker.")
+        self.redis_up = self._gauge(
+            "redis_up", "1 while the last Redis call succeeded, 0 after a failure."
         )
-        self.assigned = Gauge(
-            p + "assigned_partitions", "Partitions assigned to this worker.", registry=reg
-        )
-        self.redis_up = Gauge(
-            p + "redis_up",
-            "1 while the last Redis call succeeded, 0 after a failure.",
-            registry=reg,
-        )
-        self.build_info = Gauge(
-            p + "build_info",
-            "Always 1; the labels say what runs.",
-            ("version", "revision", "python"),
-            registry=reg,
+        self.build_info = self._gauge(
+            "build_info", "Always 1; the labels say what runs.", ("version", "revision", "python")
         )
         self.build_info.set(1, build_labels())
-        self.rebuilding = Gauge(
-            p + "rebuilding",
+        self.rebuilding = self._gauge(
+            "rebuilding",
             "Partitions being rebuilt from Kafka after Redis lost its data (not ready meanwhile).",
-            registry=reg,
         )
         self.last_loop = time.time()
         self.started = False  # set-up done (connected, topics known, model warmed up)
         self.live_after_s = 30.0
+
+    def _counter(
+        self, name: str, help_text: str, label: str | tuple[str, ...] | None = None
+    ) -> Counter:
+        return Counter(PREFIX + name, help_text, label, self.registry)
+
+    def _gauge(
+        self, name: str, help_text: str, label: str | tuple[str, ...] | None = None
+    ) -> Gauge:
+        return Gauge(PREFIX + name, help_text, label, self.registry)
+
+    def _histogram(self, name: str, help_text: str) -> Histogram:
+        return Histogram(PREFIX + name, help_text, SECONDS_BUCKETS, self.registry)
 
     @property
     def redis_ok(self) -> bool:
