@@ -129,6 +129,33 @@ def test_cli_writes_events_and_truth(tmp_path: Path) -> None:
     } <= set(truth.files)
 
 
+class _Drawn(Exception):
+    """Raised by the stand-in simulator with the configuration it was given."""
+
+
+def _config_of(argv: list[str], monkeypatch) -> SimConfig:  # type: ignore[no-untyped-def]
+    def capture(cfg: SimConfig) -> None:
+        raise _Drawn(cfg)
+
+    monkeypatch.setattr(simulate_cli, "simulate", capture)
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    with pytest.raises(_Drawn) as drawn:
+        simulate_cli.run(parser.parse_args(argv))
+    return drawn.value.args[0]
+
+
+def test_cli_preset_replaces_defaults_and_flags_win(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = _config_of(["x.tsv", "--preset", "churn60"], monkeypatch)
+    assert (cfg.days, cfg.users_per_day, cfg.n_factors, cfg.sigma) == (60, 1000, 6, 0.8)
+    assert cfg.n_videos == SimConfig().n_videos  # not in the preset: the default
+    # A flag wins over the preset, even when its value is the plain default.
+    cfg = _config_of(["x.tsv", "--preset", "churn60", "--sigma", "0.5", "--days", "2"], monkeypatch)
+    assert (cfg.days, cfg.sigma, cfg.n_factors) == (2, 0.5, 6)
+    cfg = _config_of(["x.tsv", "--videos", "40", "--choice-strength", "2"], monkeypatch)
+    assert (cfg.n_videos, cfg.choice_strength, cfg.days) == (40, 2.0, SimConfig().days)
+
+
 def test_taste_driven_choices_follow_affinity_and_the_truth_is_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from model.simulate import SimConfig, simulate
     from streamer.cli.simulate import truth_path

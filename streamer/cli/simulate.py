@@ -28,6 +28,28 @@ def truth_path(out: Path) -> Path:
     return out.with_name(out.stem + ".truth.npz")
 
 
+#: (flag, SimConfig field, help) of every simulator setting the command exposes;
+#: the flag's type is the field's, its default the field's default.
+OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--days", "days", "days of traffic"),
+    ("--users-per-day", "users_per_day", "new users arriving per day"),
+    ("--videos", "n_videos", "catalogue size"),
+    ("--factors", "n_factors", "true number of taste factors K"),
+    ("--heavy-fraction", "heavy_fraction", "share of heavy watchers"),
+    ("--light-views", "light_mean_views", "mean views of a light user, geometric"),
+    ("--heavy-views", "heavy_mean_views", "mean views of a heavy watcher"),
+    ("--zipf", "zipf_exponent", "popularity exponent a, P(rank k) ~ k^-a"),
+    ("--sigma", "sigma", "noise sd on the log1p(minutes) scale"),
+    ("--seed", "seed", "random seed"),
+    (
+        "--choice-strength",
+        "choice_strength",
+        "how much taste drives which videos a user starts: P(start j) ~ "
+        "popularity_j x exp(BETA x u_i.v_j / sd); 0 = popularity alone (the demo uses 2)",
+    ),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "out",
@@ -39,90 +61,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a documented regime; churn60: "
+        help="a documented regime, replacing the defaults of the settings it names "
+        "(flags given on the command line still win); churn60: "
         + ", ".join(f"{k}={v}" for k, v in PRESETS["churn60"].items()),
     )
-    parser.add_argument(
-        "--days", type=int, default=_D.days, help=f"days of traffic (default: {_D.days})"
-    )
-    parser.add_argument(
-        "--users-per-day",
-        type=int,
-        default=_D.users_per_day,
-        help=f"new users arriving per day (default: {_D.users_per_day})",
-    )
-    parser.add_argument(
-        "--videos", type=int, default=_D.n_videos, help=f"catalogue size (default: {_D.n_videos})"
-    )
-    parser.add_argument(
-        "--factors",
-        type=int,
-        default=_D.n_factors,
-        help=f"true number of taste factors K (default: {_D.n_factors})",
-    )
-    parser.add_argument(
-        "--heavy-fraction",
-        type=float,
-        default=_D.heavy_fraction,
-        help=f"share of heavy watchers (default: {_D.heavy_fraction})",
-    )
-    parser.add_argument(
-        "--light-views",
-        type=float,
-        default=_D.light_mean_views,
-        help=f"mean views of a light user, geometric (default: {_D.light_mean_views})",
-    )
-    parser.add_argument(
-        "--heavy-views",
-        type=float,
-        default=_D.heavy_mean_views,
-        help=f"mean views of a heavy watcher (default: {_D.heavy_mean_views})",
-    )
-    parser.add_argument(
-        "--zipf",
-        type=float,
-        default=_D.zipf_exponent,
-        help=f"popularity exponent a, P(rank k) ~ k^-a (default: {_D.zipf_exponent})",
-    )
-    parser.add_argument(
-        "--sigma",
-        type=float,
-        default=_D.sigma,
-        help=f"noise sd on the log1p(minutes) scale (default: {_D.sigma})",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=_D.seed, help=f"random seed (default: {_D.seed})"
-    )
-    parser.add_argument(
-        "--choice-strength",
-        type=float,
-        default=_D.choice_strength,
-        metavar="BETA",
-        help="how much taste drives which videos a user starts: P(start j) ~ "
-        "popularity_j x exp(BETA x u_i.v_j / sd); 0 = popularity alone "
-        f"(default: {_D.choice_strength}; the demo uses 2)",
-    )
+    for flag, field, help_text in OPTIONS:
+        default = getattr(_D, field)
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=type(default),
+            default=None,
+            metavar="BETA" if field == "choice_strength" else flag[2:].upper().replace("-", "_"),
+            help=f"{help_text} (default: {default})",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    given = dict(
-        days=args.days,
-        users_per_day=args.users_per_day,
-        n_videos=args.videos,
-        n_factors=args.factors,
-        heavy_fraction=args.heavy_fraction,
-        light_mean_views=args.light_views,
-        heavy_mean_views=args.heavy_views,
-        zipf_exponent=args.zipf,
-        sigma=args.sigma,
-        seed=args.seed,
-        choice_strength=args.choice_strength,
-    )
-    if args.preset is not None:
-        # The preset replaces the defaults only: a flag set on the command line wins.
-        for key, value in PRESETS[args.preset].items():
-            if given[key] == getattr(_D, key):
-                given[key] = type(getattr(_D, key))(value)
+    # A flag given on the command line wins over the preset, which wins over the defaults.
+    preset = PRESETS[args.preset] if args.preset is not None else {}
+    given = {}
+    for _, field, _ in OPTIONS:
+        value = getattr(args, field)
+        if value is None:
+            value = type(getattr(_D, field))(preset.get(field, getattr(_D, field)))
+        given[field] = value
     try:
         cfg = SimConfig(**given)  # type: ignore[arg-type]
     except ValueError as exc:
