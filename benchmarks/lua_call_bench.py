@@ -24,7 +24,7 @@ from benchmarks.env import REDIS_URL
 from streamer.reader.redis_record import UserRecord, encode_user_records, user_field_names, user_key
 from streamer.service.forget import forget_key
 from streamer.service.store import user_scripts
-from streamer.service.store.user_store import write_batch
+from streamer.service.store.user_store import UserBatchWrite, write_batch
 
 
 def _records(n: int, d: int = 11, hist: int = 20) -> dict[str, UserRecord]:
@@ -81,7 +81,7 @@ def run(users: int = 256, repeats: int = 60) -> dict[str, float]:
     try:
         for _ in range(repeats):
             t = time.perf_counter()
-            write_batch(client, prefix, records, eids, 600, stream, "w1", b"stats")
+            write_batch(client, prefix, UserBatchWrite(records, eids, 600, stream, "w1", b"stats"))
             timing["write_hand"].append(time.perf_counter() - t)
             t = time.perf_counter()
             _write_redispy(write_obj, client, prefix, records, eids, 600, stream, b"stats")

@@ -21,7 +21,12 @@ from streamer.service.rebuild import marker_key
 from streamer.service.settings import StreamSettings
 from streamer.service.store.global_retention import versions_key
 from streamer.service.store.global_stats_record import encode_stats
-from streamer.service.store.user_store import WriteConflict, load_users, write_batch
+from streamer.service.store.user_store import (
+    UserBatchWrite,
+    WriteConflict,
+    load_users,
+    write_batch,
+)
 
 CFG = HPMFConfig(n_factors=2, transform="log1p")
 
@@ -90,14 +95,16 @@ def _apply(
     sid = write_batch(
         client,
         prefix,
-        upd.records,
-        upd.event_ids,
-        60,
-        f"{gprefix}:gstats",
-        "w",
-        encode_stats(upd.stats),
-        upd.seen_at,
-        expected=versions if expected is None else expected,
+        UserBatchWrite(
+            upd.records,
+            upd.event_ids,
+            60,
+            f"{gprefix}:gstats",
+            "w",
+            encode_stats(upd.stats),
+            upd.seen_at,
+            expected=versions if expected is None else expected,
+        ),
     )
     return versions, sid
 
@@ -147,14 +154,16 @@ def test_a_conflict_in_one_slot_leaves_the_others_written_and_adds_no_statistics
         write_batch(
             cl,
             prefix,
-            upd.records,
-            upd.event_ids,
-            60,
-            f"{gp}:gstats",
-            "w",
-            b"stats",
-            upd.seen_at,
-            expected=versions,
+            UserBatchWrite(
+                upd.records,
+                upd.event_ids,
+                60,
+                f"{gp}:gstats",
+                "w",
+                b"stats",
+                upd.seen_at,
+                expected=versions,
+            ),
         )
     counts = {u: int(cl.hget(user_key(prefix, u), "n")) for u in users}
     assert counts == {**{u: 2 for u in users}, "user-3": 99}  # each user atomic; the others written

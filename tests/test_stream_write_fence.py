@@ -10,7 +10,12 @@ from model.config import HPMFConfig
 from model.online import OnlineHPMF
 from streamer.event import WatchEvent
 from streamer.service.model_update import SourcedEvent, update_users
-from streamer.service.store.user_store import WriteConflict, load_users, write_batch
+from streamer.service.store.user_store import (
+    UserBatchWrite,
+    WriteConflict,
+    load_users,
+    write_batch,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +40,16 @@ def _write(redis_client, prefix: str, model: OnlineHPMF, events, expected=None):
     write_batch(
         redis_client,
         prefix,
-        upd.records,
-        upd.event_ids,
-        60,
-        f"{prefix}:gstats",
-        "w",
-        None,
-        upd.seen_at,
-        expected=versions if expected is None else expected,
+        UserBatchWrite(
+            upd.records,
+            upd.event_ids,
+            60,
+            f"{prefix}:gstats",
+            "w",
+            None,
+            upd.seen_at,
+            expected=versions if expected is None else expected,
+        ),
     )
     return versions
 
@@ -62,14 +69,16 @@ def test_stale_writer_is_fenced_and_writes_nothing(redis_client, key_prefix) -> 
         write_batch(
             redis_client,
             key_prefix,
-            upd_a.records,
-            upd_a.event_ids,
-            60,
-            f"{key_prefix}:gstats",
-            "A",
-            b"stats",
-            upd_a.seen_at,
-            expected=versions_a,
+            UserBatchWrite(
+                upd_a.records,
+                upd_a.event_ids,
+                60,
+                f"{key_prefix}:gstats",
+                "A",
+                b"stats",
+                upd_a.seen_at,
+                expected=versions_a,
+            ),
         )
     assert redis_client.hget(f"{key_prefix}:u:{{u}}", "n") == b"8"
     assert redis_client.xlen(f"{key_prefix}:gstats") == 0  # nor its statistics
@@ -107,14 +116,16 @@ def test_a_forget_between_read_and_write_fences_the_write(redis_client, key_pref
             write_batch(
                 redis_client,
                 key_prefix,
-                upd.records,
-                upd.event_ids,
-                60,
-                f"{key_prefix}:gstats",
-                "A",
-                b"stats",
-                upd.seen_at,
-                expected=versions,
+                UserBatchWrite(
+                    upd.records,
+                    upd.event_ids,
+                    60,
+                    f"{key_prefix}:gstats",
+                    "A",
+                    b"stats",
+                    upd.seen_at,
+                    expected=versions,
+                ),
             )
         assert not redis_client.exists(f"{key_prefix}:u:{{u}}")
         redis_client.delete(forget_key(key_prefix, "u"))

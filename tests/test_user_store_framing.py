@@ -62,16 +62,11 @@ def test_write_batch_sends_the_plain_packing_of_its_arguments(
     seen_at = {"a": 12.0, "user-3": 40.5}  # "b%c" has none
     expected = {"a": b"3", "user-3": b""}
     sid = user_store.write_batch(
-        None,
+        None,  # type: ignore[arg-type]
         "pre",
-        records,
-        event_ids,
-        600,
-        "pre:g:stream",
-        "w1",
-        b"stats",  # type: ignore[arg-type]
-        seen_at,
-        expected,
+        user_store.UserBatchWrite(
+            records, event_ids, 600, "pre:g:stream", "w1", b"stats", seen_at, expected
+        ),
     )
     assert sid == b"1-0"
 
@@ -120,4 +115,6 @@ def test_a_batch_does_not_mix_record_versions() -> None:
     first = next(iter(records.values()))
     first.choice_mean, first.choice_cov = np.zeros(3), np.zeros((3, 3))
     with pytest.raises(ValueError, match="mixes"):
-        user_store.write_batch(None, "pre", records, {}, 600, "pre:g:stream", "w1", None)  # type: ignore[arg-type]
+        user_store.write_batch(
+            None, "pre", user_store.UserBatchWrite(records, {}, 600, "pre:g:stream", "w1", None)
+        )  # type: ignore[arg-type]

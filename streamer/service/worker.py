@@ -61,7 +61,7 @@ from streamer.service.rebuild import Rebuild
 from streamer.service.settings import StreamSettings
 from streamer.service.store.global_stats_record import encode_stats
 from streamer.service.store.seam import GlobalsStore, UserStore
-from streamer.service.store.user_store import WriteConflict
+from streamer.service.store.user_store import UserBatchWrite, WriteConflict
 from streamer.service.worker_setup import WorkerSetup
 
 log = logging.getLogger(__name__)
@@ -371,14 +371,16 @@ class Worker(WorkerSetup, LagReport):
                 ((se.partition, se.offset) for se in valid), s.topic
             )
             sid = self.users.write(
-                update.records,
-                update.event_ids,
-                s.user_ttl_s,
-                g.stream_key,
-                s.worker_id,
-                None if replay else encode_stats(update.stats),
-                update.seen_at,
-                expected=versions,
+                UserBatchWrite(
+                    update.records,
+                    update.event_ids,
+                    s.user_ttl_s,
+                    g.stream_key,
+                    s.worker_id,
+                    None if replay else encode_stats(update.stats),
+                    update.seen_at,
+                    expected=versions,
+                )
             )
             if sid is not None:
                 g.written(sid, update.stats)

@@ -22,8 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamer.reader.redis_record import UserRecord, is_cluster_client, user_key
-from streamer.service.store.user_store import StoredUser, load_users, write_batch
+from streamer.reader.redis_record import is_cluster_client, user_key
+from streamer.service.store.user_store import (
+    StoredUser,
+    UserBatchWrite,
+    load_users,
+    write_batch,
+)
 
 if TYPE_CHECKING:
     from model.choice import ChoiceModel
@@ -42,17 +47,7 @@ class UserStore(Protocol):
         forgotten: dict[str, dict[int, int]] | None = None,
     ) -> tuple[dict[str, StoredUser], bytes | None]: ...
 
-    def write(
-        self,
-        records: dict[str, UserRecord],
-        event_ids: dict[str, list[str]],
-        ttl_s: int,
-        stream_key: str,
-        worker_id: str,
-        stats_blob: bytes | None,
-        seen_at: dict[str, float] | None = None,
-        expected: dict[str, bytes] | None = None,
-    ) -> bytes | None: ...
+    def write(self, batch: UserBatchWrite) -> bytes | None: ...
 
     def discard(self, user_ids: Iterable[str]) -> None: ...
 
@@ -101,30 +96,8 @@ class RedisUserStore:
             self.client, self.prefix, user_ids, pointer_key, versions, forgotten, self.cluster
         )
 
-    def write(
-        self,
-        records: dict[str, UserRecord],
-        event_ids: dict[str, list[str]],
-        ttl_s: int,
-        stream_key: str,
-        worker_id: str,
-        stats_blob: bytes | None,
-        seen_at: dict[str, float] | None = None,
-        expected: dict[str, bytes] | None = None,
-    ) -> bytes | None:
-        return write_batch(
-            self.client,
-            self.prefix,
-            records,
-            event_ids,
-            ttl_s,
-            stream_key,
-            worker_id,
-            stats_blob,
-            seen_at,
-            expected,
-            cluster=self.cluster,
-        )
+    def write(self, batch: UserBatchWrite) -> bytes | None:
+        return write_batch(self.client, self.prefix, batch, cluster=self.cluster)
 
     def discard(self, user_ids: Iterable[str]) -> None:
         keys = {user_key(self.prefix, u) for u in user_ids}

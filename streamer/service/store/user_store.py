@@ -165,24 +165,39 @@ def load_users(
     return out, pointer
 
 
+@dataclass(frozen=True)
+class UserBatchWrite:
+    """What one batch writes: the touched users' records with their event ids
+    and expiry, and the batch's global statistics for the learner's stream."""
+
+    records: dict[str, UserRecord]
+    event_ids: dict[str, list[str]]
+    """Per user, the ids of the events this batch applied (the duplicate check)."""
+    ttl_s: int
+    stream_key: str
+    """The learner's statistics stream (XADD target)."""
+    worker_id: str
+    stats_blob: bytes | None
+    """The encoded statistics; None writes the users only (a replay after a Redis loss)."""
+    seen_at: dict[str, float] | None = None
+    expected: dict[str, bytes] | None = None
+    """Per user, the event count read before the batch: the write fence."""
+
+
 def write_batch(
     client: redis.Redis,
     prefix: str,
-    records: dict[str, UserRecord],
-    event_ids: dict[str, list[str]],
-    ttl_s: int,
-    stream_key: str,
-    worker_id: str,
-    stats_blob: bytes | None,
-    seen_at: dict[str, float] | None = None,
-    expected: dict[str, bytes] | None = None,
+    batch: UserBatchWrite,
     cluster: bool | None = None,
 ) -> bytes | None:
     """Write every record (full hash + ``eids``) with its expiry and XADD the
     statistics, atomically (one Lua script). Returns the stream entry id.
-    ``expected`` maps users to their event count as read (see ``load_users``);
-    if any changed meanwhile nothing is written and ``WriteConflict`` is
-    raised. Users missing from ``expected`` are not checked."""
+    ``batch.expected`` maps users to their event count as read (see
+    ``load_users``); if any changed meanwhile nothing is written and
+    ``WriteConflict`` is raised. Users missing from it are not checked."""
+    records, event_ids, seen_at = batch.records, batch.event_ids, batch.seen_at
+    ttl_s, stream_key, worker_id = batch.ttl_s, batch.stream_key, batch.worker_id
+    stats_blob, expected = batch.stats_blob, batch.expected
     # The arguments are framed as they are built (the same bytes as packing
     # keys + [ttl, nf, *fields, *tail] at the end): hundreds of users times a
     # dozen fields, so each user's fields go through one framing template.
