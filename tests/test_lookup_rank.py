@@ -154,3 +154,19 @@ def test_ranking_eval_normalises_p_start_over_the_candidates_as_recommend_does()
     assert np.isneginf(s[hist["a"]]).all()
     cand = np.delete(s, hist["a"])
     assert np.isfinite(cand).all() and cand.sum() == pytest.approx(1.0)
+
+
+def test_choice_replay_expected_minutes_and_a_small_run(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """The replay's truth E[expm1(max(X, 0))] against Monte Carlo, and a small
+    replay through the real Redis: every strategy recommends unwatched videos
+    (asserted inside) and its regret is >= 0."""
+    from benchmarks.choice_replay import _expected_minutes, replay_choice
+
+    rng = np.random.default_rng(0)
+    m = np.array([-0.5, 0.3, 2.0])
+    x = np.maximum(m[:, None] + 0.5 * rng.normal(size=(3, 400_000)), 0.0)
+    np.testing.assert_allclose(_expected_minutes(m, 0.5), np.expm1(x).mean(1), rtol=5e-3)
+    out = replay_choice(n_users=12, n_videos=25, rounds=3)
+    for s in ("popularity", "mean", "ucb", "thompson"):
+        assert out[f"lookup.v2_regret_{s}"] >= out[f"lookup.v2_regret_last10_{s}"] >= 0.0
+        assert 0.0 <= out[f"lookup.v2_hit_rate_{s}"] <= 1.0

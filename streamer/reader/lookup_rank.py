@@ -155,7 +155,10 @@ def rank_scores(
     * ``mean``: P(E[s]) x E[minutes];
     * ``ucb``: P(E[s] + beta sd[s]) x (the minutes' UCB mapped to original units);
     * ``thompson``: P(one draw of s) x (one draw of the minutes), both
-      components drawn from their posteriors.
+      components drawn from their posteriors;
+
+    a model-scale minutes value v (m + beta e, or the draw) mapped to
+    E[minutes | start] under those parameters (log1p: exp(v + sigma^2/2) - 1).
 
     :meth:`streamer.reader.lookup.Lookup.recommend` and the ranking evaluation
     (:mod:`streamer.evaluation.ranking_eval`) both call this (through
@@ -166,8 +169,10 @@ def rank_scores(
     if choice is None:
         minutes[rows] = -np.inf
         return minutes
-    if strategy != "mean" and model.record.transform == "log1p":  # model scale -> minutes
-        minutes = np.expm1(minutes)
+    if strategy != "mean" and model.record.transform == "log1p":
+        # the model-scale value v (a draw, or m + beta e) -> E[minutes | start] under
+        # those parameters: exp(v + sigma^2/2) - 1 (the observation noise is log-normal)
+        minutes = np.expm1(minutes + 0.5 * model.noise_var)
     s = _choice_scores(choice[0], choice[1], strategy, rng, ucb_beta)
     out = start_probability(s, rows) * np.maximum(minutes, 0.0)
     out[rows] = -np.inf
