@@ -21,6 +21,9 @@
    non-personalised popularity baseline (best shrunk average of the observed
    minutes); ``regret_last10`` sums the last 10 rounds only (after learning).
    ``hit_rate`` = share of recommendations in the user's true top 10.
+
+3. The same with the choice component (``lookup.v2_regret_*``):
+   :mod:`benchmarks.choice_replay`.
 """
 
 from __future__ import annotations
@@ -289,9 +292,13 @@ def replay(
 
 
 def run() -> dict[str, float]:
+    from benchmarks.choice_replay import replay_choice
+
     out = latency()
     out.update(latency(choice=True))
     out.update(replay())
+    out.update(replay_choice())  # lookup.v2_regret_*: with the choice component
+    out.update(replay_choice(browsing=False))  # lookup.v2_nobrowse_regret_*
     return out
 
 

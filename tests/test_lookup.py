@@ -22,7 +22,8 @@ from streamer.reader.lookup import (
     Status,
     StoreUnavailableError,
 )
-from streamer.reader.lookup_math import ServingModel, UserMoments, predictive, thompson_scores
+from streamer.reader.lookup_math import ServingModel, UserMoments, predictive
+from streamer.reader.lookup_rank import thompson_scores
 from streamer.reader.redis_record import (
     GlobalRecord,
     UserRecord,

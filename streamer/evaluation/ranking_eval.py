@@ -15,7 +15,10 @@ The model rungs (``biases``, ``pmf``, ``hpmf``) are scored through the code
 ``recommend`` runs: the learner's globals are published as a
 :class:`~streamer.reader.redis_record.GlobalRecord`, loaded into a
 :class:`~streamer.reader.lookup_math.ServingModel`, and ranked by
-:func:`~streamer.reader.lookup_math.rank_scores` and :func:`~streamer.reader.lookup_math.top_k`.
+:func:`~streamer.reader.lookup_rank.served_scores` (which ranks through
+:func:`~streamer.reader.lookup_rank.rank_scores`, with the user's watched
+videos excluded and P(start) normalised over the rest, as ``recommend`` does)
+and :func:`~streamer.reader.lookup_math.top_k`.
 This lives in ``streamer/`` because that serving code does; the model it drives
 and the metrics are in ``model/``.
 """
@@ -37,7 +40,8 @@ from model.evaluate import ladder_config
 from model.online import OnlineHPMF
 from model.posterior import UserState
 from model.ranking import Cooccurrence, DecayedPopularity, K, Popularity, Tally, rank_of
-from streamer.reader.lookup_math import ServingModel, served_scores, top_k
+from streamer.reader.lookup_math import ServingModel, top_k
+from streamer.reader.lookup_rank import served_scores
 from streamer.reader.redis_record import GlobalRecord, global_record_from_snapshot, with_choice
 
 RANK_RUNGS: tuple[str, ...] = (
@@ -118,25 +122,42 @@ class ModelRanker:
         self.states: dict[str, UserState] = {}
         self._serving: ServingModel | None = None
         self._rows = np.zeros(0, dtype=np.int64)  # serving row -> catalogue row
+        self._serving_row = np.zeros(0, dtype=np.int64)  # catalogue row -> serving row, or -1
 
     def serving(self) -> ServingModel:
         """The learner's current globals as a reader would load them."""
         if self._serving is None or self._serving.version != self.model.version:
-            rec = global_record_from_snapshot(self.model.export_globals(), 0)
-            self._serving = ServingModel.from_record(rec)
-            self._rows = np.fromiter(
-                (self.catalogue[v] for v in rec.video_ids), dtype=np.int64, count=rec.n_videos
-            )
+            self._serve(global_record_from_snapshot(self.model.export_globals(), 0))
+        assert self._serving is not None
         return self._serving
 
+    def _serve(self, rec: GlobalRecord) -> None:
+        self._serving = ServingModel.from_record(rec)
+        self._rows = np.fromiter(
+            (self.catalogue[v] for v in rec.video_ids), dtype=np.int64, count=rec.n_videos
+        )
+        self._serving_row = np.full(len(self.catalogue), -1, dtype=np.int64)
+        self._serving_row[self._rows] = np.arange(rec.n_videos)
+
+    def choice_posterior(self, user: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The user's served choice mean and covariance (none: the minutes model alone)."""
+        return None, None
+
     def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
+        """The served scores, through the code ``recommend`` runs
+        (:func:`~streamer.reader.lookup_rank.served_scores`): the user's watched
+        videos excluded there, so P(start) is normalised over the same candidates."""
         sm = self.serving()
         rec = sm.record
         st = self.states.get(user)
         mean, cov = (
             (rec.prior_mean, rec.prior_cov) if st is None or st.mean is None else (st.mean, st.cov)
         )
-        s, _ = served_scores(sm, mean, cov, None, None, self.strategy, self.rng, self.ucb_beta)
+        seen = self._serving_row[[h for h in history if h < self._serving_row.shape[0]]]
+        cm, cc = self.choice_posterior(user)
+        s, _ = served_scores(
+            sm, mean, cov, cm, cc, self.strategy, self.rng, self.ucb_beta, seen[seen >= 0]
+        )
         out = np.full(n_videos, -np.inf)
         out[self._rows] = s
         return out
@@ -179,47 +200,21 @@ class ChoiceRanker(ModelRanker):
             if self.minutes:
                 rec = global_record_from_snapshot(self.model.export_globals(), 0)
             else:  # P(start) alone: a flat minutes model over the choice component's videos
-                v, d = self.choice.n_videos, 1
+                v, z = self.choice.n_videos, np.zeros
                 rec = GlobalRecord(
-                    version=0,
-                    dim=d,
-                    n_factors=0,
-                    biases=True,
-                    transform="identity",
-                    b0=1.0,
-                    sigma=1.0,
-                    prior_mean=np.zeros(d),
-                    prior_cov=np.zeros((d, d)),
-                    video_ids=list(self.choice.video_ids),
-                    video_mean=np.zeros((v, d)),
-                    video_cov=np.zeros((v, d, d)),
-                    video_scale=np.zeros((v, d)),
-                    updated_ms=0,
-                )
-            self._serving = ServingModel.from_record(with_choice(rec, self.choice))
+                    0, 1, 0, True, "identity", 1.0, 1.0, z(1), z((1, 1)),
+                    list(self.choice.video_ids), z((v, 1)), z((v, 1, 1)), z((v, 1)), 0,
+                )  # fmt: skip
+            self._serve(with_choice(rec, self.choice))
             self._c_version = version
-            self._rows = np.fromiter(
-                (self.catalogue[v] for v in rec.video_ids), dtype=np.int64, count=rec.n_videos
-            )
+        assert self._serving is not None
         return self._serving
 
-    def scores(self, user: str, history: Sequence[int], n_videos: int) -> np.ndarray:
-        sm = self.serving()
-        rec = sm.record
-        st = self.states.get(user)
-        mean, cov = (
-            (rec.prior_mean, rec.prior_cov) if st is None or st.mean is None else (st.mean, st.cov)
-        )
+    def choice_posterior(self, user: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         cst = self.choice_states.get(user)
-        cm, cc = (
-            (None, None)
-            if cst is None
-            else (self.choice.served_means([cst.history], cst.mean[None])[0], cst.cov)
-        )
-        s, _ = served_scores(sm, mean, cov, cm, cc, self.strategy, self.rng, self.ucb_beta)
-        out = np.full(n_videos, -np.inf)
-        out[self._rows] = s
-        return out
+        if cst is None:
+            return None, None
+        return self.choice.served_means([cst.history], cst.mean[None])[0], cst.cov
 
     def learn(
         self,

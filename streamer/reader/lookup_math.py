@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.transform import to_original_units
 from streamer.reader.redis_record import GlobalRecord
 
 
@@ -70,6 +69,8 @@ class ServingModel:
     tri: tuple[np.ndarray, np.ndarray]  # upper-triangle indices (d <= e), T = D(D+1)/2
     tri_mult: np.ndarray  # (T,) 1 on the diagonal, 2 off it: tr(S A) = sum S_tri A_tri mult
     packed: np.ndarray  # (V, D + 2T) float32: [m_w | S_w upper | (ey_w ey_w^T) upper]
+    means: np.ndarray  # (V, D) float32 m_w, contiguous: the passes that need E[w] alone
+    covs: np.ndarray  # (V, T) float32 S_w upper, contiguous: Thompson's variance pass
     choice: ServingModel | None = None
     """A version 2 record's choice component, rows aligned with these (see
     :func:`choice_record`); None for a version 1 record."""
@@ -84,8 +85,11 @@ class ServingModel:
         vc = np.ascontiguousarray(rec.video_cov, dtype=np.float64).reshape(v, d, d)
         iu = np.triu_indices(d)
         # Every per-video quantity recommend needs, in one float32 row per video, so
-        # scoring all videos is one pass over memory (the record is float32 anyway).
-        packed = np.hstack([rec.video_mean, vc[:, iu[0], iu[1]], eyw[:, iu[0]] * eyw[:, iu[1]]])
+        # the mean's value is one pass over memory (the record is float32 anyway);
+        # the means and S_w alone also contiguous, once per version, for the passes
+        # that read only them (a strided slice of the packed rows costs ~2x).
+        cov_up = vc[:, iu[0], iu[1]]
+        packed = np.hstack([rec.video_mean, cov_up, eyw[:, iu[0]] * eyw[:, iu[1]]])
         return cls(
             record=rec,
             index={vid: row for row, vid in enumerate(rec.video_ids)},
@@ -98,6 +102,8 @@ class ServingModel:
             tri=iu,
             tri_mult=np.where(iu[0] == iu[1], 1.0, 2.0),
             packed=np.ascontiguousarray(packed, dtype=np.float32),
+            means=np.ascontiguousarray(rec.video_mean, dtype=np.float32),
+            covs=np.ascontiguousarray(cov_up, dtype=np.float32),
             choice=choice,
         )
 
@@ -173,42 +179,6 @@ def predictive(
     return mean, np.maximum(epi, 0.0)
 
 
-BLOCK_ROWS = 4096
-
-
-def blocked_matmul(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``a @ y`` for a tall ``a`` and a narrow ``y``: a matrix-vector product per
-    column, in blocks of rows. Blocks: one (10,000 x 143) product is big enough
-    for OpenBLAS to hand to its threads, which on a busy machine costs ms (p90
-    19 ms in one call vs 0.7 ms in blocks); blocks stay on the calling thread.
-    Per column: the general product with 2 columns was 3-6x slower than two
-    matrix-vector products (10,000 x 143 float32: p50 0.7-1.5 vs 0.24 ms)."""
-    out = np.empty((y.shape[1], a.shape[0]), dtype=np.result_type(a, y))
-    cols = [np.ascontiguousarray(y[:, k], dtype=out.dtype) for k in range(y.shape[1])]
-    a = a.astype(out.dtype, copy=False)
-    for s in range(0, a.shape[0], BLOCK_ROWS):
-        block = a[s : s + BLOCK_ROWS]
-        for k, col in enumerate(cols):
-            np.matmul(block, col, out=out[k, s : s + BLOCK_ROWS])
-    return out.T
-
-
-def predictive_all(model: ServingModel, user: UserMoments) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`predictive` over all videos in one float32 matrix product, for ranking.
-
-    Both variance terms are traces against symmetric matrices, so each is a dot
-    product of upper triangles: tr(S_w Eyy_x) and tr(S_x ey_w ey_w^T). Relative
-    error ~1e-6 (float32 sums); only near-ties can order differently.
-    """
-    d, t = model.record.dim, model.tri_mult.shape[0]
-    y = np.zeros((d + 2 * t, 2), dtype=np.float32)
-    y[:d, 0] = user.ey
-    y[d : d + t, 1] = model.sym_weights(user.eyy_flat.reshape(d, d))
-    y[d + t :, 1] = model.sym_weights(user.cov)
-    out = blocked_matmul(model.packed, y).astype(np.float64)
-    return model.b0 + user.eb + out[:, 0], np.maximum(out[:, 1], 0.0)
-
-
 def sample_factor(mean: np.ndarray, cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw of x ~ N(mean, cov); float32 storage can leave cov a hair from PSD."""
     d = mean.shape[0]
@@ -220,41 +190,34 @@ def sample_factor(mean: np.ndarray, cov: np.ndarray, rng: np.random.Generator) -
     return mean + chol @ rng.standard_normal(d)
 
 
-def thompson_scores(
-    model: ServingModel, user: UserMoments, biases: bool, rng: np.random.Generator
-) -> np.ndarray:
-    """Model-scale scores of one Thompson draw over all videos.
-
-    Draw x ~ q(x); then for each video the score b0 + b + y(x).w_j with
-    w_j ~ q(w_j). Given x, the videos are independent and y(x).w_j is Gaussian
-    with mean y(x).m_wj and variance y(x)^T S_wj y(x), so drawing that scalar
-    per video is an exact draw of the full-covariance w_j at O(V D^2), without
-    materialising V x D samples.
-    """
-    d, t = model.record.dim, model.tri_mult.shape[0]
-    x = sample_factor(user.mean, user.cov, rng)
-    ey, _, eb = feature_moments(x, np.zeros((d, d)), biases)
-    y = np.zeros((d + t, 2), dtype=np.float32)  # the last block (ey_w ey_w^T) is not needed
-    y[:d, 0] = ey
-    y[d:, 1] = model.sym_weights(np.outer(ey, ey))
-    out = blocked_matmul(model.packed[:, : d + t], y).astype(np.float64)
-    std = np.sqrt(np.maximum(out[:, 1], 0.0))
-    return model.b0 + float(eb) + out[:, 0] + std * rng.standard_normal(model.n_videos)
-
-
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the k largest finite scores, best first (fewer if fewer are finite)."""
-    finite = np.isfinite(scores)
-    n = int(finite.sum())
-    if n == 0 or k <= 0:
+    """Rows of the k largest finite scores, best first (fewer if fewer are finite);
+    ties in the lower row first.
+
+    >>> top_k(np.array([0.1, np.inf, 0.3, np.nan, 0.3, -np.inf]), 3).tolist()
+    [2, 4, 0]
+    """
+    v = scores.shape[0]
+    if k <= 0 or v == 0:
         return np.zeros(0, dtype=np.int64)
-    masked = np.where(finite, scores, -np.inf)
-    k = min(k, n)
-    part = (
-        np.argpartition(-masked, k - 1)[:k] if k < masked.shape[0] else np.arange(masked.shape[0])
-    )
-    order = part[np.argsort(-masked[part], kind="stable")]
-    return order[:k]
+    neg = -scores  # NaN stays NaN, which argpartition and argsort put last
+    part = np.argpartition(neg, k - 1)[:k] if k < v else np.arange(v)
+    if not np.isfinite(neg[part]).all():  # fewer than k finite, or a +inf among the best
+        neg = np.where(np.isfinite(scores), neg, np.inf)
+        n = int(np.isfinite(scores).sum())
+        k = min(k, n)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64)
+        part = np.argpartition(neg, k - 1)[:k] if k < v else np.arange(v)
+    # Every row at least as good as the k-th, in row order (argpartition picks
+    # among ties at the boundary arbitrarily): the stable sort then keeps tied
+    # rows in row order, and a tie at the boundary keeps the lower rows.
+    t = neg[part].max()
+    sel = np.flatnonzero(neg <= t)
+    if sel.shape[0] > k:
+        better = sel[neg[sel] < t]
+        sel = np.concatenate([better, sel[neg[sel] == t][: k - better.shape[0]]])
+    return sel[np.argsort(neg[sel], kind="stable")]
 
 
 CHOICE_SHARPNESS = 20.0
@@ -288,111 +251,17 @@ def start_probability(s: np.ndarray, exclude: Sequence[int] | None = None) -> np
     >>> start_probability(np.array([0.5, 0.45, 0.4]), exclude=[0]).round(4).tolist()
     [0.0, 0.7311, 0.2689]
     """
-    s = np.array(s, dtype=np.float64)
+    e = np.array(s, dtype=np.float64)
     if exclude is not None and len(exclude):
-        s[np.asarray(exclude, dtype=np.int64)] = -np.inf
-    finite = np.isfinite(s)
-    if not finite.any():
-        return np.zeros(s.shape[0])
-    e = np.exp(CHOICE_SHARPNESS * (np.where(finite, s, -np.inf) - float(s[finite].max())))
-    return e / e.sum()
-
-
-def _minutes_scores(
-    model: ServingModel, user: UserMoments, strategy: str, rng: np.random.Generator, ucb_beta: float
-) -> np.ndarray:
-    """The minutes model's ranked value per video (model scale for ucb/thompson)."""
-    rec = model.record
-    if strategy == "thompson":
-        return thompson_scores(model, user, rec.biases, rng)
-    m_y, epi = predictive_all(model, user)  # float32 pass over all videos
-    if strategy == "ucb":
-        return m_y + ucb_beta * np.sqrt(epi)
-    if strategy != "mean":
-        raise ValueError(f"unknown strategy {strategy!r}")
-    if rec.transform == "identity":
-        return m_y
-    return to_original_units(rec.transform, m_y, np.sqrt(epi + model.noise_var))[0]
-
-
-def rank_scores(
-    model: ServingModel,
-    user: UserMoments,
-    strategy: str,
-    rng: np.random.Generator,
-    ucb_beta: float = 2.0,
-    choice: tuple[ServingModel, UserMoments] | None = None,
-    exclude: Sequence[int] | None = None,
-) -> np.ndarray:
-    """What ``recommend`` ranks, one score per video row (higher is better).
-
-    Without a choice component (a v1 record), the minutes model alone:
-
-    * ``mean``: the predictive mean in original units (for log1p,
-      exp(m + s^2/2) - 1 with the full predictive s^2; identity: m).
-    * ``ucb``: m + beta * e, e the *epistemic* std (model scale).
-    * ``thompson``: one joint draw (:func:`thompson_scores`).
-
-    With one (``choice``: its serving model, rows aligned with ``model``'s, and
-    the user's choice moments), expected minutes if shown,
-    P(start) x E[minutes | start], with P(start) the softmax of lambda s over the
-    candidates (:func:`start_probability`; ``exclude``: rows that are not, the
-    watched videos) and minutes >= 0 in original units:
-
-    * ``mean``: P(E[s]) x E[minutes];
-    * ``ucb``: P(E[s] + beta sd[s]) x (the minutes' UCB mapped to original units);
-    * ``thompson``: P(one draw of s) x (one draw of the minutes), both
-      components drawn from their posteriors.
-
-    :meth:`streamer.reader.lookup.Lookup.recommend` and the ranking evaluation
-    (:mod:`streamer.evaluation.ranking_eval`) both call this, so what is evaluated is what
-    is served.
-    """
-    minutes = _minutes_scores(model, user, strategy, rng, ucb_beta)
-    if choice is None:
-        return minutes
-    rec = model.record
-    c_model, c_user = choice
-    if strategy != "mean":  # ucb / thompson values are on the model scale
-        minutes = to_original_units(rec.transform, minutes, np.zeros(minutes.shape[0]))[0]
-    if strategy == "thompson":
-        s = thompson_scores(c_model, c_user, True, rng)
-    elif strategy == "mean":  # E[s] alone: one (V, cd) pass instead of the packed variance terms
-        cd = c_model.record.dim
-        ey = c_user.ey.astype(np.float32)[:, None]
-        s = (
-            c_model.b0
-            + c_user.eb
-            + blocked_matmul(c_model.packed[:, :cd], ey)[:, 0].astype(np.float64)
-        )
-    else:
-        s, epi = predictive_all(c_model, c_user)
-        if strategy == "ucb":
-            s = s + ucb_beta * np.sqrt(epi)
-    return start_probability(s, exclude) * np.maximum(minutes, 0.0)
-
-
-def served_scores(
-    model: ServingModel,
-    mean: np.ndarray,
-    cov: np.ndarray,
-    choice_mean: np.ndarray | None,
-    choice_cov: np.ndarray | None,
-    strategy: str,
-    rng: np.random.Generator,
-    ucb_beta: float = 2.0,
-    exclude: Sequence[int] | None = None,
-) -> tuple[np.ndarray, UserMoments]:
-    """:func:`rank_scores` for a user's minutes posterior N(mean, cov) and, when
-    the model has a choice component, their choice posterior (the choice prior
-    if they have none, e.g. a version 1 record, or its size differs). Returns
-    the scores and the user's minutes moments. ``exclude``: rows that are not
-    candidates (see :func:`start_probability`)."""
-    user = UserMoments.of(mean, cov, model.record.biases)
-    choice = None
-    if model.choice is not None:
-        crec = model.choice.record
-        if choice_mean is None or choice_cov is None or np.shape(choice_mean) != (crec.dim,):
-            choice_mean, choice_cov = crec.prior_mean, crec.prior_cov
-        choice = (model.choice, UserMoments.of(choice_mean, choice_cov, True))
-    return rank_scores(model, user, strategy, rng, ucb_beta, choice, exclude), user
+        e[np.asarray(exclude, dtype=np.int64)] = -np.inf
+    top = float(e.max()) if e.shape[0] else -np.inf
+    if not np.isfinite(top):  # +inf or NaN somewhere (rare): keep the finite scores only
+        e[~np.isfinite(e)] = -np.inf
+        top = float(e.max()) if e.shape[0] else -np.inf
+        if not np.isfinite(top):
+            return np.zeros(e.shape[0])
+    e -= top
+    e *= CHOICE_SHARPNESS
+    np.exp(e, out=e)
+    e /= e.sum()
+    return e

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from model.transform import to_original_units
-from streamer.reader.lookup_math import ServingModel, UserMoments, predictive, served_scores, top_k
+from streamer.reader.lookup_math import ServingModel, UserMoments, predictive, top_k
+from streamer.reader.lookup_rank import served_scores
 from streamer.reader.lookup_results import (
     Predictions,
     Recommendation,
@@ -56,8 +57,6 @@ def recommendations(
         ucb_beta,
         exclude=rows,
     )
-    if rows:
-        scores[rows] = -np.inf
     best = top_k(scores, k)
     m_best, epi_best = predictive(model, user, best)  # exact float64 for what is shown
     mean, std = to_original_units(rec.transform, m_best, np.sqrt(epi_best + model.noise_var))
