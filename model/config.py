@@ -40,6 +40,13 @@ class HPMFConfig:
     """Initial (and, with pooling off, fixed) prior standard deviation of factors.
     0.5 since the replay sweeps: in the prototype (docs/evaluation.md) MovieLens
     100K at minibatch 1 scored 0.9370 at 0.3, 0.9288 at 0.45, 0.9278 at 0.6."""
+    serving_taste_scale: float | None = None
+    """Prior sd of the user taste dims in the local step and for new users (the
+    served posteriors), when set; the replay sweeps still fit users with
+    ``prior_scale``, which teaches the videos taste (see docs/evaluation.md,
+    the cold slice: 0.25 took ``rmse_lt5`` 1.0069 -> 1.0039 but the RMSE 0.9324
+    -> 0.9335 on MovieLens 100K at minibatch 1). None: ``prior_scale``. Only
+    with ``user_pooling``."""
     bias_prior_scale: float = 0.6
     """Initial (and, with pooling off, fixed) prior standard deviation of biases."""
     scale_hyperprior_sd: float = 1.0
@@ -99,6 +106,13 @@ class HPMFConfig:
     posteriors' variance twice and makes the intervals too wide."""
     noise_calibration_horizon: float = 20_000.0
     """Events over which the served errors are averaged (exponential forgetting)."""
+    noise_first_event_only: bool = True
+    """Feed the noise estimate from each user's first event of a minibatch only
+    (:func:`model.noise_calibration.served_noise_pairs`): the user's later
+    events were served from a state without the batch's earlier ones, and
+    their staleness moved sigma at large minibatches (MovieLens 100K at 256 /
+    1024: RMSE 1.0147 / 1.0391 with every event, 1.0078 / 1.0354 with the
+    first). No change at minibatch 1."""
     svi_min_events: int = 512
     """The Pyro SVI step on the hyper-parameters runs once this many events have
     gathered, early in a stream; the interval then grows with the stream (see
@@ -142,6 +156,8 @@ class HPMFConfig:
             raise ValueError(f"history_size must be >= 1, got {self.history_size}")
         if self.prior_scale <= 0 or self.bias_prior_scale <= 0:
             raise ValueError("prior scales must be > 0")
+        if self.serving_taste_scale is not None and self.serving_taste_scale <= 0:
+            raise ValueError(f"serving_taste_scale must be > 0, got {self.serving_taste_scale}")
         if self.svi_min_events < 1 or self.svi_steps < 0 or self.svi_lr <= 0:
             raise ValueError("svi_min_events >= 1, svi_steps >= 0 and svi_lr > 0 are required")
         if not math.isfinite(self.global_mean_prior):

@@ -13,6 +13,7 @@ from model.adam import Adam
 from model.config import HPMFConfig
 from model.hpmf_model import Hypers, mean_mask
 from model.posterior import PooledPrior
+from model.serving_prior import serving_scales
 
 DTYPE = torch.float64
 
@@ -42,11 +43,18 @@ class HyperState:
             return torch.tensor(1.0, dtype=DTYPE)
         return (2 * self.hp.log_sigma.detach()).exp()
 
-    def _user_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _user_prior(self, serving: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled user prior's mean and scales. ``serving``: the one the
+        local step and new users get, whose taste scales are
+        ``serving_taste_scale`` when set; the replay sweeps fit users with
+        ``serving=False`` (the taste scales that teach the videos)."""
         cfg = self.config
         if self.hp is None or not cfg.user_pooling:
             return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
-        return self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
+        mean, scale = self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
+        if serving and cfg.serving_taste_scale is not None:
+            scale = serving_scales(scale, cfg.serving_taste_scale, cfg.n_factors)
+        return mean, scale
 
     def _video_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config

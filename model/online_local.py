@@ -21,6 +21,7 @@ from model.catalogue import VideoCatalogue
 from model.global_stats import GlobalStats, LocalUpdate
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import feature_mean, feature_moments
+from model.noise_calibration import served_noise_pairs
 from model.posterior import UserState
 from model.transform import forward
 from model.video_step import video_batch_statistics
@@ -119,7 +120,16 @@ class LocalStep(VideoCatalogue):
                 if served is not None
                 else None
             )
-            served_err = self._served_errors(pairs, states, batch_sums, served, at)
+            # Only each user's first pair of the batch: it was predicted exactly
+            # as at minibatch 1; the user's later pairs from a state that does
+            # not hold the batch's earlier events (see served_noise_pairs).
+            keep = served_noise_pairs(pairs) if cfg.noise_first_event_only else None
+            if keep is not None:
+                at = None if at is None else at[keep]
+                noise_pairs = [pairs[k] for k in keep.tolist()]
+            else:
+                noise_pairs = pairs
+            served_err = self._served_errors(noise_pairs, states, batch_sums, served, at)
         new_states: dict[str, UserState] = {}
         for uid in users:
             old = states.get(uid)

@@ -76,7 +76,7 @@ class ReplaySchedule(VideoCatalogue):
             decay[:, None] * self._v_shift[rows] - w_shift,
             self._b0().clone(),
             self._noise_var().clone(),
-            tuple(t.clone() for t in self._user_prior()),
+            tuple(t.clone() for t in self._user_prior(serving=False)),
             tuple(t.clone() for t in self._video_prior()),
             cfg.biases,
             float(self.n_seen),
