@@ -93,6 +93,12 @@ class HPMFConfig:
     bounded (window / interval_max) in a long-running service."""
     replay_iterations: int = 3
     """Coordinate-ascent passes (users, then videos) per replay sweep."""
+    sweep_user_variance: float = 1.0
+    """The share of each user's posterior covariance that the replay sweep's
+    video update counts: E[y y^T] = m m^T + share x S. 1 is mean-field
+    coordinate ascent, where a user known from one or two events (S still the
+    prior's) pulls every video they watched towards zero taste; 0 takes users
+    at their means, which lets the scale of u.v run away (docs/evaluation.md)."""
     replay_background: bool = False
     """Run each replay sweep in a background thread and fold its result in at
     the first global step after it finished (the service's learner: the sweep
@@ -170,6 +176,8 @@ class HPMFConfig:
             raise ValueError(
                 "replay_window_events >= 0, replay_iterations >= 1 and replay_interval_min >= 1 are required"
             )
+        if not self.sweep_user_variance >= 0.0:
+            raise ValueError(f"sweep_user_variance must be >= 0, got {self.sweep_user_variance}")
         if self.max_videos < 0:
             raise ValueError(f"max_videos must be >= 0 (0: no cap), got {self.max_videos}")
         if self.svi_interval_growth < 0 or self.svi_interval_max < 1:

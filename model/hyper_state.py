@@ -11,6 +11,7 @@ import torch
 
 from model.adam import Adam
 from model.config import HPMFConfig
+from model.derived_cache import derived
 from model.hpmf_model import Hypers, mean_mask
 from model.posterior import PooledPrior
 from model.serving_prior import serving_scales
@@ -41,7 +42,10 @@ class HyperState:
     def _noise_var(self) -> torch.Tensor:
         if self.hp is None:
             return torch.tensor(1.0, dtype=DTYPE)
-        return (2 * self.hp.log_sigma.detach()).exp()
+        hp = self.hp
+        return derived(
+            self, "noise_var", (hp.log_sigma,), lambda: (2 * hp.log_sigma.detach()).exp()
+        )
 
     def _user_prior(self, serving: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled user prior's mean and scales. ``serving``: the one the
@@ -51,7 +55,13 @@ class HyperState:
         cfg = self.config
         if self.hp is None or not cfg.user_pooling:
             return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
-        mean, scale = self.hp.mu_u_loc.detach() * mean_mask(cfg), self.hp.log_s_u.detach().exp()
+        hp = self.hp
+        mean, scale = derived(
+            self,
+            "user_prior",
+            (hp.mu_u_loc, hp.log_s_u),
+            lambda: (hp.mu_u_loc.detach() * mean_mask(cfg), hp.log_s_u.detach().exp()),
+        )
         if serving and cfg.serving_taste_scale is not None:
             scale = serving_scales(scale, cfg.serving_taste_scale, cfg.n_factors)
         return mean, scale
@@ -60,7 +70,13 @@ class HyperState:
         cfg = self.config
         if self.hp is None or not cfg.video_pooling:
             return torch.zeros(cfg.dim, dtype=DTYPE), Hypers.initial_scales(cfg).clone()
-        return self.hp.mu_v.detach() * mean_mask(cfg), self.hp.log_s_v.detach().exp()
+        hp = self.hp
+        return derived(
+            self,
+            "video_prior",
+            (hp.mu_v, hp.log_s_v),
+            lambda: (hp.mu_v.detach() * mean_mask(cfg), hp.log_s_v.detach().exp()),
+        )
 
     def pooled_prior(self) -> PooledPrior:
         """What a brand-new user gets: N(E[mu_u], diag(s_u)^2 + Var[mu_u])."""

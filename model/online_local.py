@@ -101,14 +101,12 @@ class LocalStep(VideoCatalogue):
         if bad.size:
             raise ValueError(f"value {batch.values[bad[0]]} exceeds max_value {cfg.max_value}")
         users = batch.users()
-        # Each distinct (user, video) pair with its first event in the batch.
-        first: dict[tuple[str, str], int] = {}
-        for k, p in enumerate(zip(batch.user_ids, batch.video_ids, strict=True)):
-            first.setdefault(p, k)
+        # Each distinct (user, video) pair with its first event in the batch,
+        # and the batch's own sum per pair: the served-error target, and the
+        # value of a pair whose video a short history already dropped (one pass).
+        first, sums = _pairs(batch)
         pairs = list(first)
-        # The batch's own sum per pair: the served-error target, and the value of
-        # a pair whose video a short history already dropped (computed once).
-        batch_sums = _pair_sums(batch) if cfg.noise_from_served_errors else None
+        batch_sums = sums if cfg.noise_from_served_errors else None
         served_err = None
         if batch_sums is not None:
             if served is not None and len(served[0]) != len(batch):
@@ -134,10 +132,7 @@ class LocalStep(VideoCatalogue):
         for uid in users:
             old = states.get(uid)
             new_states[uid] = old.copy() if old is not None else UserState()
-        for uid, vid, val in zip(
-            batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True
-        ):
-            new_states[uid].fold(vid, val)
+        UserState.fold_events(new_states, batch.user_ids, batch.video_ids, batch.values.tolist())
         for st in new_states.values():
             st.trim(cfg.history_size)  # bounded to H videos at every minibatch's end
         self._rows(batch.video_ids, register=True)
@@ -201,8 +196,7 @@ class LocalStep(VideoCatalogue):
         for u, v in pairs:
             entry = new_states[u].history.get(v)
             if entry is None:
-                batch_sums = batch_sums if batch_sums is not None else _pair_sums(batch)
-                totals.append(batch_sums[(u, v)])
+                totals.append(sums[(u, v)])
             else:
                 totals.append(entry[0])
         ev_target = forward(cfg.transform, np.array(totals, dtype=np.float64))
@@ -364,9 +358,18 @@ class LocalStep(VideoCatalogue):
         return (target - mean) ** 2, model_var
 
 
-def _pair_sums(batch: Batch) -> dict[tuple[str, str], float]:
-    """The batch's values summed per (user, video)."""
+def _pairs(batch: Batch) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]:
+    """Each distinct (user, video) pair's first event, and the batch's values
+    summed per pair (both in first-seen order)."""
+    first: dict[tuple[str, str], int] = {}
     sums: dict[tuple[str, str], float] = {}
-    for u, v, val in zip(batch.user_ids, batch.video_ids, batch.values.tolist(), strict=True):
-        sums[(u, v)] = sums.get((u, v), 0.0) + val
-    return sums
+    for k, (p, val) in enumerate(
+        zip(zip(batch.user_ids, batch.video_ids, strict=True), batch.values.tolist(), strict=True)
+    ):
+        total = sums.get(p)
+        if total is None:
+            first[p] = k
+            sums[p] = 0.0 + val
+        else:
+            sums[p] = total + val
+    return first, sums

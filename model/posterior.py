@@ -6,6 +6,7 @@ in Redis). A user missing from the store is a new user: the pooled prior.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -50,6 +51,27 @@ class UserState:
         old = self.history.pop(video_id, None)
         total = value + (old[0] if old is not None else 0.0)
         self.history[video_id] = (total, self.n_events)
+
+    @staticmethod
+    def fold_events(
+        states: dict[str, UserState],
+        user_ids: Sequence[str],
+        video_ids: Sequence[str],
+        values: list[float],
+    ) -> None:
+        """:meth:`fold` every event into ``states[user]``, in order (one loop
+        with its lookups bound once: a minibatch of 1024 events spent a third
+        of its Python time in the per-event method calls).
+
+        >>> st = {"a": UserState()}
+        >>> UserState.fold_events(st, ["a", "a"], ["v1", "v1"], [2.0, 3.0]); st["a"].history
+        {'v1': (5.0, 2)}
+        """
+        for uid, vid, val in zip(user_ids, video_ids, values, strict=True):
+            st = states[uid]
+            st.n_events = n = st.n_events + 1
+            old = st.history.pop(vid, None)
+            st.history[vid] = (val + old[0] if old is not None else val + 0.0, n)
 
     def trim(self, history_size: int) -> None:
         """Keep the ``history_size`` most recently watched videos."""

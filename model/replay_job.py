@@ -55,6 +55,7 @@ class SweepInputs:
     effective_data_size: float
     iterations: int
     n_drop: int
+    user_variance: float = 1.0
 
 
 def _run(inputs: SweepInputs) -> SweepResult:

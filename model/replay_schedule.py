@@ -61,7 +61,8 @@ class ReplaySchedule(VideoCatalogue):
         window = self.replay.arrays()
         if len(window[0]) == 0:
             return None
-        rows = torch.from_numpy(np.unique(window[1]))
+        # The distinct video rows, sorted (np.unique's result, by counting: no sort).
+        rows = torch.from_numpy(np.flatnonzero(np.bincount(window[1])))
         # Evidence outside the window (decayed to now) stays; the window's share is replaced.
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
         w_prec = decay[:, None, None] * self._w_prec[rows]
@@ -83,6 +84,7 @@ class ReplaySchedule(VideoCatalogue):
             cfg.effective_data_size,
             cfg.replay_iterations,
             n_drop,
+            cfg.sweep_user_variance,
         )
         return SweepJob.start(
             inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None

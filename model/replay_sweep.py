@@ -80,6 +80,7 @@ def replay_sweep(
     effective_data_size: float,
     iterations: int,
     n_drop: int = 0,
+    user_variance: float = 1.0,
 ) -> SweepResult:
     """``iterations`` coordinate-ascent passes over ``window`` (from
     :meth:`ReplayWindow.arrays`, oldest first).
@@ -90,6 +91,9 @@ def replay_sweep(
     to ``clock``), which the sweep's video posteriors include but do not
     return. The returned evidence is decayed to ``clock``; the first ``n_drop``
     pairs' share comes back apart, so the caller can keep it when they leave.
+    ``user_variance``: the share of each user's posterior covariance that the
+    video update counts (``HPMFConfig.sweep_user_variance``; 1: mean-field
+    coordinate ascent).
     """
     user_np, video_np, target_np, clock_np, _ = window
     d = base_shift.shape[-1]
@@ -113,6 +117,8 @@ def replay_sweep(
             entries, n_u, vm, vc, b0, noise_var, user_prior[0], user_prior[1], biases, tril=False
         )
         # 2. Every window video's evidence, rebuilt from those users.
+        if user_variance != 1.0:
+            uc = user_variance * uc
         prec, shift = video_batch_statistics(
             event_video,
             n_v,

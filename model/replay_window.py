@@ -22,6 +22,9 @@ never see it.
 4
 >>> w.drop_oldest(1); w.arrays()[0].tolist(), len(w)
 ([0, 1], 2)
+>>> w.add(["ann"], np.array([0]), np.array([7.0]), clock=5.0)  # supersedes ann's row
+>>> w.drop_oldest(0); len(w), w.arrays()[2].tolist()  # joined; arrays() skips the old row
+(3, [1.0, 7.0])
 """
 
 from __future__ import annotations
@@ -68,7 +71,20 @@ class ReplayWindow:
 
     def drop_oldest(self, n: int) -> None:
         """Keep all but the ``n`` oldest pairs (of :meth:`arrays`), one row per
-        pair, and renumber the users left so the index stays bounded."""
+        pair, and renumber the users left so the index stays bounded.
+
+        With nothing to drop and no more rows than ``capacity``, the batches'
+        rows are only joined into one: a superseded row stays until
+        :meth:`arrays` (which skips it) or a later drop; no user loses all
+        rows, so the numbering would not change. This saves the learner two
+        sorts of the window per replay sweep while the window fills."""
+        if n <= 0 and self._rows <= self.capacity:
+            if len(self._users) > 1:
+                self._users = [np.concatenate(self._users)]
+                self._videos = [np.concatenate(self._videos)]
+                self._targets = [np.concatenate(self._targets)]
+                self._clocks = [np.concatenate(self._clocks)]
+            return
         user, video, target, clock, _ = self.arrays()
         keep = slice(max(0, n), None)
         user, video, target, clock = user[keep], video[keep], target[keep], clock[keep]
