@@ -38,6 +38,7 @@ import uuid
 import numpy as np
 
 from benchmarks.env import REDIS_URL
+from benchmarks.lookup_bench import delete_prefix, score_picks
 from streamer.reader.lookup import Lookup
 from streamer.reader.redis_record import (
     global_record_from_snapshot,
@@ -171,24 +172,20 @@ def replay_choice(
                 else:
                     recs = lk.recommend_many(users, k=1, strategy=strategy, seed=r)  # type: ignore[arg-type]
                     picks = [index[x.items[0].video_id] for x in recs]
-                shown = []
-                for i, j in enumerate(picks):
-                    assert not watched[i, j], "a watched video was recommended"
-                    best = np.max(np.where(watched[i], -np.inf, value[i]))
-                    regret[i] += best - value[i, j]
-                    if r > rounds - 10:
-                        late[i] += best - value[i, j]
-                    hits += int(j in top10[i])
-                    if u_start[r, i] < 1.0 / (1.0 + math.exp(-(g[i, j] - g0))):
-                        shown.append((i, j, float(noise[r, 1, i])))
+                hits += score_picks(
+                    picks, watched, value, top10, regret, late if r > rounds - 10 else None
+                )
+                shown = [
+                    (i, j, float(noise[r, 1, i]))
+                    for i, j in enumerate(picks)
+                    if u_start[r, i] < 1.0 / (1.0 + math.exp(-(g[i, j] - g0)))
+                ]
                 if shown:
                     learn(shown, r)
             out[f"{key}regret_{strategy}"] = float(regret.mean())
             out[f"{key}regret_last10_{strategy}"] = float(late.mean())
             out[f"{key}hit_rate_{strategy}"] = hits / (n_users * rounds)
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for s in range(0, len(keys), 500):
-                client.delete(*keys[s : s + 500])
+            delete_prefix(client, prefix)
     finally:
         client.close()
     return out

@@ -42,15 +42,40 @@ from streamer.reader.redis_record import (
     UserRecord,
     global_record_from_snapshot,
     queue_user_record,
+    user_record_from_state,
     write_global_record,
 )
 from streamer.service.connections import redis_client
 
 
-def _cleanup(client: redis.Redis, prefix: str) -> None:
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a replay's records), 500 per DEL."""
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
+
+
+def score_picks(
+    picks: list[int],
+    watched: np.ndarray,
+    value: np.ndarray,
+    top10: np.ndarray,
+    regret: np.ndarray,
+    late: np.ndarray | None,
+) -> int:
+    """One round of a replay: add each user's regret (the best ``value`` among
+    their unwatched videos minus that of the pick) to ``regret``, and to
+    ``late`` when given (the last rounds); returns how many picks were in the
+    user's true top 10."""
+    hits = 0
+    for i, j in enumerate(picks):
+        assert not watched[i, j], "a watched video was recommended"
+        best = np.max(np.where(watched[i], -np.inf, value[i]))
+        regret[i] += best - value[i, j]
+        if late is not None:
+            late[i] += best - value[i, j]
+        hits += int(j in top10[i])
+    return hits
 
 
 def _ms(samples_ns: list[int], q: float) -> float:
@@ -182,7 +207,7 @@ def latency(
             return {key: val for key, val in out.items() if key.startswith(pre)}
         return out
     finally:
-        _cleanup(client, prefix)
+        delete_prefix(client, prefix)
         client.close()
 
 
@@ -244,17 +269,8 @@ def replay(
                 write_global_record(client, _p, global_record_from_snapshot(snap, now), ttl_s=600)
                 pipe = client.pipeline(transaction=True)
                 for i in {i for i, _ in pairs}:
-                    st = _s[users[i]]
-                    rec = UserRecord(
-                        st.mean,
-                        st.cov,
-                        st.n_events,
-                        now,
-                        now,
-                        st.model_version,
-                        0,
-                        r,
-                        [(vid, val, int(sq)) for vid, (val, sq) in st.history.items()],
+                    rec = user_record_from_state(
+                        _s[users[i]], updated_ms=now, event_ms=now, partition=0, offset=r
                     )
                     queue_user_record(pipe, _p, users[i], rec, ttl_s=600)
                 pipe.execute()
@@ -274,18 +290,14 @@ def replay(
                     recs = lk.recommend_many(users, k=1, strategy=strategy, seed=r)  # type: ignore[arg-type]
                     index = {v: j for j, v in enumerate(videos)}
                     picks = [index[x.items[0].video_id] for x in recs]
-                for i, j in enumerate(picks):
-                    assert not watched[i, j], "a watched video was recommended"
-                    best = np.max(np.where(watched[i], -np.inf, true_mean[i]))
-                    regret[i] += best - true_mean[i, j]
-                    if r > rounds - 10:
-                        late[i] += best - true_mean[i, j]
-                    hits += int(j in top10[i])
+                hits += score_picks(
+                    picks, watched, true_mean, top10, regret, late if r > rounds - 10 else None
+                )
                 learn(list(enumerate(picks)), r)
             out[f"lookup.regret_{strategy}"] = float(regret.mean())
             out[f"lookup.regret_last10_{strategy}"] = float(late.mean())
             out[f"lookup.hit_rate_{strategy}"] = hits / (n_users * rounds)
-            _cleanup(client, prefix)
+            delete_prefix(client, prefix)
     finally:
         client.close()
     return out
