@@ -149,6 +149,8 @@ class VideoCatalogue(HyperState):
 
     def _video_moments(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior of videos by row; row -1 (unknown) gets the video prior."""
+        if rows.numel() == 0 or int(rows.min()) >= 0:  # all known: no masking
+            return self._v_mean.index_select(0, rows), self._v_cov.index_select(0, rows)
         known = rows >= 0
         safe = rows.clamp(min=0)
         mean = self._v_mean[safe]  # advanced indexing: already copies

@@ -18,6 +18,7 @@ from model.hpmf_model import SVIData, mean_mask
 from model.noise_calibration import NoiseCalibration
 from model.replay_schedule import ReplaySchedule
 from model.svi_loss import svi_loss, svi_padding
+from model.weighted_sums import unique_rows
 
 DTYPE = torch.float64
 
@@ -51,7 +52,9 @@ class GlobalStep(ReplaySchedule):
         with torch.no_grad():
             self.hp.b0.fill_(self._r_sum / self._r_weight)
         # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
-        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
+        decay = torch.exp(
+            -(self.n_seen - self._v_time.index_select(0, rows)) / cfg.effective_data_size
+        )
         batch_prec, batch_shift = (
             torch.from_numpy(stats.video_prec),
             torch.from_numpy(stats.video_shift),
@@ -59,18 +62,19 @@ class GlobalStep(ReplaySchedule):
         # Gathered once, updated in place, written back (rows are distinct):
         # the same arithmetic as decay * table[rows] + batch, fewer copies.
         d3, d2 = decay[:, None, None], decay[:, None]
-        prec = self._v_prec[rows].mul_(d3).add_(batch_prec)
-        shift = self._v_shift[rows].mul_(d2).add_(batch_shift)
+        prec = self._v_prec.index_select(0, rows).mul_(d3).add_(batch_prec)
+        shift = self._v_shift.index_select(0, rows).mul_(d2).add_(batch_shift)
         self._v_prec.index_copy_(0, rows, prec)
         self._v_shift.index_copy_(0, rows, shift)
         replayed = bool(stats.user_ids) and self.replay.capacity > 0
-        w_prec, w_shift = self._w_prec[rows].mul_(d3), self._w_shift[rows].mul_(d2)
+        w_prec = self._w_prec.index_select(0, rows).mul_(d3)
+        w_shift = self._w_shift.index_select(0, rows).mul_(d2)
         if replayed:
             w_prec.add_(batch_prec)
             w_shift.add_(batch_shift)
         self._w_prec.index_copy_(0, rows, w_prec)
         self._w_shift.index_copy_(0, rows, w_shift)
-        self._v_time[rows] = float(self.n_seen)
+        self._v_time.index_fill_(0, rows, float(self.n_seen))
         self._refresh_videos(rows, prec, shift)
         # 2. The replay window: revisit recent events so the videos learn taste.
         if replayed:
@@ -135,14 +139,14 @@ class GlobalStep(ReplaySchedule):
             subset = True
         # The distinct videos and users of the events kept (sorted by row and
         # by position in the buffer), each event pointing at its own.
-        vrows, ev_video = torch.unique(torch.from_numpy(ev_v_all), return_inverse=True)
-        vm, vc = self._v_mean[vrows], self._v_cov[vrows]
+        vrows, ev_video = unique_rows(torch.from_numpy(ev_v_all), self.n_videos)
+        vm, vc = self._v_mean.index_select(0, vrows), self._v_cov.index_select(0, vrows)
         event_user = torch.from_numpy(ev_u_all)
         target = torch.from_numpy(tgt_all)
         user_mean = torch.from_numpy(np.concatenate(users_m))
         user_cov = torch.from_numpy(np.concatenate(users_c))
         if subset:  # keep only the users that still have events
-            used_u, event_user = torch.unique(event_user, return_inverse=True)
+            used_u, event_user = unique_rows(event_user, u_off)
             user_mean, user_cov = user_mean[used_u], user_cov[used_u]
         n_events = len(target)
         n_users = len(user_mean)
