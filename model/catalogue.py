@@ -40,20 +40,34 @@ def video_jitter(video_id: str, dim: int, scale: float, biases: bool) -> np.ndar
     >>> a.shape, float(a[-1]), bool((a == video_jitter("v1", 4, 0.1, True)).all())
     ((4,), 0.0, True)
     """
-    if dim == 0:
-        return np.zeros(0)
+    return video_jitters([video_id], dim, scale, biases)[0]
+
+
+def video_jitters(video_ids: Sequence[str], dim: int, scale: float, biases: bool) -> np.ndarray:
+    """:func:`video_jitter` of many videos at once, (len(video_ids), dim): the
+    same numbers, the Box-Muller arithmetic done once for all of them.
+
+    >>> ids = ["v1", "v2", "v3"]
+    >>> bool((video_jitters(ids, 5, 0.1, False)[1] == video_jitter("v2", 5, 0.1, False)).all())
+    True
+    """
+    if dim == 0 or not video_ids:
+        return np.zeros((len(video_ids), dim))
     n = dim + dim % 2
-    digest = hashlib.shake_256(video_id.encode()).digest(8 * n)
+    digest = b"".join(hashlib.shake_256(v.encode()).digest(8 * n) for v in video_ids)
     u = (np.frombuffer(digest, dtype="<u8") >> np.uint64(11)).astype(np.float64) + 0.5
     u *= 2.0**-53  # uniform in (0, 1)
-    u1, u2 = u[0::2], u[1::2]
+    u = u.reshape(len(video_ids), n)
+    u1, u2 = u[:, 0::2], u[:, 1::2]
     radius = np.sqrt(-2.0 * np.log(u1))
     j = (
         scale
-        * np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:dim]
+        * np.concatenate(
+            [radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1
+        )[:, :dim]
     )
     if biases:
-        j[-1] = 0.0
+        j[:, -1] = 0.0
     return j
 
 
@@ -115,9 +129,7 @@ class VideoCatalogue(HyperState):
         self.video_ids.extend(new_ids)
         cfg = self.config
         mean, scale = self._video_prior()
-        jitter = np.stack(
-            [video_jitter(v, cfg.dim, 0.1 * cfg.prior_scale, cfg.biases) for v in new_ids]
-        )
+        jitter = video_jitters(new_ids, cfg.dim, 0.1 * cfg.prior_scale, cfg.biases)
         rows = slice(first, first + len(new_ids))
         self._v_mean[rows] = mean + torch.from_numpy(jitter.reshape(len(new_ids), cfg.dim))
         self._v_cov[rows] = torch.diag(scale.pow(2))
@@ -137,6 +149,8 @@ class VideoCatalogue(HyperState):
 
     def _video_moments(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior of videos by row; row -1 (unknown) gets the video prior."""
+        if rows.numel() == 0 or int(rows.min()) >= 0:  # all known: no masking
+            return self._v_mean.index_select(0, rows), self._v_cov.index_select(0, rows)
         known = rows >= 0
         safe = rows.clamp(min=0)
         mean = self._v_mean[safe]  # advanced indexing: already copies
@@ -211,14 +225,26 @@ class VideoCatalogue(HyperState):
         self.evicted_videos += forgotten
         return forgotten
 
-    def _refresh_videos(self, rows: torch.Tensor) -> None:
+    def _refresh_videos(
+        self,
+        rows: torch.Tensor,
+        prec: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+    ) -> None:
+        """Recompute the cached posteriors of ``rows`` from their natural
+        parameters (``prec``/``shift``: those rows of ``_v_prec``/``_v_shift``,
+        when the caller already holds them)."""
         d = self.config.dim
         pm, ps = self._video_prior()
         n = rows.shape[0]
         prior_prec = torch.diag_embed(ps.pow(-2)).expand(n, d, d)
         prior_shift = (ps.pow(-2) * pm).expand(n, d)
         mean, cov, _ = gaussian_posterior(
-            prior_prec, prior_shift, self._v_prec[rows], self._v_shift[rows], tril=False
+            prior_prec,
+            prior_shift,
+            self._v_prec[rows] if prec is None else prec,
+            self._v_shift[rows] if shift is None else shift,
+            tril=False,
         )
-        self._v_mean[rows] = mean
-        self._v_cov[rows] = cov
+        self._v_mean.index_copy_(0, rows, mean)
+        self._v_cov.index_copy_(0, rows, cov)

@@ -136,6 +136,10 @@ class HPMFConfig:
     """An SVI step looks at a random subset of at most this many buffered events."""
     svi_steps: int = 1
     svi_lr: float = 0.06
+    svi_compiled: bool = False
+    """Run the SVI loss as a trace compiled once (``pyro.infer.JitTrace_ELBO``,
+    inputs padded to ``svi_max_events`` rows; :mod:`model.svi_loss`) instead of
+    re-tracing the model and guide in Python at every step."""
     max_value: float = 1e6
     """Raw values above this are rejected as absurd."""
     max_videos: int = 0

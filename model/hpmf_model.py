@@ -24,10 +24,9 @@ A doctest: one SVI loss evaluation on a tiny problem.
 >>> cfg = HPMFConfig(n_factors=2)
 >>> hp = Hypers.initial(cfg, b0=3.0, sigma=1.0)
 >>> d = cfg.dim
->>> data = SVIData(
+>>> data = SVIData.build(
 ...     user_mean=torch.zeros(2, d), user_tril=torch.eye(d).expand(2, d, d),
-...     video_rows=torch.tensor([0, 1]), video_mean=torch.zeros(2, d),
-...     video_tril=torch.eye(d).expand(2, d, d),
+...     video_mean=torch.zeros(2, d), video_tril=torch.eye(d).expand(2, d, d),
 ...     event_user=torch.tensor([0, 1, 1]), event_video=torch.tensor([0, 0, 1]),
 ...     target=torch.tensor([4.0, 3.0, 2.0]), n_videos=10, users_size=200.0, events_size=300.0)
 >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(hpmf_model, hpmf_guide, data, cfg, hp)
@@ -37,32 +36,106 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 
 from model.config import HPMFConfig
 
 
 @dataclass
 class SVIData:
-    """What one SVI step sees: a buffer of recent events and the closed-form factors."""
+    """What one SVI step sees: a buffer of recent events and the closed-form factors.
+
+    The plates are subsampled: each plate's log-densities are scaled by how many
+    it stands for over how many it holds (``scales``: videos, users, events),
+    as ``pyro.plate(size, subsample=...)`` scales them, but with the scale a
+    tensor, so that a compiled trace (:mod:`model.svi_loss`) takes it as an
+    input. Rows past the masks' True entries are padding (a fixed shape for
+    the compiled trace) and count for nothing."""
 
     user_mean: torch.Tensor  # (U, D)
     user_tril: torch.Tensor  # (U, D, D) Cholesky factor of q(x_i)'s covariance
-    video_rows: torch.Tensor  # (J,) rows of the touched videos among n_videos
-    video_mean: torch.Tensor  # (J, D)
+    video_mean: torch.Tensor  # (J, D) the touched videos
     video_tril: torch.Tensor  # (J, D, D)
     event_user: torch.Tensor  # (E,) index into users
     event_video: torch.Tensor  # (E,) index into touched videos
     target: torch.Tensor  # (E,) transformed values
-    n_videos: int
-    users_size: float  # how many users the buffer's users stand for
-    events_size: float  # N_eff: how many events the buffer's events stand for
+    scales: torch.Tensor  # (3,) videos, users, events: how many each row stands for
+    user_mask: torch.Tensor  # (U,) bool, False: padding
+    video_mask: torch.Tensor  # (J,)
+    event_mask: torch.Tensor  # (E,)
+
+    @staticmethod
+    def build(
+        user_mean: torch.Tensor,
+        user_tril: torch.Tensor,
+        video_mean: torch.Tensor,
+        video_tril: torch.Tensor,
+        event_user: torch.Tensor,
+        event_video: torch.Tensor,
+        target: torch.Tensor,
+        n_videos: int,
+        users_size: float,
+        events_size: float,
+        pad_to: int | None = None,
+    ) -> SVIData:
+        """The step's data: ``n_videos`` (all videos), ``users_size`` and
+        ``events_size`` (N_eff) are the plates' full sizes. ``pad_to``: pad
+        users, videos and events to that many rows (at least as many as each
+        holds), masked out."""
+        u, j, e = len(user_mean), len(video_mean), len(target)
+        scales = torch.tensor([n_videos / j, users_size / u, events_size / e], dtype=torch.float64)
+        n = pad_to
+        if n is None:
+            t = torch.ones(max(u, j, e), dtype=torch.bool)
+            return SVIData(
+                *(user_mean, user_tril, video_mean, video_tril),
+                event_user,
+                event_video,
+                target,
+                scales,
+                t[:u],
+                t[:j],
+                t[:e],
+            )
+        return SVIData(
+            _pad(user_mean, n),
+            _pad_tril(user_tril, n),
+            _pad(video_mean, n),
+            _pad_tril(video_tril, n),
+            _pad(event_user, n),
+            _pad(event_video, n),
+            _pad(target, n),
+            scales,
+            torch.arange(n) < u,
+            torch.arange(n) < j,
+            torch.arange(n) < e,
+        )
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f) for f in SVIData.__dataclass_fields__)
+
+
+def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    out = t.new_zeros((n, *t.shape[1:]))
+    out[: len(t)] = t
+    return out
+
+
+def _pad_tril(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Padding rows get the identity (a valid factor whose terms are masked out)."""
+    d = t.shape[-1]
+    out = torch.eye(d, dtype=t.dtype).expand(n, d, d).clone()
+    out[: len(t)] = t
+    return out
 
 
 @dataclass
@@ -174,15 +247,15 @@ def hpmf_model(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
         mu_v, s_v = zeros, fixed_scale
     n_users, n_events = data.user_mean.shape[0], data.target.shape[0]
     if d == 0:  # the global-mean model: no factors, only b0 and sigma
-        with pyro.plate("events", data.events_size, subsample=torch.arange(n_events)):
+        with _plate("events", n_events, data.scales[2], data.event_mask):
             pyro.sample("r", dist.Normal(b0.expand(n_events), sigma), obs=data.target)
         return
-    with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
+    with _plate("videos", data.video_mean.shape[0], data.scales[0], data.video_mask):
         w = pyro.sample("w", dist.Normal(mu_v, s_v).to_event(1))
     # Locals
-    with pyro.plate("users", data.users_size, subsample=torch.arange(n_users)):
+    with _plate("users", n_users, data.scales[1], data.user_mask):
         x = pyro.sample("x", dist.Normal(mu_u, s_u).to_event(1))
-    with pyro.plate("events", data.events_size, subsample=torch.arange(n_events)):
+    with _plate("events", n_events, data.scales[2], data.event_mask):
         mean = b0 + predicted_mean(x[data.event_user], w[data.event_video], cfg.biases)
         pyro.sample("r", dist.Normal(mean, sigma), obs=data.target)
 
@@ -200,9 +273,15 @@ def hpmf_guide(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> None:
     if cfg.dim == 0:
         return
     # The conjugate blocks, set in closed form by the local and video steps.
-    with pyro.plate("videos", data.n_videos, subsample=data.video_rows):
+    with _plate("videos", data.video_mean.shape[0], data.scales[0], data.video_mask):
         pyro.sample("w", dist.MultivariateNormal(data.video_mean, scale_tril=data.video_tril))
     # Locals
-    n_users = data.user_mean.shape[0]
-    with pyro.plate("users", data.users_size, subsample=torch.arange(n_users)):
+    with _plate("users", data.user_mean.shape[0], data.scales[1], data.user_mask):
         pyro.sample("x", dist.MultivariateNormal(data.user_mean, scale_tril=data.user_tril))
+
+
+@contextlib.contextmanager
+def _plate(name: str, size: int, scale: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+    """A subsampled plate of ``size`` rows, each standing for ``scale`` (see SVIData)."""
+    with pyro.plate(name, size), poutine.scale(scale=scale), poutine.mask(mask=mask):
+        yield

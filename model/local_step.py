@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from model.moments import feature_moments, gaussian_posterior
-from model.weighted_sums import pair_weights
+from model.weighted_sums import pair_weights, unique_rows
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,10 @@ def user_local_step(
     # Moments once per distinct video; the entries' weights are summed per
     # (user, video) and multiplied in once (a user's history shares videos
     # with other users': far fewer videos than entries).
-    uniq, inv = torch.unique(entries.video, return_inverse=True)
-    ey, eyy, eyc, _ = feature_moments(video_mean[uniq], video_cov[uniq], biases)
+    uniq, inv = unique_rows(entries.video, video_mean.shape[0])
+    ey, eyy, eyc, _ = feature_moments(
+        video_mean.index_select(0, uniq), video_cov.index_select(0, uniq), biases
+    )
     w = entries.weight.to(dtype)
     resid = entries.target.to(dtype) - b0
     n_src = len(uniq)

@@ -14,9 +14,11 @@ import pyro
 import torch
 
 from model.global_stats import GlobalStats
-from model.hpmf_model import SVIData, hpmf_guide, hpmf_model, mean_mask
+from model.hpmf_model import SVIData, mean_mask
 from model.noise_calibration import NoiseCalibration
 from model.replay_schedule import ReplaySchedule
+from model.svi_loss import svi_loss, svi_padding
+from model.weighted_sums import unique_rows
 
 DTYPE = torch.float64
 
@@ -50,27 +52,38 @@ class GlobalStep(ReplaySchedule):
         with torch.no_grad():
             self.hp.b0.fill_(self._r_sum / self._r_weight)
         # 1. Video posteriors: decay old evidence by exp(-dt/N_eff), add the batch's.
-        decay = torch.exp(-(self.n_seen - self._v_time[rows]) / cfg.effective_data_size)
+        decay = torch.exp(
+            -(self.n_seen - self._v_time.index_select(0, rows)) / cfg.effective_data_size
+        )
         batch_prec, batch_shift = (
             torch.from_numpy(stats.video_prec),
             torch.from_numpy(stats.video_shift),
         )
-        self._v_prec[rows] = decay[:, None, None] * self._v_prec[rows] + batch_prec
-        self._v_shift[rows] = decay[:, None] * self._v_shift[rows] + batch_shift
+        # Gathered once, updated in place, written back (rows are distinct):
+        # the same arithmetic as decay * table[rows] + batch, fewer copies.
+        d3, d2 = decay[:, None, None], decay[:, None]
+        prec = self._v_prec.index_select(0, rows).mul_(d3).add_(batch_prec)
+        shift = self._v_shift.index_select(0, rows).mul_(d2).add_(batch_shift)
+        self._v_prec.index_copy_(0, rows, prec)
+        self._v_shift.index_copy_(0, rows, shift)
         replayed = bool(stats.user_ids) and self.replay.capacity > 0
-        self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] + (
-            batch_prec if replayed else 0.0
-        )
-        self._w_shift[rows] = decay[:, None] * self._w_shift[rows] + (
-            batch_shift if replayed else 0.0
-        )
-        self._v_time[rows] = float(self.n_seen)
-        self._refresh_videos(rows)
+        w_prec = self._w_prec.index_select(0, rows).mul_(d3)
+        w_shift = self._w_shift.index_select(0, rows).mul_(d2)
+        if replayed:
+            w_prec.add_(batch_prec)
+            w_shift.add_(batch_shift)
+        self._w_prec.index_copy_(0, rows, w_prec)
+        self._w_shift.index_copy_(0, rows, w_shift)
+        self._v_time.index_fill_(0, rows, float(self.n_seen))
+        self._refresh_videos(rows, prec, shift)
         # 2. The replay window: revisit recent events so the videos learn taste.
         if replayed:
-            users = [stats.user_ids[k] for k in stats.event_user.tolist()]
             self.replay.add(
-                users, rows.numpy()[stats.event_video], stats.target, float(self.n_seen)
+                stats.user_ids,
+                rows.numpy()[stats.event_video],
+                stats.target,
+                float(self.n_seen),
+                event_user=stats.event_user,
             )
             self._replay_step()
         # 3. Hyper-parameters by Pyro SVI on a buffer of recent events.
@@ -113,46 +126,44 @@ class GlobalStep(ReplaySchedule):
         ev_u_all = np.concatenate(ev_u)
         tgt_all = np.concatenate(tgt)
         live = ev_v_all >= 0  # -1: the video was forgotten by the catalogue cap since
-        if not live.all():
+        subset = not live.all()
+        if subset:
             ev_v_all, ev_u_all, tgt_all = ev_v_all[live], ev_u_all[live], tgt_all[live]
             if not len(tgt_all):
                 return
-        vrows_all = torch.from_numpy(ev_v_all)
-        vrows, ev_video = torch.unique(vrows_all, return_inverse=True)
-        vm, vc = self._v_mean[vrows], self._v_cov[vrows]
+        if len(tgt_all) > cfg.svi_max_events:
+            # The hyper-parameters are few: a random subset of the buffer gives
+            # an unbiased gradient at a cost that does not grow with the batch.
+            pick = torch.randperm(len(tgt_all), generator=self._rng)[: cfg.svi_max_events].numpy()
+            ev_v_all, ev_u_all, tgt_all = ev_v_all[pick], ev_u_all[pick], tgt_all[pick]
+            subset = True
+        # The distinct videos and users of the events kept (sorted by row and
+        # by position in the buffer), each event pointing at its own.
+        vrows, ev_video = unique_rows(torch.from_numpy(ev_v_all), self.n_videos)
+        vm, vc = self._v_mean.index_select(0, vrows), self._v_cov.index_select(0, vrows)
         event_user = torch.from_numpy(ev_u_all)
         target = torch.from_numpy(tgt_all)
         user_mean = torch.from_numpy(np.concatenate(users_m))
         user_cov = torch.from_numpy(np.concatenate(users_c))
-        if not live.all():  # keep only the users that still have events
-            used_u, event_user = torch.unique(event_user, return_inverse=True)
+        if subset:  # keep only the users that still have events
+            used_u, event_user = unique_rows(event_user, u_off)
             user_mean, user_cov = user_mean[used_u], user_cov[used_u]
-        if len(target) > cfg.svi_max_events:
-            # The hyper-parameters are few: a random subset of the buffer gives
-            # an unbiased gradient at a cost that does not grow with the batch.
-            pick = torch.randperm(len(target), generator=self._rng)[: cfg.svi_max_events]
-            event_user, target, ev_video = event_user[pick], target[pick], ev_video[pick]
-            used_u, event_user = torch.unique(event_user, return_inverse=True)
-            user_mean, user_cov = user_mean[used_u], user_cov[used_u]
-            used_v, ev_video = torch.unique(ev_video, return_inverse=True)
-            vrows, vm, vc = vrows[used_v], vm[used_v], vc[used_v]
         n_events = len(target)
         n_users = len(user_mean)
         jitter = 1e-9 * torch.eye(cfg.dim, dtype=DTYPE)
-        data = SVIData(
-            user_mean=user_mean,
-            user_tril=torch.linalg.cholesky(user_cov + jitter),
-            video_rows=vrows,
-            video_mean=vm,
-            video_tril=torch.linalg.cholesky(vc + jitter),
-            event_user=event_user,
-            event_video=ev_video,
-            target=target,
+        data = SVIData.build(
+            user_mean,
+            torch.linalg.cholesky(user_cov + jitter),
+            vm,
+            torch.linalg.cholesky(vc + jitter),
+            event_user,
+            ev_video,
+            target,
             n_videos=max(self.n_videos, 1),
             users_size=cfg.effective_data_size * n_users / n_events,
             events_size=cfg.effective_data_size,
+            pad_to=svi_padding(cfg),
         )
-        elbo = pyro.infer.Trace_ELBO()
         # fork_rng(devices=[]): only the CPU generator (asking for CUDA devices
         # loads the driver library on every call); argument validation off:
         # the inputs are built here and checked once, not at every step.
@@ -165,7 +176,7 @@ class GlobalStep(ReplaySchedule):
             for _ in range(cfg.svi_steps):
                 self._opt.zero_grad()
                 # Scale the loss per event so Adam's step size does not depend on N_eff.
-                loss = elbo.differentiable_loss(hpmf_model, hpmf_guide, data, cfg, self.hp)
+                loss = svi_loss(data, cfg, self.hp)
                 (loss / cfg.effective_data_size).backward()
                 if not cfg.learn_prior_scales:
                     # The taste scales stay put (they shrink towards the zero

@@ -25,6 +25,7 @@ from model.noise_calibration import served_noise_pairs
 from model.posterior import UserState
 from model.transform import forward
 from model.video_step import video_batch_statistics
+from model.weighted_sums import unique_rows
 
 DTYPE = torch.float64
 
@@ -70,12 +71,12 @@ class LocalStep(VideoCatalogue):
         wm, wc = self._video_moments(self._rows([str(v) for v in video_ids], register=False))
         ey_x, eyy_x, _, eb_x = feature_moments(xm, xc, self.config.biases)
         ey_w = feature_mean(wm, self.config.biases)  # the feature [v, 1] the user's bias meets
-        mean = self._b0() + eb_x[g] + (ey_x[g] * wm).sum(-1)
+        mean = self._b0() + eb_x.index_select(0, g) + (ey_x.index_select(0, g) * wm).sum(-1)
         outer_w = (ey_w.unsqueeze(-1) * ey_w.unsqueeze(-2)).reshape(n, d * d)
         var = (
             self._noise_var()
-            + (wc.reshape(n, d * d) * eyy_x.reshape(u, d * d)[g]).sum(-1)
-            + (outer_w * xc.reshape(u, d * d)[g]).sum(-1)
+            + (wc.reshape(n, d * d) * eyy_x.reshape(u, d * d).index_select(0, g)).sum(-1)
+            + (outer_w * xc.reshape(u, d * d).index_select(0, g)).sum(-1)
         )
         return mean.numpy(), var.sqrt().numpy()
 
@@ -282,7 +283,7 @@ class LocalStep(VideoCatalogue):
             c_tgt.append(torch.zeros(len(pair_rows), dtype=DTYPE))
             c_w.append(torch.zeros(len(pair_rows), dtype=DTYPE))
             all_rows = torch.cat(c_rows)
-            uniq, inv = torch.unique(all_rows, return_inverse=True)
+            uniq, inv = unique_rows(all_rows, self.n_videos)
             vids = [self.video_ids[r] for r in uniq.tolist()]
             prec, shift = video_batch_statistics(
                 inv,

@@ -108,20 +108,22 @@ class ReplaySchedule(VideoCatalogue):
         kept_prec, kept_shift = since * result.kept_prec, since * result.kept_shift
         out_prec, out_shift = since * job.window_prec, since * job.window_shift
         # Pairs leaving the window hand their last evidence to the kept part.
-        self._v_prec[rows] = (
+        prec = (
             decay[:, None, None] * self._v_prec[rows]
             - out_prec
             + kept_prec
             + since * result.dropped_prec
         )
-        self._v_shift[rows] = (
+        shift = (
             decay[:, None] * self._v_shift[rows]
             - out_shift
             + kept_shift
             + since * result.dropped_shift
         )
+        self._v_prec.index_copy_(0, rows, prec)
+        self._v_shift.index_copy_(0, rows, shift)
         self._w_prec[rows] = decay[:, None, None] * self._w_prec[rows] - out_prec + kept_prec
         self._w_shift[rows] = decay[:, None] * self._w_shift[rows] - out_shift + kept_shift
         self._v_time[rows] = float(self.n_seen)
-        self._refresh_videos(rows)
+        self._refresh_videos(rows, prec, shift)
         self.replay.drop_oldest(job.inputs.n_drop)

@@ -52,17 +52,26 @@ class ReplayWindow:
         return self._rows
 
     def add(
-        self, user_ids: Sequence[str], video_rows: np.ndarray, targets: np.ndarray, clock: float
+        self,
+        user_ids: Sequence[str],
+        video_rows: np.ndarray,
+        targets: np.ndarray,
+        clock: float,
+        event_user: np.ndarray | None = None,
     ) -> None:
         """Append one batch's (user, video row, transformed value) triples. The
         window grows until the next replay sweep, which drops what is beyond
-        ``capacity`` (:meth:`drop_oldest`)."""
-        if self.capacity == 0 or len(user_ids) == 0:
+        ``capacity`` (:meth:`drop_oldest`). With ``event_user``, ``user_ids``
+        are the batch's distinct users in order of first appearance and
+        ``event_user`` says whose each triple is (each name is looked up once)."""
+        if self.capacity == 0 or len(video_rows) == 0:
             return
         index = self._user_index
         users = np.fromiter(
             (index.setdefault(u, len(index)) for u in user_ids), dtype=np.int64, count=len(user_ids)
         )
+        if event_user is not None:
+            users = users[event_user]
         self._users.append(users)
         self._videos.append(np.asarray(video_rows, dtype=np.int64))
         self._targets.append(np.asarray(targets, dtype=np.float64))

