@@ -152,7 +152,7 @@ def replay_choice(
                     cst = _cs[uid]
                     assert cst.mean is not None and cst.cov is not None
                     ur.choice_mean = _c.served_means([cst.history], cst.mean[None])[0]
-                    ur.choice_cov = cst.cov
+                    ur.choice_cov = _c.served_cov(cst.cov)  # as the worker writes it
                     queue_user_record(pipe, _p, uid, ur, ttl_s=600)
                 pipe.execute()
 

@@ -48,8 +48,10 @@ over the users and (user, video) pairs of the replay window; ``sweep_every``
 events apart all videos are recomputed from the window, and in between each
 event's video gets its pair's term added at once.
 
-Serving. q(a_i) and q(q_j) are Gaussian, so s_ij has mean E[y_i].m_j and
-variance tr(S_j E[y y^T]) + m_j^T S_y m_j: exactly the minutes model's
+Serving. q(a_i) and q(q_j) are Gaussian (covariances served times the noise
+variance sigma^2 that implicit ALS fixes at 1: estimated from the residuals at
+each sweep, :meth:`ChoiceModel.served_cov`; the means do not depend on it), so
+s_ij has mean E[y_i].m_j and variance tr(S_j E[y y^T]) + m_j^T S_y m_j: exactly the minutes model's
 predictive with biases, b0 = 0 and a user "bias" fixed at 0. That is how
 :mod:`streamer.reader.lookup_math` serves it (one more packed matrix pass), and why a
 user's choice posterior is stored padded to K+1 dims, [a_i, 0].
@@ -114,8 +116,8 @@ class ChoiceModel:
         self.prior_var = np.full(k, self.config.prior_scale**2)
         self.video_prior_mean = np.zeros(d)
         self.video_prior_var = np.full(d, self.config.prior_scale**2)
-        self.clock = 0  # events learned
-        self.version = 0
+        self.clock, self.version = 0, 0  # events learned, global version
+        self.noise_var = 1.0  # sigma^2 of the pseudo-likelihood (``served_cov``)
         self._pairs: OrderedDict[tuple[str, int], int] = OrderedDict()  # (user, row) -> clock
         self._users: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # latest (mean, cov, clock)
         self._gu_weight: dict[str, float] = {}  # the weight each user's E[yy^T] has in G_u
@@ -259,6 +261,10 @@ class ChoiceModel:
         ]
         return session_means(self._mean[:, : cfg.n_factors], rows, means, cfg.session_weight)
 
+    def served_cov(self, cov: np.ndarray) -> np.ndarray:
+        """A covariance as served: times sigma^2 (conjugate: priors in units of sigma^2)."""
+        return self.noise_var * np.asarray(cov)
+
     def prior_state(self) -> tuple[np.ndarray, np.ndarray]:
         """What a brand-new user gets: the pooled prior, padded."""
         return pad_user(self.prior_mean.copy(), np.diag(self.prior_var))
@@ -381,14 +387,7 @@ class ChoiceModel:
 
     def retain(self, video_ids: Sequence[str]) -> int:
         """Forget every video not in ``video_ids`` (:mod:`model.choice_catalogue`);
-        returns how many. A forgotten video seen again starts at the prior.
-
-        >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
-        >>> for v in "abc":
-        ...     _ = m.learn_event("ann", v, None)
-        >>> m.retain(["a", "c", "zzz"]), m.video_ids, sorted(r for _, r in m._pairs)
-        (1, ['a', 'c'], [0, 1])
-        """
+        returns how many. A forgotten video seen again starts at the prior."""
         return retain_videos(self, video_ids)
 
     # ------------------------------------------------------------ scoring (tests, docs)

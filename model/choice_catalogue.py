@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 def retain_videos(model: ChoiceModel, video_ids: Sequence[str]) -> int:
     """Forget every video of ``model`` not in ``video_ids``, with their window
     pairs; rebuild the Gram matrix from the rows kept. Returns how many were
-    forgotten (:meth:`model.choice.ChoiceModel.retain`)."""
+    forgotten (:meth:`model.choice.ChoiceModel.retain`).
+
+    >>> from model.choice import ChoiceConfig, ChoiceModel
+    >>> m = ChoiceModel(ChoiceConfig(n_factors=2))
+    >>> for v in "abc":
+    ...     _ = m.learn_event("ann", v, None)
+    >>> m.retain(["a", "c", "zzz"]), m.video_ids, sorted(r for _, r in m._pairs)
+    (1, ['a', 'c'], [0, 1])
+    """
     wanted = set(video_ids)
     keep = np.array([r for r, v in enumerate(model.video_ids) if v in wanted], dtype=np.int64)
     n = model.n_videos

@@ -45,6 +45,11 @@ class ChoiceConfig:
     user's latest ``session_size`` started videos (the session term; 0: off)."""
     session_size: int = 5
     """L: how many of the latest started videos the session term averages."""
+    noise_from_residuals: bool = True
+    """Estimate the pseudo-likelihood's noise variance sigma^2 at each sweep
+    (:func:`model.choice_sweep.residual_noise_var`) and serve the covariances
+    scaled by it (:attr:`model.choice.ChoiceModel.noise_var`); False: the
+    implicit-ALS convention sigma^2 = 1. The means do not depend on it."""
 
     def __post_init__(self) -> None:
         if self.n_factors < 1:

@@ -29,6 +29,9 @@ class ChoiceSnapshot:
     prior_var: np.ndarray  # (K,)
     video_prior_mean: np.ndarray  # (K+1,)
     video_prior_var: np.ndarray  # (K+1,)
+    noise_var: float = 1.0
+    """sigma^2 the workers serve the users' covariances with (a blob written
+    before it existed reads as 1, the implicit-ALS convention)."""
 
 
 @dataclass
@@ -69,6 +72,7 @@ def export_snapshot(model: ChoiceModel, dtype: type = np.float32) -> ChoiceSnaps
         prior_var=model.prior_var.copy(),
         video_prior_mean=model.video_prior_mean.copy(),
         video_prior_var=model.video_prior_var.copy(),
+        noise_var=float(model.noise_var),
     )
 
 
@@ -82,6 +86,7 @@ def import_snapshot(snap: ChoiceSnapshot, config: ChoiceConfig) -> ChoiceModel:
     m = ChoiceModel(config)
     _load_videos(m, snap)
     m.version = int(snap.version)
+    m.noise_var = float(snap.noise_var)
     return m
 
 

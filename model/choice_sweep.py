@@ -16,6 +16,31 @@ if TYPE_CHECKING:
     from model.choice import ChoiceModel
 
 
+def residual_noise_var(
+    model: ChoiceModel, means: np.ndarray, owner: np.ndarray, rows: np.ndarray, ages: np.ndarray
+) -> float:
+    """The pseudo-likelihood's noise variance by maximum likelihood, plugging in
+    the posterior means: sigma^2 = sum_ij c_ij (p_ij - s_ij)^2 / (users x videos)
+    over the users ``means`` (padded, (U, K+1)) and every video of the catalogue,
+    each user's started videos given as (``owner``, ``rows``, ``ages``). The sum
+    over all videos is the Gram trick again, w0 y_i^T (sum_j m_j m_j^T) y_i,
+    plus each started video's correction c (1 - s)^2 - w0 s^2.
+
+    Implicit ALS fixes sigma^2 = 1 (only its MAP is used there); a posterior
+    needs it estimated (:attr:`ChoiceModel.noise_var`).
+    """
+    cfg = model.config
+    w0, a, f = cfg.negative_weight, cfg.positive_weight, cfg.user_forgetting
+    vm = model.video_mean()
+    y = means.copy()
+    y[:, -1] = 1.0  # the feature [a_i, 1]
+    total = w0 * float(np.einsum("ud,de,ue->", y, vm.T @ vm, y))
+    s = np.einsum("nd,nd->n", y[owner], vm[rows])
+    conf = w0 + a * f**ages
+    total += float((conf * (1.0 - s) ** 2 - w0 * s**2).sum())
+    return max(total / (means.shape[0] * vm.shape[0]), 1e-6)
+
+
 def sweep_window(model: ChoiceModel) -> None:
     """One ALS iteration over the window: every window user's posterior from
     their window history against the current videos, then every video."""
@@ -40,6 +65,11 @@ def sweep_window(model: ChoiceModel) -> None:
         for k, u in enumerate(present.tolist()):
             uid = uids[u]
             model._users[uid] = (um[k], uc[k], model._users[uid][2])
+        if cfg.noise_from_residuals and present.size and model.n_videos:
+            ages = from_end[keep].astype(np.float64)
+            model.noise_var = residual_noise_var(
+                model, um, np.searchsorted(present, owner), rows, ages
+            )
     means = np.stack([model._users[u][0] for u in uids])
     covs = np.stack([model._users[u][1] for u in uids])
     last = np.array([model._users[u][2] for u in uids], dtype=np.float64)

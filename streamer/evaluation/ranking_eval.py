@@ -214,7 +214,8 @@ class ChoiceRanker(ModelRanker):
         cst = self.choice_states.get(user)
         if cst is None:
             return None, None
-        return self.choice.served_means([cst.history], cst.mean[None])[0], cst.cov
+        mean = self.choice.served_means([cst.history], cst.mean[None])[0]
+        return mean, self.choice.served_cov(cst.cov)  # as served
 
     def learn(
         self,

@@ -139,7 +139,8 @@ def update_users(
         update.stats.choice_mean, update.stats.choice_cov = cm, cc
         if record_format >= 2:  # served: the posterior mean plus the session term
             sm = choice.served_means(hists, cm)
-            choice_post = {u: (sm[k], cc[k]) for k, u in enumerate(uids)}
+            sc = choice.served_cov(cc)  # times the learner's sigma^2
+            choice_post = {u: (sm[k], sc[k]) for k, u in enumerate(uids)}
     # Per user: the newest applied (partition, offset), event time and ids.
     last: dict[str, SourcedEvent] = {}
     newest_ts: dict[str, int] = {}

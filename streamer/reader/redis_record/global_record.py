@@ -241,7 +241,9 @@ def global_record_from_snapshot(snap: GlobalsSnapshot, updated_ms: int) -> Globa
 def with_choice(rec: GlobalRecord, choice: Any) -> GlobalRecord:
     """``rec`` as a version 2 record carrying the choice component of
     ``choice`` (a :class:`model.choice.ChoiceModel`), rows in ``rec``'s video
-    order; a video the component has not registered gets its video prior."""
+    order; a video the component has not registered gets its video prior.
+    Covariances as served (:meth:`model.choice.ChoiceModel.served_cov`: times
+    the estimated noise variance of the choice pseudo-likelihood)."""
     rows = np.array([choice.video_index.get(v, -1) for v in rec.video_ids], dtype=np.int64)
     mean = np.tile(choice.video_prior_mean, (len(rows), 1))
     cov = np.tile(np.diag(choice.video_prior_var), (len(rows), 1, 1))
@@ -250,7 +252,11 @@ def with_choice(rec: GlobalRecord, choice: Any) -> GlobalRecord:
     cov[known] = choice.video_cov()[rows[known]]
     pm, pc = choice.prior_state()
     return dataclasses.replace(
-        rec, choice_prior_mean=pm, choice_prior_cov=pc, choice_video_mean=mean, choice_video_cov=cov
+        rec,
+        choice_prior_mean=pm,
+        choice_prior_cov=choice.served_cov(pc),
+        choice_video_mean=mean,
+        choice_video_cov=choice.served_cov(cov),
     )
 
 
