@@ -21,6 +21,10 @@
    non-personalised popularity baseline (best shrunk average of the observed
    minutes); ``regret_last10`` sums the last 10 rounds only (after learning).
    ``hit_rate`` = share of recommendations in the user's true top 10.
+   The minutes model's replay warm-up is :data:`REPLAY_WARMUP_EVENTS` (not the
+   service's 10,000, more than the replay's events), and Thompson's figures
+   are averages over :data:`THOMPSON_DRAWS` draw seeds (``*_se``: the
+   standard error of its regret).
 
 3. The same with the choice component (``lookup.v2_regret_*``):
    :mod:`benchmarks.choice_replay`.
