@@ -38,7 +38,14 @@ import uuid
 import numpy as np
 
 from benchmarks.env import REDIS_URL
-from benchmarks.lookup_bench import delete_prefix, score_picks
+from benchmarks.lookup_bench import (
+    DRAW_SEED_STEP,
+    REPLAY_WARMUP_EVENTS,
+    THOMPSON_DRAWS,
+    average_runs,
+    delete_prefix,
+    score_picks,
+)
 from streamer.reader.lookup import Lookup
 from streamer.reader.redis_record import (
     global_record_from_snapshot,
@@ -66,7 +73,14 @@ def replay_choice(
     seed: int = 0,
     strategies: tuple[str, ...] = ("popularity", "mean", "ucb", "thompson"),
     browsing: bool = True,
+    warmup_events: int = REPLAY_WARMUP_EVENTS,
+    thompson_draws: int = THOMPSON_DRAWS,
 ) -> dict[str, float]:
+    """``warmup_events``: the minutes model's replay warm-up (the service's
+    10,000 exceeds this replay's ~9,500 events: see
+    :data:`benchmarks.lookup_bench.REPLAY_WARMUP_EVENTS`); ``thompson_draws``:
+    Thompson's regret is the average over this many draw seeds (``*_se``: its
+    standard error)."""
     from model.batch import Batch
     from model.choice import ChoiceConfig, ChoiceModel, ChoiceState
     from model.config import HPMFConfig
@@ -97,11 +111,19 @@ def replay_choice(
     key = "lookup.v2_" if browsing else "lookup.v2_nobrowse_"
     client = redis_client(url=REDIS_URL)
     out: dict[str, float] = {}
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    plan = [(s, d) for s in strategies for d in range(thompson_draws if s == "thompson" else 1)]
     try:
-        for strategy in strategies:
+        for strategy, draw in plan:
             prefix = f"bench-creplay-{uuid.uuid4().hex[:8]}"
             model = OnlineHPMF(
-                HPMFConfig(n_factors=k, transform="log1p", seed=seed, svi_min_events=200)
+                HPMFConfig(
+                    n_factors=k,
+                    transform="log1p",
+                    seed=seed,
+                    svi_min_events=200,
+                    replay_warmup_events=warmup_events,
+                )
             )
             choice = ChoiceModel(ChoiceConfig(n_factors=k, sweep_every=500))
             lk = Lookup(client, prefix, refresh_interval_ms=0)
@@ -170,7 +192,12 @@ def replay_choice(
                         int(np.argmax(np.where(watched[i], -np.inf, pop))) for i in range(n_users)
                     ]
                 else:
-                    recs = lk.recommend_many(users, k=1, strategy=strategy, seed=r)  # type: ignore[arg-type]
+                    recs = lk.recommend_many(
+                        users,
+                        k=1,
+                        strategy=strategy,  # type: ignore[arg-type]
+                        seed=r + DRAW_SEED_STEP * draw,
+                    )
                     picks = [index[x.items[0].video_id] for x in recs]
                 hits += score_picks(
                     picks, watched, value, top10, regret, late if r > rounds - 10 else None
@@ -182,12 +209,13 @@ def replay_choice(
                 ]
                 if shown:
                     learn(shown, r)
-            out[f"{key}regret_{strategy}"] = float(regret.mean())
-            out[f"{key}regret_last10_{strategy}"] = float(late.mean())
-            out[f"{key}hit_rate_{strategy}"] = hits / (n_users * rounds)
+            runs.setdefault(strategy, []).append(
+                (float(regret.mean()), float(late.mean()), hits / (n_users * rounds))
+            )
             delete_prefix(client, prefix)
     finally:
         client.close()
+    average_runs(out, runs, key)
     return out
 
 

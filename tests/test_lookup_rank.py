@@ -166,7 +166,24 @@ def test_choice_replay_expected_minutes_and_a_small_run(redis_client) -> None:  
     m = np.array([-0.5, 0.3, 2.0])
     x = np.maximum(m[:, None] + 0.5 * rng.normal(size=(3, 400_000)), 0.0)
     np.testing.assert_allclose(_expected_minutes(m, 0.5), np.expm1(x).mean(1), rtol=5e-3)
-    out = replay_choice(n_users=12, n_videos=25, rounds=3)
+    out = replay_choice(n_users=12, n_videos=25, rounds=3, thompson_draws=2)
     for s in ("popularity", "mean", "ucb", "thompson"):
         assert out[f"lookup.v2_regret_{s}"] >= out[f"lookup.v2_regret_last10_{s}"] >= 0.0
         assert 0.0 <= out[f"lookup.v2_hit_rate_{s}"] <= 1.0
+    assert out["lookup.v2_regret_thompson_se"] >= 0.0  # over the 2 draw seeds
+    assert "lookup.v2_regret_mean_se" not in out  # deterministic: one run
+
+
+def test_replay_average_runs_means_and_standard_error() -> None:
+    """Thompson's figures are the averages over its draw seeds, with the
+    standard error of the mean regret; a strategy run once gets no ``_se``."""
+    from benchmarks.lookup_bench import average_runs
+
+    out: dict[str, float] = {}
+    average_runs(
+        out, {"mean": [(5.0, 1.0, 0.5)], "thompson": [(4.0, 2.0, 0.2), (8.0, 0.0, 0.4)]}, "x."
+    )
+    assert out["x.regret_mean"] == 5.0 and "x.regret_mean_se" not in out
+    assert out["x.regret_thompson"] == 6.0 and out["x.regret_last10_thompson"] == 1.0
+    assert out["x.hit_rate_thompson"] == pytest.approx(0.3)
+    assert out["x.regret_thompson_se"] == pytest.approx(2.0)  # sd 2 sqrt(2) / sqrt(2)
