@@ -39,11 +39,13 @@ import numpy as np
 
 from benchmarks.env import REDIS_URL
 from benchmarks.lookup_bench import (
-    DRAW_SEED_STEP,
     REPLAY_WARMUP_EVENTS,
     THOMPSON_DRAWS,
     average_runs,
     delete_prefix,
+    recommended_picks,
+    replay_minutes_model,
+    replay_plan,
     score_picks,
 )
 from streamer.reader.lookup import Lookup
@@ -83,8 +85,6 @@ def replay_choice(
     standard error)."""
     from model.batch import Batch
     from model.choice import ChoiceConfig, ChoiceModel, ChoiceState
-    from model.config import HPMFConfig
-    from model.online import OnlineHPMF
     from model.posterior import UserState
 
     rng = np.random.default_rng(seed)
@@ -112,19 +112,11 @@ def replay_choice(
     client = redis_client(url=REDIS_URL)
     out: dict[str, float] = {}
     runs: dict[str, list[tuple[float, float, float]]] = {}
-    plan = [(s, d) for s in strategies for d in range(thompson_draws if s == "thompson" else 1)]
+    plan = replay_plan(strategies, thompson_draws)
     try:
         for strategy, draw in plan:
             prefix = f"bench-creplay-{uuid.uuid4().hex[:8]}"
-            model = OnlineHPMF(
-                HPMFConfig(
-                    n_factors=k,
-                    transform="log1p",
-                    seed=seed,
-                    svi_min_events=200,
-                    replay_warmup_events=warmup_events,
-                )
-            )
+            model = replay_minutes_model(k, seed, warmup_events)
             choice = ChoiceModel(ChoiceConfig(n_factors=k, sweep_every=500))
             lk = Lookup(client, prefix, refresh_interval_ms=0)
             states: dict[str, UserState] = {}
@@ -192,13 +184,7 @@ def replay_choice(
                         int(np.argmax(np.where(watched[i], -np.inf, pop))) for i in range(n_users)
                     ]
                 else:
-                    recs = lk.recommend_many(
-                        users,
-                        k=1,
-                        strategy=strategy,  # type: ignore[arg-type]
-                        seed=r + DRAW_SEED_STEP * draw,
-                    )
-                    picks = [index[x.items[0].video_id] for x in recs]
+                    picks = recommended_picks(lk, users, index, strategy, r, draw)
                 hits += score_picks(
                     picks, watched, value, top10, regret, late if r > rounds - 10 else None
                 )

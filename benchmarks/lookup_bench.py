@@ -35,6 +35,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -50,6 +52,9 @@ from streamer.reader.redis_record import (
     write_global_record,
 )
 from streamer.service.connections import redis_client
+
+if TYPE_CHECKING:
+    from model.online import OnlineHPMF
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
@@ -95,6 +100,43 @@ REPLAY_WARMUP_EVENTS = 1000
 # report the average over this many draw seeds (and its standard error, *_se).
 THOMPSON_DRAWS = 8
 DRAW_SEED_STEP = 1000  # draw d of round r uses seed r + d x this
+
+
+def replay_plan(strategies: Sequence[str], thompson_draws: int) -> list[tuple[str, int]]:
+    """A replay's (strategy, draw) runs: one for each deterministic strategy,
+    ``thompson_draws`` for Thompson (its draw seeds, :data:`DRAW_SEED_STEP`)."""
+    return [(s, d) for s in strategies for d in range(thompson_draws if s == "thompson" else 1)]
+
+
+def replay_minutes_model(k: int, seed: int, warmup_events: int) -> OnlineHPMF:
+    """The minutes model a replay learns with: the service's defaults but a
+    warm-up that fits the replay (:data:`REPLAY_WARMUP_EVENTS`)."""
+    from model.config import HPMFConfig
+    from model.online import OnlineHPMF
+
+    return OnlineHPMF(
+        HPMFConfig(
+            n_factors=k,
+            transform="log1p",
+            seed=seed,
+            svi_min_events=200,
+            replay_warmup_events=warmup_events,
+        )
+    )
+
+
+def recommended_picks(
+    lk: Lookup, users: list[str], index: dict[str, int], strategy: str, r: int, draw: int
+) -> list[int]:
+    """Each user's top recommendation in round ``r`` as a video row; Thompson's
+    draw ``draw`` uses seed r + DRAW_SEED_STEP x draw."""
+    recs = lk.recommend_many(
+        users,
+        k=1,
+        strategy=strategy,  # type: ignore[arg-type]
+        seed=r + DRAW_SEED_STEP * draw,
+    )
+    return [index[x.items[0].video_id] for x in recs]
 
 
 def average_runs(
@@ -256,8 +298,6 @@ def replay(
     thompson_draws: int = THOMPSON_DRAWS,
 ) -> dict[str, float]:
     from model.batch import Batch
-    from model.config import HPMFConfig
-    from model.online import OnlineHPMF
 
     rng = np.random.default_rng(seed)
     users = [f"u{i}" for i in range(n_users)]
@@ -274,20 +314,12 @@ def replay(
     client = redis_client(url=REDIS_URL)
     out: dict[str, float] = {}
     runs: dict[str, list[tuple[float, float, float]]] = {}
-    plan = [(s, 0) for s in ("popularity", "mean", "ucb")]
-    plan += [("thompson", d) for d in range(thompson_draws)]
+    index = {v: j for j, v in enumerate(videos)}
+    plan = replay_plan(("popularity", "mean", "ucb", "thompson"), thompson_draws)
     try:
         for strategy, draw in plan:
             prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
-            model = OnlineHPMF(
-                HPMFConfig(
-                    n_factors=k,
-                    transform="log1p",
-                    seed=seed,
-                    svi_min_events=200,
-                    replay_warmup_events=warmup_events,
-                )
-            )
+            model = replay_minutes_model(k, seed, warmup_events)
             lk = Lookup(client, prefix, refresh_interval_ms=0)
             states: dict = {}
             watched = np.zeros((n_users, n_videos), dtype=bool)
@@ -336,14 +368,7 @@ def replay(
                         for i in range(n_users)
                     ]
                 else:
-                    recs = lk.recommend_many(
-                        users,
-                        k=1,
-                        strategy=strategy,  # type: ignore[arg-type]
-                        seed=r + DRAW_SEED_STEP * draw,
-                    )
-                    index = {v: j for j, v in enumerate(videos)}
-                    picks = [index[x.items[0].video_id] for x in recs]
+                    picks = recommended_picks(lk, users, index, strategy, r, draw)
                 hits += score_picks(
                     picks, watched, true_mean, top10, regret, late if r > rounds - 10 else None
                 )
