@@ -1,7 +1,8 @@
 """The cheaper learn path at minibatch 1024 computes what the straightforward
 code did: the Gaussian posterior by one triangular solve, the hyper-derived
 priors cached per change of the leaves, the replay window joined without a
-sort, one pass for the batch's pairs, the fold loop; and the sweep's
+sort, one pass for the batch's pairs, the fold loop, distinct rows by a
+presence table, the new videos' jitter in one pass; and the sweep's
 user-variance share (``HPMFConfig.sweep_user_variance``) is the old sweep at 1."""
 
 from __future__ import annotations
@@ -150,3 +151,50 @@ def test_model_runs_takes_the_first_n_events(capsys: pytest.CaptureFixture[str])
     )
     assert n == 400
     assert "taste share" in out
+
+
+@pytest.mark.parametrize("bound", [1, 7, 1682])
+def test_unique_rows_is_torch_unique(bound: int) -> None:
+    from model.weighted_sums import unique_rows
+
+    g = torch.Generator().manual_seed(bound)
+    for n in (0, 1, 5, 300):
+        # Row 0 absent on purpose in half the draws: a table must not invent it.
+        low = 1 if n % 2 and bound > 1 else 0
+        x = torch.randint(low, bound, (n,), generator=g)
+        want_u, want_inv = torch.unique(x, return_inverse=True)
+        got_u, got_inv = unique_rows(x, bound)
+        assert got_u.tolist() == want_u.tolist()
+        assert got_inv.tolist() == want_inv.tolist()
+
+
+def _one_video_jitter(video_id: str, dim: int, scale: float, biases: bool) -> np.ndarray:
+    """The per-video Box-Muller jitter as written before the batched version."""
+    import hashlib
+
+    if dim == 0:
+        return np.zeros(0)
+    n = dim + dim % 2
+    digest = hashlib.shake_256(video_id.encode()).digest(8 * n)
+    u = (np.frombuffer(digest, dtype="<u8") >> np.uint64(11)).astype(np.float64) + 0.5
+    u *= 2.0**-53
+    u1, u2 = u[0::2], u[1::2]
+    radius = np.sqrt(-2.0 * np.log(u1))
+    j = scale * np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])
+    j = j[:dim]
+    if biases:
+        j[-1] = 0.0
+    return j
+
+
+@pytest.mark.parametrize(("dim", "biases"), [(1, False), (3, True), (10, False), (11, True)])
+def test_video_jitters_are_the_per_video_jitter(dim: int, biases: bool) -> None:
+    from model.catalogue import video_jitter, video_jitters
+
+    ids = [f"v{k}" for k in range(50)] + ["", "ünïcode"]
+    many = video_jitters(ids, dim, 0.05, biases)
+    assert many.shape == (len(ids), dim)
+    for k, v in enumerate(ids):
+        want = _one_video_jitter(v, dim, 0.05, biases)
+        assert np.array_equal(many[k], want)
+        assert np.array_equal(video_jitter(v, dim, 0.05, biases), want)
