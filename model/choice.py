@@ -79,6 +79,7 @@ import numpy as np
 
 from model.choice_catalogue import retain_videos
 from model.choice_config import ChoiceConfig, ChoiceState
+from model.choice_link import new_link, observe_start
 from model.choice_sweep import sweep_window
 from model.choice_user_step import feature_second_moment, pad_user, session_means, user_step
 from model.online import video_jitter
@@ -123,6 +124,7 @@ class ChoiceModel:
         self._gu_weight: dict[str, float] = {}  # the weight each user's E[yy^T] has in G_u
         self._since_sweep = 0
         self._gu = np.zeros((d, d))
+        self.link = new_link(self.config)  # P(start)'s learned lambda (None: the fixed one)
 
     # ------------------------------------------------------------ videos
     @property
@@ -288,6 +290,7 @@ class ChoiceModel:
         pair joins the window, the user's posterior replaces its earlier one in
         G_u, the video gets the pair's term; a full sweep every ``sweep_every``."""
         cfg = self.config
+        observe_start(self, user, state.history[:-1], video)  # P(start)'s lambda, before learning
         self.register([video])
         row = self.video_index[video]
         self.clock += 1
@@ -394,6 +397,4 @@ class ChoiceModel:
     def score_all(self, state: ChoiceState | None) -> np.ndarray:
         """E[s_ij] for every video (the mean score; serving is in streamer.reader.lookup_math)."""
         mean = self.prior_state()[0] if state is None or state.mean is None else state.mean
-        ey = mean.copy()
-        ey[-1] = 1.0
-        return self.video_mean() @ ey
+        return self.video_mean() @ np.append(mean[:-1], 1.0)

@@ -50,6 +50,12 @@ class ChoiceConfig:
     (:func:`model.choice_sweep.residual_noise_var`) and serve the covariances
     scaled by it (:attr:`model.choice.ChoiceModel.noise_var`); False: the
     implicit-ALS convention sigma^2 = 1. The means do not depend on it."""
+    learn_sharpness: bool = False
+    """Learn P(start)'s lambda from the stream (:mod:`model.choice_link`, the
+    learner's step) and publish it in the global record; False: readers use the
+    fixed ``streamer.reader.lookup_math.CHOICE_SHARPNESS`` (20). Off by default:
+    the learned lambda (4-6) is calibrated but costs the taste simulator's
+    hit@10 its 1.5x target (docs/ranking.md)."""
 
     def __post_init__(self) -> None:
         if self.n_factors < 1:

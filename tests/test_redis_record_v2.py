@@ -4,6 +4,8 @@ tests/test_redis_record_format.py and unchanged)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,23 @@ def test_encoder_refuses_mismatched_choice_shapes() -> None:
     u.choice_cov = None
     with pytest.raises(ValueError, match="both"):
         encode_user_record(u)
+
+
+def test_a_learned_p_start_sharpness_is_an_optional_v2_field() -> None:
+    rec = sample_global_v2()
+    rec.choice_sharpness = 4.5
+    enc = encode_global_record(rec)
+    assert enc == GLOBAL_V2_BYTES | {"choice_sharpness": b"4.5"}  # appended; the rest unchanged
+    assert list(enc)[-1] == "choice_sharpness"
+    back = decode_global_record(as_redis(enc))
+    assert back.choice_sharpness == 4.5 and encode_global_record(back) == enc
+    plain = decode_global_record(as_redis(GLOBAL_V2_BYTES))
+    assert back != plain and dataclasses.replace(back, choice_sharpness=None) == plain
+    # a record without it (every one written before it existed) reads as None: the fixed lambda
+    assert decode_global_record(as_redis(GLOBAL_V2_BYTES)).choice_sharpness is None
+    for bad in (b"0", b"-2", b"nan", b"x"):
+        with pytest.raises(CorruptRecordError, match="choice_sharpness"):
+            decode_global_record(as_redis(GLOBAL_V2_BYTES | {"choice_sharpness": bad}))
+    rec.choice_sharpness = 0.0
+    with pytest.raises(ValueError, match="choice_sharpness"):
+        encode_global_record(rec)

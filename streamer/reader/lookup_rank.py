@@ -174,7 +174,8 @@ def rank_scores(
         # those parameters: exp(v + sigma^2/2) - 1 (the observation noise is log-normal)
         minutes = np.expm1(minutes + 0.5 * model.noise_var)
     s = _choice_scores(choice[0], choice[1], strategy, rng, ucb_beta)
-    out = start_probability(s, rows) * np.maximum(minutes, 0.0)
+    lam = choice[0].record.choice_sharpness  # learned by the choice learner, or None: fixed
+    out = start_probability(s, rows, lam) * np.maximum(minutes, 0.0)
     out[rows] = -np.inf
     return out
 

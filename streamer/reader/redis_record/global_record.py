@@ -54,6 +54,9 @@ class GlobalRecord:
     choice_prior_cov: np.ndarray | None = None  # (cd, cd)
     choice_video_mean: np.ndarray | None = None  # (V, cd) [z_j, e_j]
     choice_video_cov: np.ndarray | None = None  # (V, cd, cd)
+    choice_sharpness: float | None = None
+    """P(start)'s lambda learned by the choice learner (``choice_sharpness``, an
+    optional version 2 field); None: the reader's fixed one (docs/redis_format.md)."""
 
     @property
     def has_choice(self) -> bool:
@@ -75,6 +78,7 @@ class GlobalRecord:
             "b0",
             "sigma",
             "updated_ms",
+            "choice_sharpness",
         )
         arrays = ("prior_mean", "prior_cov", "video_mean", "video_cov", "video_scale")
         choice = ("choice_prior_mean", "choice_prior_cov", "choice_video_mean", "choice_video_cov")
@@ -151,7 +155,13 @@ def _global_choice_fields(rec: GlobalRecord) -> dict[str, bytes]:
         got = np.shape(getattr(rec, name))
         if tuple(got) != shape or cd < 1:
             raise ValueError(f"global record {name} has shape {tuple(got)}, expected {shape}")
-    return {"v": b"2", "cd": int_text(cd), **{name: f32(getattr(rec, name)) for name in shapes}}
+    out = {"v": b"2", "cd": int_text(cd), **{name: f32(getattr(rec, name)) for name in shapes}}
+    lam = rec.choice_sharpness
+    if lam is not None:  # optional: only a learner that learns lambda writes it
+        if not (np.isfinite(lam) and lam > 0):
+            raise ValueError(f"choice_sharpness must be finite and > 0, got {lam}")
+        out["choice_sharpness"] = float_text(float(lam))
+    return out
 
 
 def decode_global_record(fields: Mapping[Any, Any], key: str | None = None) -> GlobalRecord:
@@ -193,12 +203,16 @@ def decode_global_record(fields: Mapping[Any, Any], key: str | None = None) -> G
     )
 
 
-def _decode_global_choice(r: FieldReader, v: int) -> dict[str, np.ndarray]:
+def _decode_global_choice(r: FieldReader, v: int) -> dict[str, Any]:
     if r.version < 2:
         return {}
     r.require(GLOBAL_CHOICE_FIELDS)
     cd = r.int("cd", lo=1)
+    lam = r.float("choice_sharpness") if "choice_sharpness" in r.f else None
+    if lam is not None and lam <= 0:
+        raise CorruptRecordError(r.key, f"choice_sharpness must be > 0, got {lam}")
     return {
+        "choice_sharpness": lam,
         "choice_prior_mean": r.array("choice_prior_mean", (cd,)),
         "choice_prior_cov": r.array("choice_prior_cov", (cd, cd)),
         "choice_video_mean": r.array("choice_video_mean", (v, cd)),
@@ -257,6 +271,7 @@ def with_choice(rec: GlobalRecord, choice: Any) -> GlobalRecord:
         choice_prior_cov=choice.served_cov(pc),
         choice_video_mean=mean,
         choice_video_cov=choice.served_cov(cov),
+        choice_sharpness=None if choice.link is None else choice.link.sharpness(),
     )
 
 
