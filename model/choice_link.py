@@ -109,13 +109,15 @@ def observe_start(model: ChoiceModel, user: str, history: Sequence[str], video: 
     learns it: the user's served vector from before (their previous posterior,
     or the pooled prior, plus the session term over ``history``, the videos
     they had started) against the current videos, over the videos not in
-    ``history``. A video the learner has no start of yet (a new one, which
-    ``recommend`` could not have shown) and a rewatch are skipped."""
+    ``history``. A start of a video with no start in the learner's window (a
+    new one, which ``recommend`` could not have shown yet) and a rewatch are
+    skipped."""
     link = model.link
     row = model.video_index.get(video)
     # The learner's own state, read before its step (same package as model.choice):
-    # a video with no learned start yet has a zero shift; _users holds each
-    # window user's latest posterior, i.e. the one served before this event.
+    # a video without a start in the window has a zero shift (its last slot gets
+    # w0 + alpha > 0 per start); _users holds each window user's latest posterior,
+    # from before this event (re-solved against newer videos at a sweep).
     if link is None or row is None or (user, row) in model._pairs or not model._shift[row].any():
         return
     old = model._users.get(user)

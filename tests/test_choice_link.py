@@ -45,6 +45,10 @@ def test_the_estimate_is_the_likelihood_maximum_and_forgets() -> None:
     link.observe(np.array([0.3, np.nan]), 0)
     assert link.seen == 301
     assert ChoiceLink(min_events=5).sharpness() is None
+    assert np.isnan(ChoiceLink().mean_loglik())
+    # the decayed average log-likelihood per start at the estimate: above the
+    # uniform guess's -log(300) would be, below 0
+    assert -np.log(300) < link.mean_loglik() < 0
 
 
 def test_observe_start_uses_the_state_from_before_the_start() -> None:
