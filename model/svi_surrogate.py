@@ -1,45 +1,70 @@
-"""The SVI step's gradient without Pyro's tracing: the same draws, the same ops.
+"""The SVI step's gradient without Pyro: the same draws, the same ops, the same order.
 
 ``pyro.infer.Trace_ELBO().differentiable_loss(hpmf_model, hpmf_guide, ...)``
 spends most of an SVI step on bookkeeping (poutine messengers, traces, site
-dicts, the guide's multivariate log-densities that carry no gradient): ~7 ms
-a step against well under 1 ms of arithmetic on a few hundred events.
-:func:`svi_surrogate` builds the same distributions in the same order, draws
-the guide's samples with the same calls on the same generator, and sums the
-same log-densities into the surrogate in the same order, so autograd runs the
-same graph: the gradients of the hyper-parameters are bit-identical to
-``Trace_ELBO``'s (tests/test_model_svi_surrogate.py). What it leaves out are
-the terms with no gradient (the guide's Delta sites and the log-densities of
-the closed-form factors q(w_j), q(x_i), which depend on the data only), so
-its *value* is not the ELBO: use it for ``backward`` only.
+dicts, distribution objects, the guide's multivariate log-densities that
+carry no gradient): ~7 ms a step against well under 1 ms of arithmetic on a
+few hundred events. :func:`svi_surrogate` writes out what it computes, op
+for op, for one particle:
 
-Mirrors, for one particle: ``Trace_ELBO._get_trace`` (guide run, then the
-model replayed on its samples, each plate site's distribution expanded to the
-plate as ``BroadcastMessenger`` does), ``Trace.compute_log_prob`` (scaled and
-masked by ``scale_and_mask``), then ``_differentiable_loss_particle``'s sums.
+* the guide runs first: q(mu_u)'s draw, then the closed-form factors' draws
+  (``MultivariateNormal.rsample``: loc + scale_tril @ eps), on the same
+  generator, with the same shapes, in the same order;
+* the model is replayed on those values: Pyro builds every site's
+  distribution (broadcasting its parameters, expanding them to the plate as
+  ``BroadcastMessenger`` does) before ``Trace.compute_log_prob`` computes any
+  log-density, and autograd accumulates a tensor's gradients in the order its
+  uses were created, so the same order is kept here;
+* each plate site is scaled and masked (``scale_and_mask``), summed, and the
+  sums chained in ``_differentiable_loss_particle``'s order.
+
+The gradients of the hyper-parameters are then bit-identical to
+``Trace_ELBO``'s (tests/test_model_svi_surrogate.py, ``torch.equal`` over
+the configurations). What is left out are the terms with no gradient (the
+guide's Delta sites, the log-densities of q(w_j) and q(x_i), which depend
+on the data only), so the *value* is not the ELBO: use it for ``backward``.
 """
 
 from __future__ import annotations
 
-import pyro.distributions as dist
+import functools
+import math
+
 import torch
 
 from model.config import HPMFConfig
 from model.hpmf_model import Hypers, SVIData, mean_mask, predicted_mean
 
 F64 = torch.float64
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 
-def _in_plate(fn: dist.TorchDistribution, size: int) -> dist.TorchDistribution:
-    """What BroadcastMessenger does to a site inside a one-dimensional plate."""
-    shape = list(fn.batch_shape) or [1]
-    shape[-1] = size
-    return fn.expand(shape)
+def _normal_lp(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """torch.distributions.Normal(loc, scale).log_prob(value), tensor parameters."""
+    var = scale**2
+    return -((value - loc) ** 2) / (2 * var) - scale.log() - _LOG_SQRT_2PI
 
 
-def _scaled(lp: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """pyro.distributions.util.scale_and_mask with a tensor scale and a mask."""
-    return torch.where(mask, lp * scale, lp.new_zeros(()))
+def _lognormal_lp(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """LogNormal(loc, scale).log_prob: the ExpTransform's Jacobian, then the base Normal's."""
+    x = value.log()
+    return (0.0 - x) + _normal_lp(x, loc, scale)
+
+
+def _draw(shape: tuple[int, ...]) -> torch.Tensor:
+    """torch.distributions.utils._standard_normal on the default generator."""
+    return torch.empty(shape, dtype=F64).normal_()
+
+
+def _mv(tril: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """torch.distributions.multivariate_normal._batch_mv."""
+    return torch.matmul(tril, eps.unsqueeze(-1)).squeeze(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar(value: float) -> torch.Tensor:
+    """A 0-d float64 constant (shared: do not modify in place)."""
+    return torch.tensor(value, dtype=F64)
 
 
 def svi_surrogate(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> torch.Tensor:
@@ -47,66 +72,65 @@ def svi_surrogate(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> torch.Tensor:
     guide on ``data`` (unpadded), for ``backward``: the gradients Trace_ELBO's
     ``differentiable_loss`` gives on the same generator state, bit for bit."""
     d = cfg.dim
-    # --- the guide (Trace_ELBO runs it first; its draws in this order) ---
-    guide_b0 = dist.Delta(hp.b0)
-    b0 = guide_b0()
-    sigma = dist.Delta(hp.log_sigma.exp())()
-    guide_mu_u = None
+    # The guide (Trace_ELBO runs it first): its draws, in its order.
+    b0 = hp.b0  # Delta sites: the value is the parameter
+    sigma = hp.log_sigma.exp()
     if cfg.user_pooling:
-        guide_mu_u = dist.Normal(hp.mu_u_loc, hp.mu_u_log_scale.exp()).to_event(1)
-        mu_u_value = guide_mu_u()
-        s_u = dist.Delta(hp.log_s_u.exp()).to_event(1)()
+        mu_u_scale = hp.mu_u_log_scale.exp()
+        mu_u_value = hp.mu_u_loc + _draw((d,)) * mu_u_scale
+        s_u = hp.log_s_u.exp()
     if cfg.video_pooling:
-        mu_v_value = dist.Delta(hp.mu_v).to_event(1)()
-        s_v = dist.Delta(hp.log_s_v.exp()).to_event(1)()
+        mu_v_value = hp.mu_v
+        s_v = hp.log_s_v.exp()
     n_videos, n_users, n_events = len(data.video_mean), len(data.user_mean), len(data.target)
     if d > 0:
-        w = _in_plate(
-            dist.MultivariateNormal(data.video_mean, scale_tril=data.video_tril), n_videos
-        )()
-        x = _in_plate(dist.MultivariateNormal(data.user_mean, scale_tril=data.user_tril), n_users)()
-    # --- the model, replayed on those values ---
+        # MultivariateNormal.rsample: loc + scale_tril @ eps.
+        w = data.video_mean + _mv(data.video_tril, _draw((n_videos, d)))
+        x = data.user_mean + _mv(data.user_tril, _draw((n_users, d)))
     fixed_scale = Hypers.initial_scales(cfg)
     zeros = torch.zeros(d, dtype=F64)
-    sites: list[tuple[dist.TorchDistribution, torch.Tensor, int | None]] = [
-        (dist.Normal(torch.tensor(cfg.global_mean_prior, dtype=F64), 10.0), b0, None),
-        (dist.LogNormal(torch.tensor(0.0, dtype=F64), 1.5), sigma, None),
-    ]
+    ones = torch.ones(d, dtype=F64)
+    hyper_sd = torch.full((d,), cfg.scale_hyperprior_sd, dtype=F64)
+    # The model's run (Pyro builds every site's distribution before any log-density):
     if cfg.user_pooling:
-        sites.append((dist.Normal(zeros, 1.0).to_event(1), mu_u_value, None))
         mu_u = mu_u_value * mean_mask(cfg)
-        sites.append(
-            (dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1), s_u, None)
-        )
     else:
         mu_u, s_u = zeros, fixed_scale
     if cfg.video_pooling:
-        sites.append((dist.Normal(zeros, 1.0).to_event(1), mu_v_value, None))
         mu_v = mu_v_value * mean_mask(cfg)
-        sites.append(
-            (dist.LogNormal(fixed_scale.log(), cfg.scale_hyperprior_sd).to_event(1), s_v, None)
-        )
     else:
         mu_v, s_v = zeros, fixed_scale
     if d == 0:
-        r = dist.Normal(b0.expand(n_events), sigma)
+        mean = b0.expand(n_events)
     else:
-        sites.append((_in_plate(dist.Normal(mu_v, s_v).to_event(1), n_videos), w, 0))
-        sites.append((_in_plate(dist.Normal(mu_u, s_u).to_event(1), n_users), x, 1))
+        w_loc, w_scale = mu_v.expand(n_videos, d), s_v.expand(n_videos, d)
+        x_loc, x_scale = mu_u.expand(n_users, d), s_u.expand(n_users, d)
         mean = b0 + predicted_mean(x[data.event_user], w[data.event_video], cfg.biases)
-        r = dist.Normal(mean, sigma)
-    sites.append((_in_plate(r, n_events), data.target, 2))
-    masks = (data.video_mask, data.user_mask, data.event_mask)
-    # --- Trace.compute_log_prob on the model's sites, in order ---
-    sums = []
-    for fn, value, plate in sites:
-        lp = fn.log_prob(value)
-        if plate is not None:
-            lp = _scaled(lp, data.scales[plate], masks[plate])
-        sums.append(lp.sum())
+    r_scale = sigma.expand(n_events)
+    # Then the log-densities, site by site:
+    sums = [
+        _normal_lp(b0, _scalar(cfg.global_mean_prior), _scalar(10.0)).sum(),
+        _lognormal_lp(sigma, _scalar(0.0), _scalar(1.5)).sum(),
+    ]
+    if cfg.user_pooling:
+        sums.append(_normal_lp(mu_u_value, zeros, ones).sum(-1).sum())
+        sums.append(_lognormal_lp(s_u, fixed_scale.log(), hyper_sd).sum(-1).sum())
+    if cfg.video_pooling:
+        sums.append(_normal_lp(mu_v_value, zeros, ones).sum(-1).sum())
+        sums.append(_lognormal_lp(s_v, fixed_scale.log(), hyper_sd).sum(-1).sum())
+    sc = data.scales
+    if d > 0:
+        lw = _normal_lp(w, w_loc, w_scale).sum(-1)
+        sums.append(torch.where(data.video_mask, lw * sc[0], lw.new_zeros(())).sum())
+        lx = _normal_lp(x, x_loc, x_scale).sum(-1)
+        sums.append(torch.where(data.user_mask, lx * sc[1], lx.new_zeros(())).sum())
+    lr = _normal_lp(data.target, mean, r_scale)
+    sums.append(torch.where(data.event_mask, lr * sc[2], lr.new_zeros(())).sum())
     # The guide's only term with a gradient: q(mu_u)'s log-density (its entropy term).
-    guide_lp = None if guide_mu_u is None else guide_mu_u.log_prob(mu_u_value)
-    # --- _differentiable_loss_particle's sums ---
+    guide_lp = None
+    if cfg.user_pooling:
+        guide_lp = _normal_lp(mu_u_value, hp.mu_u_loc, mu_u_scale).sum(-1)
+    # _differentiable_loss_particle's sums, in its order.
     surrogate = 0
     for s in sums:
         surrogate = surrogate + s
