@@ -198,3 +198,19 @@ def test_video_jitters_are_the_per_video_jitter(dim: int, biases: bool) -> None:
         want = _one_video_jitter(v, dim, 0.05, biases)
         assert np.array_equal(many[k], want)
         assert np.array_equal(video_jitter(v, dim, 0.05, biases), want)
+
+
+def test_rows_of_known_and_unknown_videos() -> None:
+    """The catalogue's row lookup: without registering, an unknown id is -1
+    and a known one its row, wherever it falls in the list (the lookup takes
+    no KeyError round); registering appends the unknown ids in first-seen
+    order and then gives every id its row."""
+    m = OnlineHPMF(HPMFConfig(n_factors=1))
+    m._rows(["a", "b", "c"], register=True)
+    ids = ["x", "b", "a", "y", "c", "x"]
+    assert m._rows(ids, register=False).tolist() == [-1, 1, 0, -1, 2, -1]
+    assert m._rows(["c", "a"], register=False).tolist() == [2, 0]
+    assert m._rows([], register=False).tolist() == []
+    assert m.n_videos == 3  # looking up registers nothing
+    assert m._rows(ids, register=True).tolist() == [3, 1, 0, 4, 2, 3]
+    assert m.video_ids == ["a", "b", "c", "x", "y"]
