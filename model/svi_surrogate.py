@@ -20,7 +20,8 @@ for op, for one particle:
 
 The gradients of the hyper-parameters are then bit-identical to
 ``Trace_ELBO``'s (tests/test_model_svi_surrogate.py, ``torch.equal`` over
-the configurations). What is left out are the terms with no gradient (the
+the configurations). b0 (set as a running mean, never stepped) gets no
+gradient. What is left out are the terms with no gradient (the
 guide's Delta sites, the log-densities of q(w_j) and q(x_i), which depend
 on the data only), so the *value* is not the ELBO: use it for ``backward``.
 """
@@ -73,7 +74,10 @@ def svi_surrogate(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> torch.Tensor:
     ``differentiable_loss`` gives on the same generator state, bit for bit."""
     d = cfg.dim
     # The guide (Trace_ELBO runs it first): its draws, in its order.
-    b0 = hp.b0  # Delta sites: the value is the parameter
+    # Delta sites: the value is the parameter. b0 is not learned by SVI (a
+    # running mean sets it), so its gradient is not computed: the backward
+    # skips the events' mean branch; every learned leaf's gradient is the same.
+    b0 = hp.b0.detach()
     sigma = hp.log_sigma.exp()
     if cfg.user_pooling:
         mu_u_scale = hp.mu_u_log_scale.exp()
