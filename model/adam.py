@@ -43,13 +43,23 @@ class Adam:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+        live = [k for k, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        ps = [self.params[k] for k in live]
+        gs = [self.params[k].grad for k in live]
+        ms = [self.m[k] for k in live]
+        vs = [self.v[k] for k in live]
+        # Per leaf: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+        # p -= lr (m / c1) / (sqrt(v / c2) + eps). The _foreach_ ops run the
+        # same kernels leaf by leaf (the same numbers) in one call per op.
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, gs, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+        num = torch._foreach_mul(torch._foreach_div(ms, c1), self.lr)
+        den = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(vs, c2)), self.eps)
+        torch._foreach_sub_(ps, torch._foreach_div(num, den))
 
     def state_dict(self) -> dict[str, Any]:
         return {"t": self.t, "m": [m.clone() for m in self.m], "v": [v.clone() for v in self.v]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,21 +102,20 @@ class VideoCatalogue(HyperState):
     def _rows(self, video_ids: Sequence[str], register: bool) -> torch.Tensor:
         """Rows of videos; unknown ones are registered at their prior (or -1)."""
         index = self.video_index
+        n = len(video_ids)
+        if not register:
+            # index.get(v, -1) per id, without a Python frame per id (predict
+            # meets unregistered videos often: no KeyError round first).
+            rows = np.fromiter(map(index.get, video_ids, repeat(-1, n)), dtype=np.int64, count=n)
+            return torch.from_numpy(rows)
         try:
             # fromiter + from_numpy: torch.tensor on a long Python list is ~5x slower
-            rows = np.fromiter(
-                map(index.__getitem__, video_ids), dtype=np.int64, count=len(video_ids)
-            )
+            rows = np.fromiter(map(index.__getitem__, video_ids), dtype=np.int64, count=n)
             return torch.from_numpy(rows)
         except KeyError:
             pass
-        if register:
-            self._register([v for v in dict.fromkeys(video_ids) if v not in index])
-            return self._rows(video_ids, register=False)
-        rows = np.fromiter(
-            (index.get(v, -1) for v in video_ids), dtype=np.int64, count=len(video_ids)
-        )
-        return torch.from_numpy(rows)
+        self._register([v for v in dict.fromkeys(video_ids) if v not in index])
+        return self._rows(video_ids, register=False)
 
     def _register(self, new_ids: list[str]) -> None:
         """Add videos at their prior (plus a deterministic jitter), all at once."""

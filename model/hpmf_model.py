@@ -15,7 +15,9 @@ the local factors q(x_i) and the video factors q(w_j) are conditionally
 conjugate, so :mod:`model.local_step` and :mod:`model.video_step` set them in
 closed form and the guide takes them as given; the hyper-parameters
 (b0, sigma, mu_u, s_u, mu_v, s_v) are learned by Pyro SVI steps on the ELBO of
-this model and guide.
+this model and guide. (The online step takes its gradients from
+:mod:`model.svi_surrogate`, this model and guide under ``Trace_ELBO`` written
+out op for op: the same gradients bit for bit, without Pyro's tracing.)
 
 A doctest: one SVI loss evaluation on a tiny problem.
 

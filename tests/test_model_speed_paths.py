@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.adam import Adam
 from model.batch import Batch
 from model.config import HPMFConfig
 from model.moments import gaussian_posterior
@@ -198,3 +199,57 @@ def test_video_jitters_are_the_per_video_jitter(dim: int, biases: bool) -> None:
         want = _one_video_jitter(v, dim, 0.05, biases)
         assert np.array_equal(many[k], want)
         assert np.array_equal(video_jitter(v, dim, 0.05, biases), want)
+
+
+def test_rows_of_known_and_unknown_videos() -> None:
+    """The catalogue's row lookup: without registering, an unknown id is -1
+    and a known one its row, wherever it falls in the list (the lookup takes
+    no KeyError round); registering appends the unknown ids in first-seen
+    order and then gives every id its row."""
+    m = OnlineHPMF(HPMFConfig(n_factors=1))
+    m._rows(["a", "b", "c"], register=True)
+    ids = ["x", "b", "a", "y", "c", "x"]
+    assert m._rows(ids, register=False).tolist() == [-1, 1, 0, -1, 2, -1]
+    assert m._rows(["c", "a"], register=False).tolist() == [2, 0]
+    assert m._rows([], register=False).tolist() == []
+    assert m.n_videos == 3  # looking up registers nothing
+    assert m._rows(ids, register=True).tolist() == [3, 1, 0, 4, 2, 3]
+    assert m.video_ids == ["a", "b", "c", "x", "y"]
+
+
+def _adam_step_per_leaf(opt: Adam) -> None:
+    """model.adam.Adam.step as it was written before the _foreach_ ops."""
+    opt.t += 1
+    b1, b2 = opt.betas
+    c1, c2 = 1 - b1**opt.t, 1 - b2**opt.t
+    with torch.no_grad():
+        for p, m, v in zip(opt.params, opt.m, opt.v, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(opt.lr * (m / c1) / ((v / c2).sqrt() + opt.eps))
+
+
+def test_adam_foreach_step_is_the_per_leaf_step() -> None:
+    """The _foreach_ Adam step equals the per-leaf loop bit for bit over 40
+    steps, leaves of several shapes and gradient scales, some leaves without a
+    gradient on some steps (skipped, their moments untouched)."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(), (11,), (11,), (3, 4), (1,)]
+    a = [torch.randn(s, generator=g, dtype=F64).requires_grad_(True) for s in shapes]
+    b = [t.detach().clone().requires_grad_(True) for t in a]
+    fast, slow = Adam(a, lr=0.06), Adam(b, lr=0.06)
+    for step in range(40):
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            if (step + k) % 4 == 0:
+                x.grad = y.grad = None
+            else:
+                grad = torch.randn(x.shape, generator=g, dtype=F64) * 10.0 ** (k - 2)
+                x.grad, y.grad = grad.clone(), grad.clone()
+        fast.step()
+        _adam_step_per_leaf(slow)
+    for x, y, mx, my, vx, vy in zip(a, b, fast.m, slow.m, fast.v, slow.v, strict=True):
+        assert torch.equal(x, y) and torch.equal(mx, my) and torch.equal(vx, vy)
+    assert not torch.equal(a[1], a[2])  # the leaves moved, each its own way
