@@ -163,6 +163,42 @@ def test_a_coordinator_that_never_comes_gives_one_line_error(fake_admin) -> None
     )
 
 
+class _LaggingMetadataAdmin:
+    """Stands in for KafkaAdminClient on a broker whose metadata cache learns of
+    a created topic a few requests after CreateTopics was answered."""
+
+    listed: list[str] = []
+    lag = 0
+
+    def __init__(self, **config: object) -> None:
+        pass
+
+    def list_topics(self) -> list[str]:
+        if type(self).lag > 0:
+            type(self).lag -= 1
+            return []
+        return list(type(self).listed)
+
+    def create_topics(self, new_topics: list[object], timeout_ms: int) -> None:
+        type(self).listed += [t.name for t in new_topics]  # type: ignore[attr-defined]
+        type(self).lag = 3  # the next three metadata answers do not list them yet
+
+    def close(self) -> None:
+        pass
+
+
+def test_ensure_topics_returns_only_once_the_created_topics_are_listed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A describe_configs right after creation (the worker reads the events
+    topic's retention) found the topic unknown while the broker's metadata
+    lagged; ensure_topics now waits until the new topics are listed."""
+    monkeypatch.setattr(kafka_admin, "KafkaAdminClient", _LaggingMetadataAdmin)
+    monkeypatch.setattr(kafka_admin.time, "sleep", lambda s: None)
+    _LaggingMetadataAdmin.listed, _LaggingMetadataAdmin.lag = [], 0
+    assert kafka_admin.ensure_topics("127.0.0.1:1", {"t": 1}, wait_s=5) == ["t"]
+    assert _LaggingMetadataAdmin.lag == 0  # every lagging answer was waited through
+    assert kafka_admin.ensure_topics("127.0.0.1:1", {"t": 1}, wait_s=5) == []
+
+
 @pytest.mark.timeout(60)
 def test_no_broker_gives_one_line_error_from_the_cli() -> None:
     port = free_port()  # nothing listens there

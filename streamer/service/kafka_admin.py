@@ -156,7 +156,9 @@ def ensure_topics(
         # of this loop whose answer was lost) may have made them: fine.
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(wanted, timeout_ms=timeout_ms)
-        return [t.name for t in wanted]
+        names = [t.name for t in wanted]
+        _wait_until_listed(admin, names, timeout_ms / 1000)
+        return names
 
     created = with_admin(bootstrap, "create topics", step, wait_s, timeout_ms, config)
     if created:
@@ -283,6 +285,22 @@ def service_topic_specs(s: Any) -> tuple[dict[str, int], dict[str, dict[str, str
         s.checkpoints_topic_name: dict(TOPIC_CONFIGS),
     }
     return topics, configs
+
+
+def _wait_until_listed(admin: KafkaAdminClient, names: list[str], wait_s: float) -> None:
+    """Wait (bounded) until the broker's metadata lists every topic in ``names``.
+
+    CreateTopics is answered once the controller has the topics, before the
+    broker's metadata cache has them; a describe_configs in that moment says
+    the topic is unknown (the service reads the events topic's retention right
+    after creating it). Past the wait it goes on: the caller's next request
+    then reports the broker's own answer."""
+    deadline = time.monotonic() + wait_s
+    while not set(names) <= set(admin.list_topics()):
+        if time.monotonic() > deadline:
+            log.warning("created topics not listed yet", extra={"topics": names})
+            return
+        time.sleep(0.05)
 
 
 def service_topics(s: Any, wait_s: float | None = None) -> list[str]:
