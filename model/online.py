@@ -99,6 +99,8 @@ class OnlineHPMF(LocalStep, GlobalStep):
         self._sweeper = SweepThread()
         self._remaps = 0  # catalogue-cap renumberings: a sweep started before one is void
         self.sweeps_folded = 0
+        self.sweep_log_noise = 0.0  # the sweeps' learned noise factor, log (model.sweep_noise)
+        self._candidates = None  # the last sweep's candidate videos (model.sweep_noise)
         self.noise_calibration = NoiseCalibration(self.config.noise_calibration_horizon)
         self.sweeps_voided = 0  # started before a renumbering, so thrown away
         # b0 is the forgetting-weighted mean of the transformed values seen:
@@ -133,6 +135,7 @@ class OnlineHPMF(LocalStep, GlobalStep):
             "r_sum": self._r_sum,
             "r_weight": self._r_weight,
             "noise_calibration": self.noise_calibration.state(),
+            "sweep_log_noise": self.sweep_log_noise,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -163,6 +166,7 @@ class OnlineHPMF(LocalStep, GlobalStep):
         self._r_weight = float(d["r_weight"])
         if "noise_calibration" in d:
             self.noise_calibration.load(d["noise_calibration"])
+        self.sweep_log_noise = float(d.get("sweep_log_noise", 0.0))
 
     def export_globals(self) -> GlobalsSnapshot:
         """The globals as numpy, for workers and readers (see :func:`export_globals`)."""
