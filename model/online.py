@@ -114,9 +114,11 @@ class OnlineHPMF(LocalStep, GlobalStep):
         lists (what :mod:`model.checkpoint` saves): the config, the clocks, the
         video tables (natural parameters, clocks, posteriors), the
         hyper-parameters with their optimiser, the random generator, b0's
-        running sums and the noise calibration. Not included (rebuilt after a
-        restart): the replay window and its share of the video evidence, the
-        SVI buffer and a sweep in flight."""
+        running sums, the noise calibration and the sweeps' learned noise
+        factor. Not included (rebuilt after a restart): the replay window and
+        its share of the video evidence, the SVI buffer, a sweep in flight and
+        the last sweep's candidate videos (the first sweep after a restart
+        makes new ones and does not move the factor)."""
         n = self.n_videos
         hp = self.hp
         return {
@@ -141,8 +143,8 @@ class OnlineHPMF(LocalStep, GlobalStep):
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned into this fresh model (built
         with that state's config; ``d["config"]`` itself is not read here).
-        ``noise_calibration`` may be absent (states saved before it existed):
-        it then starts afresh."""
+        ``noise_calibration`` and ``sweep_log_noise`` may be absent (states
+        saved before they existed): they then start afresh."""
         if self.video_ids or self.hp is not None:
             raise RuntimeError(
                 "load_state_dict needs a fresh model (nothing learned or registered)"
