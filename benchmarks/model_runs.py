@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             f"spread {row['spread']:.4f}"
         )
     if model is not None:
-        print(f"  noise sd {model.sigma:.4f}")
+        print(
+            f"  noise sd {model.sigma:.4f}, sweep noise factor {np.exp(model.sweep_log_noise):.3f}"
+        )
     if model is not None and truth is not None and model.config.n_factors > 0:
         snap = model.export_globals()
         share = taste_share(snap.video_mean, snap.user_prior_mean, snap.user_prior_cov)

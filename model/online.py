@@ -99,6 +99,8 @@ class OnlineHPMF(LocalStep, GlobalStep):
         self._sweeper = SweepThread()
         self._remaps = 0  # catalogue-cap renumberings: a sweep started before one is void
         self.sweeps_folded = 0
+        self.sweep_log_noise = 0.0  # the sweeps' learned noise factor, log (model.sweep_noise)
+        self._candidates = None  # the last sweep's candidate videos (model.sweep_noise)
         self.noise_calibration = NoiseCalibration(self.config.noise_calibration_horizon)
         self.sweeps_voided = 0  # started before a renumbering, so thrown away
         # b0 is the forgetting-weighted mean of the transformed values seen:
@@ -112,9 +114,11 @@ class OnlineHPMF(LocalStep, GlobalStep):
         lists (what :mod:`model.checkpoint` saves): the config, the clocks, the
         video tables (natural parameters, clocks, posteriors), the
         hyper-parameters with their optimiser, the random generator, b0's
-        running sums and the noise calibration. Not included (rebuilt after a
-        restart): the replay window and its share of the video evidence, the
-        SVI buffer and a sweep in flight."""
+        running sums, the noise calibration and the sweeps' learned noise
+        factor. Not included (rebuilt after a restart): the replay window and
+        its share of the video evidence, the SVI buffer, a sweep in flight and
+        the last sweep's candidate videos (the first sweep after a restart
+        makes new ones and does not move the factor)."""
         n = self.n_videos
         hp = self.hp
         return {
@@ -133,13 +137,14 @@ class OnlineHPMF(LocalStep, GlobalStep):
             "r_sum": self._r_sum,
             "r_weight": self._r_weight,
             "noise_calibration": self.noise_calibration.state(),
+            "sweep_log_noise": self.sweep_log_noise,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned into this fresh model (built
         with that state's config; ``d["config"]`` itself is not read here).
-        ``noise_calibration`` may be absent (states saved before it existed):
-        it then starts afresh."""
+        ``noise_calibration`` and ``sweep_log_noise`` may be absent (states
+        saved before they existed): they then start afresh."""
         if self.video_ids or self.hp is not None:
             raise RuntimeError(
                 "load_state_dict needs a fresh model (nothing learned or registered)"
@@ -163,6 +168,7 @@ class OnlineHPMF(LocalStep, GlobalStep):
         self._r_weight = float(d["r_weight"])
         if "noise_calibration" in d:
             self.noise_calibration.load(d["noise_calibration"])
+        self.sweep_log_noise = float(d.get("sweep_log_noise", 0.0))
 
     def export_globals(self) -> GlobalsSnapshot:
         """The globals as numpy, for workers and readers (see :func:`export_globals`)."""

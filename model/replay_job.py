@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from model.replay_sweep import SweepResult, replay_sweep
+from model.replay_sweep import Candidates, SweepResult, replay_sweep
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class SweepInputs:
     iterations: int
     n_drop: int
     user_variance: float = 1.0
+    noise_factor: float = 1.0
+    probe: float = 1.0
+    holdout: float = 0.0
+    previous: Candidates | None = None
 
 
 def _run(inputs: SweepInputs) -> SweepResult:

@@ -13,6 +13,8 @@ import torch
 
 from model.catalogue import VideoCatalogue
 from model.replay_job import SweepInputs, SweepJob, SweepThread
+from model.replay_sweep import Candidates
+from model.sweep_noise import step_log_factor
 
 
 class ReplaySchedule(VideoCatalogue):
@@ -23,6 +25,8 @@ class ReplaySchedule(VideoCatalogue):
     _sweeper: SweepThread
     sweeps_folded: int
     sweeps_voided: int
+    sweep_log_noise: float  # log of the sweeps' learned noise factor (model.sweep_noise)
+    _candidates: Candidates | None  # the last sweep's candidate videos
 
     def replay_interval(self) -> int:
         """Events between replay sweeps: clamp(events learned x growth,
@@ -85,10 +89,20 @@ class ReplaySchedule(VideoCatalogue):
             cfg.replay_iterations,
             n_drop,
             cfg.sweep_user_variance,
+            float(np.exp(self.sweep_log_noise)),
+            self._probe() if cfg.sweep_noise_learning else 1.0,
+            cfg.sweep_noise_holdout,
+            self._candidates if cfg.sweep_noise_learning else None,
         )
         return SweepJob.start(
             inputs, w_prec, w_shift, self._remaps, self._sweeper if cfg.replay_background else None
         )
+
+    def _probe(self) -> float:
+        """The factor by which a sweep's candidate pass changes the sweeps'
+        noise factor: c and 1 / c on alternate sweeps (:mod:`model.sweep_noise`)."""
+        c = self.config.sweep_noise_probe
+        return c if self.sweeps_folded % 2 == 0 else 1.0 / c
 
     def _fold_sweep(self, job: SweepJob) -> None:
         """Swap the window share a sweep replaced for its result.
@@ -100,8 +114,18 @@ class ReplaySchedule(VideoCatalogue):
         result = job.result()
         if job.remaps != self._remaps:
             self.sweeps_voided += 1
+            self._candidates = None
             return  # the catalogue cap renumbered the rows since: the result refers to old rows
         self.sweeps_folded += 1
+        if result.probe_errors is not None:
+            cfg = self.config
+            self.sweep_log_noise = step_log_factor(
+                self.sweep_log_noise,
+                result.probe_errors,
+                cfg.sweep_noise_rate,
+                cfg.sweep_noise_bound,
+            )
+        self._candidates = result.candidates
         rows, neff = job.inputs.rows, self.config.effective_data_size
         decay = torch.exp(-(self.n_seen - self._v_time[rows]) / neff)
         since = float(np.exp(-(self.n_seen - job.inputs.clock) / neff))

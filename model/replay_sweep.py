@@ -48,6 +48,7 @@ import torch
 
 from model.local_step import HistoryEntries, user_local_step
 from model.moments import gaussian_posterior
+from model.sweep_noise import candidate_videos, forecast_errors, holdout_mask
 from model.video_step import video_batch_statistics
 
 DTYPE = torch.float64
@@ -62,6 +63,15 @@ class SweepResult:
     kept_shift: torch.Tensor  # (J, D)
     dropped_prec: torch.Tensor
     dropped_shift: torch.Tensor
+    probe_errors: tuple[float, ...] | None = None
+    """The forecast squared errors of the previous sweep's two candidates,
+    smaller factor first, on the events since (:mod:`model.sweep_noise`)."""
+    candidates: Candidates | None = None
+    """This sweep's candidate video tables, to be scored at the next sweep."""
+
+
+Candidates = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], float]
+"""(rows, [(video mean, cov) per candidate factor], the sweep's clock)."""
 
 
 def replay_sweep(
@@ -81,6 +91,10 @@ def replay_sweep(
     iterations: int,
     n_drop: int = 0,
     user_variance: float = 1.0,
+    noise_factor: float = 1.0,
+    probe: float = 1.0,
+    holdout: float = 0.0,
+    previous: Candidates | None = None,
 ) -> SweepResult:
     """``iterations`` coordinate-ascent passes over ``window`` (from
     :meth:`ReplayWindow.arrays`, oldest first).
@@ -93,7 +107,12 @@ def replay_sweep(
     pairs' share comes back apart, so the caller can keep it when they leave.
     ``user_variance``: the share of each user's posterior covariance that the
     video update counts (``HPMFConfig.sweep_user_variance``; 1: mean-field
-    coordinate ascent).
+    coordinate ascent). ``noise_factor``: the sweep's noise variance is
+    ``noise_factor x noise_var``; with ``probe`` c != 1 the result also
+    carries two candidate video tables, this sweep's (f) and one more pass
+    with f x c, and, given the ``previous`` sweep's, their forecast errors
+    on the events since (:mod:`model.sweep_noise`; at most ``holdout`` x the
+    window's events).
     """
     user_np, video_np, target_np, clock_np, _ = window
     d = base_shift.shape[-1]
@@ -109,6 +128,7 @@ def replay_sweep(
     prior_shift = (ps.pow(-2) * pm).expand(n_v, d) + base_shift
     entries = HistoryEntries(event_user, event_video, target, decay)
     weight = decay
+    served_noise, noise_var = noise_var, noise_factor * noise_var
     um = uc = prec = shift = torch.zeros(0)
     vm, vc = video_mean, video_cov
     for _ in range(max(iterations, 1)):
@@ -132,9 +152,19 @@ def replay_sweep(
             event_source=event_user,
         )
         vm, vc, _ = gaussian_posterior(prior_prec, prior_shift, prec, shift, tril=False)
+    probed = candidates = None
+    if probe != 1.0 and n_u > 0:
+        args = (prior_prec, prior_shift, b0, served_noise, user_prior, biases)
+        # This sweep's own videos (f) against one more pass with f x probe,
+        # ordered by factor.
+        [other] = candidate_videos(entries, n_u, vm, vc, *args, (noise_factor * probe,))
+        tables = [(vm, vc), other] if probe > 1.0 else [other, (vm, vc)]
+        candidates = (rows, tables, clock)
+        if previous is not None:
+            probed = _forecast(previous, rows, entries, user_np, clock_np, holdout, *args)
     if n_drop <= 0:
         zero = torch.zeros_like(prec), torch.zeros_like(shift)
-        return SweepResult(prec, shift, *zero)
+        return SweepResult(prec, shift, *zero, probed, candidates)
     old = torch.zeros(len(target), dtype=DTYPE)
     old[:n_drop] = 1.0
     dropped_prec, dropped_shift = video_batch_statistics(
@@ -149,4 +179,43 @@ def replay_sweep(
         weight=weight * old,
         event_source=event_user,
     )
-    return SweepResult(prec - dropped_prec, shift - dropped_shift, dropped_prec, dropped_shift)
+    return SweepResult(
+        prec - dropped_prec, shift - dropped_shift, dropped_prec, dropped_shift, probed, candidates
+    )
+
+
+def _forecast(
+    previous: Candidates,
+    rows: torch.Tensor,
+    entries: HistoryEntries,
+    user_np: np.ndarray,
+    clock_np: np.ndarray,
+    share: float,
+    prior_prec: torch.Tensor,
+    prior_shift: torch.Tensor,
+    b0: torch.Tensor,
+    noise_var: torch.Tensor,
+    user_prior: tuple[torch.Tensor, torch.Tensor],
+    biases: bool,
+) -> tuple[float, ...] | None:
+    """The previous sweep's candidates scored on the latest event of each user
+    seen since (:func:`model.sweep_noise.forecast_errors`); videos they lack
+    take their prior with the evidence from outside the window."""
+    prev_rows, tables, since = previous
+    held = holdout_mask(user_np, clock_np, since, share)
+    if not held.any():
+        return None
+    zero = torch.zeros_like(prior_shift)
+    base_mean, base_cov, _ = gaussian_posterior(
+        prior_prec, prior_shift, torch.zeros_like(prior_prec), zero, tril=False
+    )
+    pos = torch.searchsorted(prev_rows, rows).clamp(max=max(len(prev_rows) - 1, 0))
+    found = prev_rows[pos] == rows if len(prev_rows) else torch.zeros_like(rows, dtype=torch.bool)
+    full = []
+    for mean, cov in tables:
+        m, c = base_mean.clone(), base_cov.clone()
+        m[found], c[found] = mean[pos[found]], cov[pos[found]]
+        full.append((m, c))
+    return forecast_errors(
+        entries.user, entries.video, entries.target, held, full, b0, noise_var, user_prior, biases
+    )
