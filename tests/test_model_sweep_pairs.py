@@ -11,7 +11,7 @@ import torch
 import model.replay_sweep as replay_sweep_module
 import model.sweep_noise as sweep_noise_module
 from model.local_step import HistoryEntries, local_pairs
-from model.replay_sweep import SweepResult, replay_sweep
+from model.replay_sweep import SweepResult, replay_sweep, sorted_positions
 from model.replay_window import ReplayWindow
 from model.video_step import video_pairs
 
@@ -112,3 +112,27 @@ def test_pairs_are_the_sums_per_pair() -> None:
         want_r[user[k], j] += weight[k] * (target[k] - b0)
     assert torch.allclose(lp.weights, want_w) and torch.allclose(lp.weighted_resid, want_r)
     assert torch.allclose(vw[lp.uniq].T, want_w) and torch.allclose(vr[lp.uniq].T, want_r)
+
+
+def test_table_lookups_give_the_sweep_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _results()
+    # The reference: the sorting versions (np.searchsorted, torch.unique).
+    monkeypatch.setattr(replay_sweep_module, "sorted_positions", np.searchsorted)
+    monkeypatch.setattr(
+        replay_sweep_module, "unique_rows", lambda x, bound: torch.unique(x, return_inverse=True)
+    )
+    slow = _results()
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.equal(a.kept_prec, b.kept_prec) and torch.equal(a.kept_shift, b.kept_shift)
+        assert torch.equal(a.dropped_prec, b.dropped_prec)
+        assert a.probe_errors == b.probe_errors
+
+
+def test_sorted_positions_is_searchsorted() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        rows = np.unique(rng.integers(0, 50, size=rng.integers(1, 30)))
+        inside = rng.choice(rows, size=40)
+        assert np.array_equal(sorted_positions(rows, inside), np.searchsorted(rows, inside))
+        anything = rng.integers(-3, 60, size=40)
+        assert np.array_equal(sorted_positions(rows, anything), np.searchsorted(rows, anything))
