@@ -40,6 +40,38 @@ class HistoryEntries:
     weight: torch.Tensor
 
 
+@dataclass(frozen=True)
+class LocalPairs:
+    """What :func:`user_local_step` sums per (user, distinct video) before it
+    meets the video posteriors: the distinct video rows (sorted), and per
+    (user, video) the entries' weights and weighted residuals (r - b0). They
+    depend on neither the videos' posteriors nor the noise, so a replay
+    sweep's passes over one window share them (:func:`local_pairs`)."""
+
+    uniq: torch.Tensor  # (J,)
+    weights: torch.Tensor  # (U, J)
+    weighted_resid: torch.Tensor  # (U, J)
+
+
+def local_pairs(
+    entries: HistoryEntries,
+    n_users: int,
+    n_videos: int,
+    b0: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+) -> LocalPairs:
+    """The :class:`LocalPairs` of ``entries`` over ``n_users`` users and video
+    rows below ``n_videos``, residuals against ``b0``, in ``dtype`` (the
+    factors')."""
+    uniq, inv = unique_rows(entries.video, n_videos)
+    w = entries.weight.to(dtype)
+    resid = entries.target.to(dtype) - b0
+    n_src = len(uniq)
+    weights = pair_weights(entries.user, inv, w, n_users, n_src)
+    weighted_resid = pair_weights(entries.user, inv, w * resid, n_users, n_src)
+    return LocalPairs(uniq, weights, weighted_resid)
+
+
 def user_local_step(
     entries: HistoryEntries,
     n_users: int,
@@ -51,11 +83,14 @@ def user_local_step(
     prior_scale: torch.Tensor,
     biases: bool,
     tril: bool = True,
+    pairs: LocalPairs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Closed-form q(x_i) for ``n_users`` users; returns mean, cov, cholesky(cov)
     (None unless ``tril``).
 
-    ``video_mean``/``video_cov`` are indexed by ``entries.video``.
+    ``video_mean``/``video_cov`` are indexed by ``entries.video``. ``pairs``:
+    :func:`local_pairs` of these entries, ``n_users``, ``len(video_mean)`` and
+    ``b0``, when the caller already holds them (the same numbers).
     """
     d = prior_mean.shape[-1]
     dtype = prior_mean.dtype
@@ -65,15 +100,12 @@ def user_local_step(
     # Moments once per distinct video; the entries' weights are summed per
     # (user, video) and multiplied in once (a user's history shares videos
     # with other users': far fewer videos than entries).
-    uniq, inv = unique_rows(entries.video, video_mean.shape[0])
+    if pairs is None:
+        pairs = local_pairs(entries, n_users, video_mean.shape[0], b0, dtype)
+    uniq, weights, weighted_resid = pairs.uniq, pairs.weights, pairs.weighted_resid
     ey, eyy, eyc, _ = feature_moments(
         video_mean.index_select(0, uniq), video_cov.index_select(0, uniq), biases
     )
-    w = entries.weight.to(dtype)
-    resid = entries.target.to(dtype) - b0
-    n_src = len(uniq)
-    weights = pair_weights(entries.user, inv, w, n_users, n_src)
-    weighted_resid = pair_weights(entries.user, inv, w * resid, n_users, n_src)
     data_prec = weights @ eyy.reshape(-1, d * d)
     data_shift = weighted_resid @ ey - weights @ eyc
     prior_prec = torch.diag_embed(prior_scale.pow(-2)).expand(n_users, d, d)

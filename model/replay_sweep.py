@@ -46,10 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.local_step import HistoryEntries, user_local_step
+from model.local_step import HistoryEntries, local_pairs, user_local_step
 from model.moments import gaussian_posterior
 from model.sweep_noise import candidate_videos, forecast_errors, holdout_mask
-from model.video_step import video_batch_statistics
+from model.video_step import video_batch_statistics, video_pairs
+from model.weighted_sums import unique_rows
 
 DTYPE = torch.float64
 
@@ -117,9 +118,12 @@ def replay_sweep(
     user_np, video_np, target_np, clock_np, _ = window
     d = base_shift.shape[-1]
     n_v = len(rows)
-    event_video = torch.from_numpy(np.searchsorted(rows.numpy(), video_np))
-    _, event_user_np = np.unique(user_np, return_inverse=True)
-    event_user = torch.from_numpy(event_user_np)
+    event_video = torch.from_numpy(sorted_positions(rows.numpy(), video_np))
+    # np.unique(user_np, return_inverse=True)'s inverse, by a table (no sort).
+    _, event_user = unique_rows(
+        torch.from_numpy(user_np), int(user_np.max()) + 1 if len(user_np) else 0
+    )
+    event_user_np = event_user.numpy()
     n_u = int(event_user_np.max()) + 1 if len(event_user_np) else 0
     decay = torch.from_numpy(np.exp(-(clock - clock_np) / effective_data_size))
     target = torch.from_numpy(target_np)
@@ -131,10 +135,17 @@ def replay_sweep(
     served_noise, noise_var = noise_var, noise_factor * noise_var
     um = uc = prec = shift = torch.zeros(0)
     vm, vc = video_mean, video_cov
+    # The per-pair sums of the window's weights and residuals do not change
+    # from pass to pass (nor for the probe's pass): computed once, ~30% of a
+    # sweep's time before (dense tables of window users x videos).
+    pairs = (
+        local_pairs(entries, n_u, len(video_mean), b0, video_mean.dtype),
+        video_pairs(event_video, n_v, n_u, target, b0, weight, event_user, video_mean.dtype),
+    )
     for _ in range(max(iterations, 1)):
         # 1. Every window user against the current videos, from all their window events.
         um, uc, _ = user_local_step(
-            entries, n_u, vm, vc, b0, noise_var, user_prior[0], user_prior[1], biases, tril=False
+            entries, n_u, vm, vc, b0, noise_var, *user_prior, biases, tril=False, pairs=pairs[0]
         )
         # 2. Every window video's evidence, rebuilt from those users.
         if user_variance != 1.0:
@@ -150,6 +161,7 @@ def replay_sweep(
             biases,
             weight=weight,
             event_source=event_user,
+            pairs=pairs[1],
         )
         vm, vc, _ = gaussian_posterior(prior_prec, prior_shift, prec, shift, tril=False)
     probed = candidates = None
@@ -157,7 +169,9 @@ def replay_sweep(
         args = (prior_prec, prior_shift, b0, served_noise, user_prior, biases)
         # This sweep's own videos (f) against one more pass with f x probe,
         # ordered by factor.
-        [other] = candidate_videos(entries, n_u, vm, vc, *args, (noise_factor * probe,))
+        [other] = candidate_videos(
+            entries, n_u, vm, vc, *args, (noise_factor * probe,), pairs=pairs
+        )
         tables = [(vm, vc), other] if probe > 1.0 else [other, (vm, vc)]
         candidates = (rows, tables, clock)
         if previous is not None:
@@ -219,3 +233,24 @@ def _forecast(
     return forecast_errors(
         entries.user, entries.video, entries.target, held, full, b0, noise_var, user_prior, biases
     )
+
+
+def sorted_positions(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(rows, values)`` for sorted distinct ``rows``: by a lookup
+    table when every value is one of the rows (a sweep's window videos always
+    are; ~4x faster on its ~100,000 events), else by the search itself.
+
+    >>> sorted_positions(np.array([2, 5, 9]), np.array([9, 2, 2, 5])).tolist()
+    [2, 0, 0, 1]
+    >>> sorted_positions(np.array([2, 5, 9]), np.array([3, 9])).tolist()  # 3 is no row
+    [1, 2]
+    """
+    if len(rows) == 0 or len(values) == 0 or rows[0] < 0 or values.min() < 0:
+        return np.searchsorted(rows, values)
+    bound = int(max(rows[-1], values.max())) + 1
+    table = np.zeros(bound, dtype=np.int64)
+    table[rows] = np.arange(len(rows))
+    pos = table[values]
+    if not np.array_equal(rows[pos], values):
+        return np.searchsorted(rows, values)
+    return pos

@@ -42,9 +42,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.local_step import HistoryEntries, user_local_step
+from model.local_step import HistoryEntries, LocalPairs, local_pairs, user_local_step
 from model.moments import feature_mean, gaussian_posterior
-from model.video_step import video_batch_statistics
+from model.video_step import video_batch_statistics, video_pairs
 
 
 def holdout_mask(
@@ -77,21 +77,33 @@ def candidate_videos(
     user_prior: tuple[torch.Tensor, torch.Tensor],
     biases: bool,
     factors: tuple[float, ...],
+    pairs: tuple[LocalPairs, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One coordinate-ascent pass over the window ``entries`` from the videos
     ``video_mean``/``video_cov`` per factor: the videos' (mean, cov) with the
     noise ``factor x noise_var``. ``prior_prec``/``prior_shift``: the videos'
-    prior plus their evidence from outside the window."""
+    prior plus their evidence from outside the window. ``pairs``: the
+    :func:`~model.local_step.local_pairs` and :func:`~model.video_step.video_pairs`
+    of ``entries`` (computed here if not given; the same numbers)."""
     out = []
     n_v = video_mean.shape[0]
+    if pairs is None:
+        dtype = video_mean.dtype
+        pairs = (
+            local_pairs(entries, n_users, n_v, b0, dtype),
+            video_pairs(
+                entries.video, n_v, n_users, entries.target, b0, entries.weight, entries.user, dtype
+            ),
+        )
     for factor in factors:
         noise = factor * noise_var
         um, uc, _ = user_local_step(
-            entries, n_users, video_mean, video_cov, b0, noise, *user_prior, biases, tril=False
-        )
+            entries, n_users, video_mean, video_cov, b0, noise, *user_prior, biases,
+            tril=False, pairs=pairs[0],
+        )  # fmt: skip
         prec, shift = video_batch_statistics(
             entries.video, n_v, um, uc, entries.target, b0, noise, biases,
-            weight=entries.weight, event_source=entries.user,
+            weight=entries.weight, event_source=entries.user, pairs=pairs[1],
         )  # fmt: skip
         vm, vc, _ = gaussian_posterior(prior_prec, prior_shift, prec, shift, tril=False)
         out.append((vm, vc))
@@ -126,9 +138,12 @@ def forecast_errors(
     )
     h_user, h_video, h_target = local[event_user[hold]], event_video[hold], target[hold]
     errors = []
+    pairs = None  # the tables differ, the entries' per-pair sums do not
     for vm, vc in tables:
+        if pairs is None:
+            pairs = local_pairs(entries, len(users), len(vm), b0, vm.dtype)
         um, _, _ = user_local_step(
-            entries, len(users), vm, vc, b0, noise_var, *user_prior, biases, tril=False
+            entries, len(users), vm, vc, b0, noise_var, *user_prior, biases, tril=False, pairs=pairs
         )
         x, w = um[h_user], vm[h_video]
         mean = b0 + (feature_mean(x, biases) * w).sum(-1)
