@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import pyro
 import torch
+from test_svi_support import svi_problem
 
 from model.config import HPMFConfig
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model
 from model.svi_loss import svi_loss, svi_padding
 
-F64 = torch.float64
-
 
 def _problem(cfg: HPMFConfig, u: int, j: int, e: int, tril_scale: float, pad: bool) -> SVIData:
-    g = torch.Generator().manual_seed(5)
-    d = cfg.dim
-
-    def tril(n: int) -> torch.Tensor:
-        a = torch.randn(n, d, d, generator=g, dtype=F64)
-        cov = tril_scale**2 * (a @ a.transpose(-1, -2) / d + torch.eye(d, dtype=F64))
-        return torch.linalg.cholesky(cov)
-
-    # Every user and video has an event (as in a real step).
-    ev_u = torch.cat([torch.arange(u), torch.randint(0, u, (e - u,), generator=g)])
-    ev_v = torch.cat([torch.arange(j), torch.randint(0, j, (e - j,), generator=g)])
-    return SVIData.build(
-        0.3 * torch.randn(u, d, generator=g, dtype=F64),
-        tril(u),
-        0.3 * torch.randn(j, d, generator=g, dtype=F64),
-        tril(j),
-        ev_u,
-        ev_v,
-        1.0 + 4.0 * torch.rand(e, generator=g, dtype=F64),
+    return svi_problem(
+        cfg,
+        u,
+        j,
+        e,
+        seed=5,
+        cov_scale=tril_scale**2,
         n_videos=50,
-        users_size=1000.0 * u / e,
-        events_size=1000.0,
         pad_to=svi_padding(cfg) if pad else None,
     )
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from test_svi_support import svi_problem
 
 from model.config import HPMFConfig
 from model.hpmf_model import Hypers, SVIData, hpmf_guide, hpmf_model
 from model.svi_surrogate import svi_surrogate
-
-F64 = torch.float64
 
 CONFIGS = [
     {"n_factors": 10},
@@ -25,28 +24,7 @@ CONFIGS = [
 
 
 def _problem(cfg: HPMFConfig, u: int, j: int, e: int) -> SVIData:
-    g = torch.Generator().manual_seed(u + 7 * j + 13 * e)
-    d = cfg.dim
-
-    def tril(n: int) -> torch.Tensor:
-        a = torch.randn(n, d, d, generator=g, dtype=F64)
-        cov = 0.04 * (a @ a.transpose(-1, -2) / max(d, 1) + torch.eye(d, dtype=F64))
-        return torch.linalg.cholesky(cov)
-
-    ev_u = torch.cat([torch.arange(u), torch.randint(0, u, (e - u,), generator=g)])
-    ev_v = torch.cat([torch.arange(j), torch.randint(0, j, (e - j,), generator=g)])
-    return SVIData.build(
-        0.3 * torch.randn(u, d, generator=g, dtype=F64),
-        tril(u),
-        0.3 * torch.randn(j, d, generator=g, dtype=F64),
-        tril(j),
-        ev_u,
-        ev_v,
-        1.0 + 4.0 * torch.rand(e, generator=g, dtype=F64),
-        n_videos=4 * j,
-        users_size=1000.0 * u / e,
-        events_size=1000.0,
-    )
+    return svi_problem(cfg, u, j, e, seed=u + 7 * j + 13 * e, cov_scale=0.04, n_videos=4 * j)
 
 
 def _grads(fast: bool, data: SVIData, cfg: HPMFConfig, seed: int):
