@@ -46,10 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.local_step import HistoryEntries, local_pairs, user_local_step
+from model.local_step import HistoryEntries, user_local_step
 from model.moments import gaussian_posterior
-from model.sweep_noise import candidate_videos, forecast_errors, holdout_mask
-from model.video_step import video_batch_statistics, video_pairs
+from model.sweep_noise import candidate_videos, forecast_errors, holdout_mask, window_pairs
+from model.video_step import video_batch_statistics
 from model.weighted_sums import unique_rows
 
 DTYPE = torch.float64
@@ -138,10 +138,7 @@ def replay_sweep(
     # The per-pair sums of the window's weights and residuals do not change
     # from pass to pass (nor for the probe's pass): computed once, ~30% of a
     # sweep's time before (dense tables of window users x videos).
-    pairs = (
-        local_pairs(entries, n_u, len(video_mean), b0, video_mean.dtype),
-        video_pairs(event_video, n_v, n_u, target, b0, weight, event_user, video_mean.dtype),
-    )
+    pairs = window_pairs(entries, n_u, n_v, b0, video_mean.dtype)
     for _ in range(max(iterations, 1)):
         # 1. Every window user against the current videos, from all their window events.
         um, uc, _ = user_local_step(

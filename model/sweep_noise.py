@@ -65,6 +65,33 @@ def holdout_mask(
     return mask
 
 
+WindowPairs = tuple[LocalPairs, tuple[torch.Tensor, torch.Tensor]]
+"""A window's per-pair sums for the user step and for the video step."""
+
+
+def window_pairs(
+    entries: HistoryEntries, n_users: int, n_videos: int, b0: torch.Tensor, dtype: torch.dtype
+) -> WindowPairs:
+    """The sums a coordinate-ascent pass over the window ``entries`` multiplies
+    the posteriors' moments with: :func:`~model.local_step.local_pairs` for the
+    user step and :func:`~model.video_step.video_pairs` for the video step.
+    They depend on neither the posteriors nor the noise, so every pass of a
+    sweep (and its probe's) shares one."""
+    return (
+        local_pairs(entries, n_users, n_videos, b0, dtype),
+        video_pairs(
+            entries.video,
+            n_videos,
+            n_users,
+            entries.target,
+            b0,
+            entries.weight,
+            entries.user,
+            dtype,
+        ),
+    )
+
+
 def candidate_videos(
     entries: HistoryEntries,
     n_users: int,
@@ -77,24 +104,18 @@ def candidate_videos(
     user_prior: tuple[torch.Tensor, torch.Tensor],
     biases: bool,
     factors: tuple[float, ...],
-    pairs: tuple[LocalPairs, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    pairs: WindowPairs | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One coordinate-ascent pass over the window ``entries`` from the videos
     ``video_mean``/``video_cov`` per factor: the videos' (mean, cov) with the
     noise ``factor x noise_var``. ``prior_prec``/``prior_shift``: the videos'
     prior plus their evidence from outside the window. ``pairs``: the
-    :func:`~model.local_step.local_pairs` and :func:`~model.video_step.video_pairs`
-    of ``entries`` (computed here if not given; the same numbers)."""
+    :func:`window_pairs` of ``entries`` (computed here if not given; the same
+    numbers)."""
     out = []
     n_v = video_mean.shape[0]
     if pairs is None:
-        dtype = video_mean.dtype
-        pairs = (
-            local_pairs(entries, n_users, n_v, b0, dtype),
-            video_pairs(
-                entries.video, n_v, n_users, entries.target, b0, entries.weight, entries.user, dtype
-            ),
-        )
+        pairs = window_pairs(entries, n_users, n_v, b0, video_mean.dtype)
     for factor in factors:
         noise = factor * noise_var
         um, uc, _ = user_local_step(
@@ -138,10 +159,9 @@ def forecast_errors(
     )
     h_user, h_video, h_target = local[event_user[hold]], event_video[hold], target[hold]
     errors = []
-    pairs = None  # the tables differ, the entries' per-pair sums do not
+    # The tables differ, the entries' per-pair sums do not.
+    pairs = local_pairs(entries, len(users), len(tables[0][0]), b0, tables[0][0].dtype)
     for vm, vc in tables:
-        if pairs is None:
-            pairs = local_pairs(entries, len(users), len(vm), b0, vm.dtype)
         um, _, _ = user_local_step(
             entries, len(users), vm, vc, b0, noise_var, *user_prior, biases, tril=False, pairs=pairs
         )

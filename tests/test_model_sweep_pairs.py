@@ -70,10 +70,10 @@ def _results() -> list[SweepResult]:
 
 def test_shared_pairs_give_the_sweep_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = _results()
-    # The reference: no pairs handed down, so every pass computes its own.
-    for mod in (replay_sweep_module, sweep_noise_module):
-        monkeypatch.setattr(mod, "local_pairs", lambda *a, **k: None)
-        monkeypatch.setattr(mod, "video_pairs", lambda *a, **k: None)
+    # The reference: no pairs handed down (sweep_noise builds every shared
+    # pair table: window_pairs and forecast_errors), so every pass computes its own.
+    monkeypatch.setattr(sweep_noise_module, "local_pairs", lambda *a, **k: None)
+    monkeypatch.setattr(sweep_noise_module, "video_pairs", lambda *a, **k: None)
     slow = _results()
     assert fast[1].probe_errors is not None and fast[1].candidates is not None
     for a, b in zip(fast, slow, strict=True):
