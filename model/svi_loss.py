@@ -46,7 +46,8 @@ def svi_loss(data: SVIData, cfg: HPMFConfig, hp: Hypers) -> torch.Tensor:
     """The (differentiable) negative ELBO of :func:`hpmf_model` and
     :func:`hpmf_guide` on ``data``: compiled when ``data`` is padded to
     :func:`svi_padding` rows, by ``Trace_ELBO`` otherwise."""
-    if svi_padding(cfg) is None or len(data.target) != svi_padding(cfg):
+    rows = svi_padding(cfg)
+    if rows is None or len(data.target) != rows:
         return pyro.infer.Trace_ELBO().differentiable_loss(hpmf_model, hpmf_guide, data, cfg, hp)
     key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     if key not in _COMPILED:
