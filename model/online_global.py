@@ -152,6 +152,7 @@ class GlobalStep(ReplaySchedule):
         n_events = len(target)
         n_users = len(user_mean)
         jitter = 1e-9 * torch.eye(cfg.dim, dtype=DTYPE)
+        pad = svi_padding(cfg)  # None: uncompiled
         data = SVIData.build(
             user_mean,
             torch.linalg.cholesky(user_cov + jitter),
@@ -163,11 +164,11 @@ class GlobalStep(ReplaySchedule):
             n_videos=max(self.n_videos, 1),
             users_size=cfg.effective_data_size * n_users / n_events,
             events_size=cfg.effective_data_size,
-            pad_to=svi_padding(cfg),
+            pad_to=pad,
         )
         # Uncompiled: Trace_ELBO's gradients, bit for bit, without Pyro's
         # tracing (model.svi_surrogate; ~7 ms a step less).
-        loss_fn = svi_loss if svi_padding(cfg) is not None else svi_surrogate
+        loss_fn = svi_loss if pad is not None else svi_surrogate
         # fork_rng(devices=[]): only the CPU generator (asking for CUDA devices
         # loads the driver library on every call); argument validation off:
         # the inputs are built here and checked once, not at every step.
